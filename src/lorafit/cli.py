@@ -1,0 +1,109 @@
+"""`lorafit` command line: parse, call the library, turn LorafitError into one line and exit 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import LorafitError
+
+
+def _config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--config", required=required, help="YAML config file (a run's config.yaml reproduces it)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="dotted override, e.g. --set adapter.r=4 --set optim.lr=3e-4 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="lorafit", description="LoRA-family fine-tuning of text classifiers under a parameter budget.")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train and write a run directory")
+    _config_args(t)
+    t.add_argument("--out", help="run directory (default: runs/<config name>)")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+
+    b = sub.add_parser("budget", help="trainable-parameter table against budget.max_trainable (no weights loaded)")
+    _config_args(b)
+    b.add_argument("--num-labels", type=int, help="number of classes (default: data.label_names, else read from data)")
+
+    e = sub.add_parser("evaluate", help="metrics of a finished run on a labelled file")
+    e.add_argument("run_dir")
+    e.add_argument("--data", required=True, help="labelled file with the run's text and label columns")
+    e.add_argument("--allow-pickle", action="store_true", help="accept .pkl input (unpickling runs code)")
+
+    pr = sub.add_parser("predict", help="write ID,label predictions for an unlabelled file")
+    pr.add_argument("run_dir")
+    pr.add_argument("--input", required=True, help="csv / tsv / jsonl / parquet (pickle only with --allow-pickle)")
+    pr.add_argument("--output", required=True, help="CSV to write: ID,label in input order")
+    pr.add_argument("--allow-pickle", action="store_true", help="accept .pkl input (unpickling runs code)")
+    pr.add_argument("--batch-size", type=int, default=128)
+    pr.add_argument("--with-logits", action="store_true", help="add one logit_<label> column per class")
+    return ap
+
+
+def cmd_train(args) -> int:
+    from .config import load_config
+    from .train import run_training
+
+    cfg = load_config(args.config, args.overrides)
+    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    run_training(cfg, out, overwrite=args.overwrite)
+    return 0
+
+
+def label_names_for_budget(cfg, num_labels: int | None) -> list[str]:
+    if num_labels:
+        return [str(i) for i in range(num_labels)]
+    if cfg.data.label_names:
+        return list(cfg.data.label_names)
+    from .data import load_labelled
+
+    _, names, _ = load_labelled(cfg.data.train, cfg.data, cfg.data.train_split, None, "data.train")
+    return names
+
+
+def cmd_budget(args) -> int:
+    from .config import load_config
+    from .model import budget_table, format_table
+
+    cfg = load_config(args.config, args.overrides)
+    rows, total = budget_table(cfg, label_names_for_budget(cfg, args.num_labels))
+    print(format_table(rows, total, cfg.budget.max_trainable))
+    budget = cfg.budget.max_trainable
+    return 2 if budget is not None and sum(r.total for r in rows) > budget else 0
+
+
+def cmd_evaluate(args) -> int:
+    from .predict import evaluate_file
+
+    print(json.dumps(evaluate_file(args.run_dir, args.data, allow_pickle=args.allow_pickle), indent=2))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .predict import predict_file
+
+    n = predict_file(args.run_dir, args.input, args.output, allow_pickle=args.allow_pickle,
+                     batch_size=args.batch_size, with_logits=args.with_logits)
+    print(f"wrote {n} predictions to {args.output}", file=sys.stderr)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "budget": cmd_budget, "evaluate": cmd_evaluate, "predict": cmd_predict}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except LorafitError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

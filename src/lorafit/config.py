@@ -1,0 +1,263 @@
+"""Run configuration: every setting, its default and its check, in one place.
+
+A config is YAML validated by pydantic. Unknown keys are errors with a did-you-mean, all
+problems are collected into one message, and the resolved config is written to the run
+directory so that ``lorafit train --config RUN/config.yaml`` reproduces the run.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import LorafitError
+
+
+class _Section(BaseModel):
+    # forbid: a misspelt key must never be silently ignored (e.g. `lr_rate` would train at default lr)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    name: str = Field("roberta-base", description="Hub model id or local folder with config.json and weights.")
+    trust_remote_code: bool = Field(False, description="Run model code shipped with the checkpoint. Off: it executes arbitrary code.")
+    attn_implementation: Literal["sdpa", "eager"] = Field("sdpa", description="Attention kernel; sdpa is PyTorch's fused attention.")
+    allow_pickle_weights: bool = Field(
+        False, description="Also accept pytorch_model.bin (loaded with torch.load weights_only=True). Default: safetensors only.")
+
+
+class DataConfig(_Section):
+    train: str = Field("ag_news", description="Hub dataset name or local file (csv, tsv, jsonl, json, parquet).")
+    train_split: str = Field("train", description="Split to read when `train` is a hub dataset.")
+    test: Optional[str] = Field(None, description="Optional held-out set (hub name or file), evaluated after training.")
+    test_split: str = Field("test", description="Split to read when `test` is a hub dataset.")
+    text_columns: list[str] = Field(["text"], min_length=1, description="Columns joined (in order) to form the input text.")
+    text_separator: str = Field(". ", description="Joiner between text columns (e.g. title. description).")
+    label_column: str = Field("label", description="Column with labels: integers 0..K-1 or names.")
+    label_names: Optional[list[str]] = Field(None, description="Names for integer labels 0..K-1 (id2label). Default: from the data.")
+    val_size: float = Field(0.1, gt=0, description="Validation split: a fraction (<1) or a count of rows (>=1); stratified, seeded.")
+    max_length: int = Field(128, ge=8, description="Truncate inputs to this many tokens (padding is dynamic).")
+    limit: Optional[int] = Field(None, ge=1, description="Use only the first N training rows after shuffling (quick runs).")
+    min_words: int = Field(0, ge=0, description="Drop items with fewer words (length filter; 0 keeps all).")
+    max_words: Optional[int] = Field(None, ge=1, description="Drop items with more words (length filter).")
+    empty_texts: Literal["drop", "error"] = Field("drop", description="Empty/whitespace-only texts: drop them (with a count) or stop.")
+    shuffle_sentences_p: float = Field(0.0, ge=0, le=1, description="Augmentation: probability of shuffling an item's sentences each epoch.")
+    allow_pickle: bool = Field(False, description="Accept pickled inputs (.pkl); unpickling runs code from the file.")
+
+    @field_validator("val_size")
+    @classmethod
+    def _val_size_kind(cls, v: float) -> float:
+        if v >= 1 and v != int(v):
+            raise ValueError("a count of rows must be a whole number (or use a fraction < 1)")
+        return v
+
+
+class AdapterConfig(_Section):
+    method: Literal["lora", "adalora", "full"] = Field("lora", description="lora | adalora | full (fine-tune everything: the baseline).")
+    r: Union[int, Literal["auto"]] = Field(8, description="LoRA rank; 'auto' = the largest uniform rank within budget.max_trainable.")
+    alpha: float = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / r, or alpha / sqrt(r) with rslora).")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on the LoRA input.")
+    targets: Optional[list[str]] = Field(None, description="Module names to adapt, e.g. [query, value]. Default: PEFT's table for the model type.")
+    layers: Optional[list[int]] = Field(None, description="Only these encoder layers (layers_to_transform), e.g. [8, 9, 10, 11].")
+    bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases train (PEFT semantics).")
+    rslora: bool = Field(False, description="Rank-stabilised scaling alpha/sqrt(r).")
+    dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
+    init: Literal["default", "gaussian", "pissa", "olora"] = Field("default", description="LoRA weight init.")
+    init_r: int = Field(12, ge=1, description="AdaLoRA: starting rank.")
+    target_r: int = Field(8, ge=1, description="AdaLoRA: average rank after pruning.")
+    tinit: float = Field(0.1, ge=0, lt=1, description="AdaLoRA: fraction of steps before rank pruning starts.")
+    tfinal: float = Field(0.2, ge=0, lt=1, description="AdaLoRA: fraction of final steps with ranks fixed.")
+    delta_t: int = Field(10, ge=1, description="AdaLoRA: steps between rank re-allocations.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "AdapterConfig":
+        if isinstance(self.r, int) and self.r < 1:
+            raise ValueError("adapter.r must be >= 1 or 'auto'")
+        if self.method == "adalora" and self.target_r > self.init_r:
+            raise ValueError("adapter.target_r must be <= adapter.init_r")
+        if self.tinit + self.tfinal >= 1:
+            raise ValueError("adapter.tinit + adapter.tfinal must be < 1")
+        return self
+
+
+class HeadConfig(_Section):
+    type: Literal["model", "lora_dense", "cls_linear", "mean_linear"] = Field(
+        "model",
+        description="model: the model's own head trained in full (BERT-family: pooler + classifier, since a frozen "
+        "pooler, random or trained for another objective, cripples a classifier); "
+        "lora_dense: the head's dense layer (RoBERTa classifier.dense, BERT pooler) frozen with LoRA on it; "
+        "cls_linear: one linear layer on the first token; mean_linear: mean pooling + linear.")
+    train_layernorm: bool = Field(False, description="Also train LayerNorm weights and biases (counted in the budget).")
+
+
+class LayerLR(_Section):
+    layers: list[int] = Field(..., min_length=2, max_length=2, description="[first, last] encoder layer, inclusive.")
+    lr: float = Field(..., gt=0)
+
+
+class OptimConfig(_Section):
+    name: Literal["adamw", "sgd", "rmsprop"] = "adamw"
+    lr: float = Field(5e-4, gt=0, description="Learning rate for adapter weights (and the head unless head_lr is set).")
+    head_lr: Optional[float] = Field(None, gt=0, description="Learning rate of the classification head.")
+    layer_lrs: list[LayerLR] = Field([], description="Tiered layer-wise learning rates, e.g. [{layers: [0, 3], lr: 1e-5}].")
+    loraplus_ratio: Optional[float] = Field(None, gt=0, description="LoRA+: lr of B matrices = ratio * lr (peft's create_loraplus_optimizer).")
+    weight_decay: float = Field(0.01, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD / RMSprop momentum.")
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+    schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="After warmup.")
+    warmup: float = Field(0.06, ge=0, description="Linear warmup: a fraction of total steps (<1) or a number of steps (>=1).")
+
+
+class TrainConfig(_Section):
+    epochs: float = Field(3, gt=0)
+    max_steps: Optional[int] = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
+    batch_size: int = Field(32, ge=1, description="Per-process batch size.")
+    eval_batch_size: int = Field(128, ge=1)
+    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
+    max_grad_norm: Optional[float] = Field(1.0, gt=0, description="Gradient clipping; null disables.")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    precision: Literal["auto", "no", "fp16", "bf16"] = Field("auto", description="auto: bf16 on GPUs that have it, else fp16 on GPU, none on CPU.")
+    eval_every: Union[Literal["epoch"], int] = Field("epoch", description="'epoch' or a number of optimizer steps.")
+    log_every: int = Field(20, ge=1, description="Log training loss every N optimizer steps.")
+    metric: Literal["accuracy", "macro_f1", "loss"] = Field("accuracy", description="Selects the best checkpoint.")
+    save_top_k: int = Field(1, ge=1, description="Keep this many best checkpoints.")
+    early_stopping: Optional[int] = Field(None, ge=1, description="Stop after N evaluations without improvement.")
+    final_on_val: bool = Field(False, description="After training, one more epoch on train+validation (no selection after it).")
+    group_by_length: bool = Field(True, description="Batches of similar length (shuffled order): less padding, same math.")
+    cache_prefix: Union[bool, Literal["auto"]] = Field(
+        "auto", description="Compute hidden states below the lowest trainable layer once and train only the layers above.")
+    cache_dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description="Storage dtype of cached hidden states.")
+    compile: bool = Field(False, description="torch.compile the model (measure first: slower on small CPU runs).")
+    checkpoint_every: Optional[int] = Field(None, ge=1, description="Also write a resumable checkpoint every N optimizer steps.")
+    deterministic: bool = Field(True, description="Deterministic kernels and seeded data order.")
+    num_workers: int = Field(0, ge=0)
+
+    @field_validator("eval_every")
+    @classmethod
+    def _eval_every(cls, v):
+        if isinstance(v, int) and v < 1:
+            raise ValueError("must be 'epoch' or a positive number of steps")
+        return v
+
+
+class BudgetConfig(_Section):
+    max_trainable: Optional[int] = Field(None, ge=1, description="Refuse setups with more trainable parameters.")
+
+
+class RunConfig(_Section):
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    adapter: AdapterConfig = AdapterConfig()
+    head: HeadConfig = HeadConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    budget: BudgetConfig = BudgetConfig()
+    seed: int = Field(42, description="Seeds python, numpy, torch, the split and the data order.")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# ---------------------------------------------------------------- loading and overrides
+
+def _known_keys(model: type[BaseModel]) -> list[str]:
+    return list(model.model_fields)
+
+
+def _section_model(loc: tuple) -> type[BaseModel]:
+    """The pydantic class at a location like ('optim', 'layer_lrs', 0)."""
+    cls: type[BaseModel] = RunConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = cls.model_fields.get(part)
+        if field is None:
+            break
+        ann = field.annotation
+        args = getattr(ann, "__args__", ())
+        sub = next((a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if sub is None:
+            break
+        cls = sub
+    return cls
+
+
+def suggest(word: str, options: list[str]) -> str | None:
+    """Closest known name: a known name that is the leading word (`lr_rate` → `lr`), else difflib's."""
+    head = word.replace("-", "_").split("_")[0]
+    if head != word and head in options:
+        return head
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.5)
+    return close[0] if close else None
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    msgs = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        key = ".".join(str(p) for p in loc)
+        if e["type"] == "extra_forbidden":
+            parent = _section_model(loc[:-1])
+            guess = suggest(str(loc[-1]), _known_keys(parent))
+            hint = f" (did you mean '{'.'.join(map(str, loc[:-1] + (guess,)))}'?)" if guess else \
+                f" (known: {', '.join(_known_keys(parent))})"
+            msgs.append(f"unknown key '{key}'{hint}")
+        else:
+            where = f"'{key}': " if key else ""
+            msgs.append(f"{where}{e['msg']}")
+    return f"{source}: " + "; ".join(msgs)
+
+
+def parse_value(text: str) -> Any:
+    """`--set` values are YAML scalars/lists: 3e-4, [query, value], null, true."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        if "=" not in item:
+            raise LorafitError(f"--set {item!r}: expected key=value, e.g. --set optim.lr=3e-4")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = raw
+        for p in parts[:-1]:
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise LorafitError(f"--set {key}: '{p}' is not a section")
+            node = nxt
+        node[parts[-1]] = parse_value(value)
+    return raw
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read YAML (or start from defaults), apply dotted overrides, validate everything at once."""
+    raw: dict = {}
+    source = "config"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise LorafitError(f"{p}: config file not found")
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise LorafitError(f"{p}: not valid YAML ({first})") from None
+        if not isinstance(raw, dict):
+            raise LorafitError(f"{p}: the top level must be a mapping of sections (model:, data:, ...)")
+    raw = apply_overrides(raw, overrides or [])
+    return validate_config(raw, source)
+
+
+def validate_config(raw: dict, source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise LorafitError(_format_errors(e, source)) from None

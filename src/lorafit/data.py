@@ -1,0 +1,268 @@
+"""From a table to batches: texts, label map, stratified split, tokenise once, length-grouped batches.
+
+Tokenisation happens once per run (not per epoch) and padding is per batch, to the longest item
+in that batch: AG News items average ~55 tokens, so padding to 128-512 would waste most compute.
+"""
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .config import DataConfig
+from .errors import LorafitError
+from .tables import read_table
+
+
+# ---------------------------------------------------------------- texts and labels
+
+def require_columns(df: pd.DataFrame, columns: Sequence[str], source: str, field_name: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise LorafitError(f"{source}: column {', '.join(repr(c) for c in missing)} not found (set {field_name}); "
+                           f"columns present: {', '.join(map(str, df.columns))}")
+
+
+def join_texts(df: pd.DataFrame, cfg: DataConfig, source: str) -> list[str]:
+    require_columns(df, cfg.text_columns, source, "data.text_columns")
+    cols = [df[c].fillna("").astype(str).str.strip() for c in cfg.text_columns]
+    if len(cols) == 1:
+        return cols[0].tolist()
+    # skip empty parts so a missing title does not leave a dangling separator
+    return [cfg.text_separator.join(p for p in parts if p) for parts in zip(*cols)]
+
+
+def _as_int(v) -> Optional[int]:
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        return int(v)
+    if isinstance(v, (float, np.floating)) and float(v).is_integer():
+        return int(v)
+    if isinstance(v, str) and re.fullmatch(r"\s*-?\d+\s*", v):
+        return int(v)
+    return None
+
+
+def infer_label_names(values: Sequence, configured: Optional[list[str]], hub_names: Optional[list[str]]) -> list[str]:
+    """The label set, in id order: configured names, else the hub's, else from the data."""
+    if configured:
+        return list(configured)
+    if hub_names:
+        return list(hub_names)
+    ints = [_as_int(v) for v in values]
+    if all(i is not None for i in ints):
+        return [str(i) for i in range(max(ints) + 1)] if ints else []
+    return sorted({str(v).strip() for v in values})
+
+
+def encode_labels(values: Sequence, names: list[str], source: str, column: str) -> np.ndarray:
+    """Map label values (ids or names) to ids 0..K-1; anything outside the label set is an error."""
+    index = {n: i for i, n in enumerate(names)}
+    out = np.empty(len(values), dtype=np.int64)
+    for row, v in enumerate(values):
+        i = _as_int(v)
+        if i is None:
+            i = index.get(str(v).strip())
+        if i is None or not 0 <= i < len(names):
+            shown = "empty" if str(v).strip() == "" else repr(v)
+            raise LorafitError(f"{source}: row {row + 1}: label {shown} in column '{column}' is not in the label set "
+                               f"{names} (ids 0..{len(names) - 1}); fix the row or set data.label_names")
+        out[row] = i
+    return out
+
+
+@dataclass
+class Examples:
+    texts: list[str]
+    labels: Optional[np.ndarray]  # None for unlabelled (predict) inputs
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, idx: Sequence[int]) -> "Examples":
+        return Examples([self.texts[i] for i in idx], None if self.labels is None else self.labels[np.asarray(idx)])
+
+
+@dataclass
+class SplitData:
+    train: Examples
+    val: Examples
+    label_names: list[str]
+    notes: list[str] = field(default_factory=list)  # what was dropped and why, for the run log
+
+
+def filter_texts(ex: Examples, cfg: DataConfig, source: str, notes: list[str]) -> Examples:
+    empty = [i for i, t in enumerate(ex.texts) if not t.strip()]
+    if empty and cfg.empty_texts == "error":
+        raise LorafitError(f"{source}: {len(empty)} empty or whitespace-only text(s), first at row {empty[0] + 1}; "
+                           "remove them or set data.empty_texts: drop")
+    words = [len(t.split()) for t in ex.texts]
+    keep = [i for i, n in enumerate(words)
+            if n > 0 and n >= cfg.min_words and (cfg.max_words is None or n <= cfg.max_words)]
+    if empty:
+        notes.append(f"dropped {len(empty)} empty text(s) from {source}")
+    n_len = len(ex) - len(keep) - len(empty)
+    if n_len:
+        notes.append(f"dropped {n_len} item(s) outside the length filter [{cfg.min_words}, {cfg.max_words}] words")
+    if not keep:
+        raise LorafitError(f"{source}: no usable rows after dropping empty texts and the length filter")
+    return ex.subset(keep) if len(keep) < len(ex) else ex
+
+
+def load_labelled(name: str, cfg: DataConfig, split: str, label_names: Optional[list[str]], field_name: str
+                  ) -> tuple[Examples, list[str], list[str]]:
+    df = read_table(name, split=split, allow_pickle=cfg.allow_pickle, field=field_name)
+    require_columns(df, [cfg.label_column], name, "data.label_column")
+    texts = join_texts(df, cfg, name)
+    values = df[cfg.label_column].tolist()
+    hub_names = df.attrs.get("label_names", {}).get(cfg.label_column)
+    names = label_names or infer_label_names(values, cfg.label_names, hub_names)
+    if len(names) < 2:
+        raise LorafitError(f"{name}: found {len(names)} label(s) in '{cfg.label_column}'; classification needs at least 2")
+    labels = encode_labels(values, names, name, cfg.label_column)
+    notes: list[str] = []
+    return filter_texts(Examples(texts, labels), cfg, name, notes), names, notes
+
+
+def stratified_split(labels: np.ndarray, val_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.model_selection import train_test_split
+
+    n = len(labels)
+    n_val = int(val_size) if val_size >= 1 else int(round(val_size * n))
+    k = len(np.unique(labels))
+    if not k <= n_val <= n - k:
+        raise LorafitError(f"data.val_size: {val_size} gives {n_val} validation rows out of {n}; "
+                           f"need between {k} (one per class) and {n - k}")
+    idx = np.arange(n)
+    counts = np.bincount(labels)
+    stratify = labels if counts[counts > 0].min() >= 2 else None
+    tr, va = train_test_split(idx, test_size=n_val, random_state=seed, shuffle=True, stratify=stratify)
+    return np.sort(tr), np.sort(va)
+
+
+def load_split(cfg: DataConfig, seed: int) -> SplitData:
+    """Training data → shuffled, optionally limited → stratified train/validation split."""
+    ex, names, notes = load_labelled(cfg.train, cfg, cfg.train_split, None, "data.train")
+    order = np.random.default_rng(seed).permutation(len(ex))
+    if cfg.limit is not None:
+        order = order[: cfg.limit]
+    ex = ex.subset(order)
+    tr, va = stratified_split(ex.labels, cfg.val_size, seed)
+    return SplitData(ex.subset(tr), ex.subset(va), names, notes)
+
+
+# ---------------------------------------------------------------- tokenise once, batch by length
+
+def tokenize(tokenizer, texts: Sequence[str], max_length: int, desc: str = "tokenising", chunk: int = 2048) -> list[list[int]]:
+    out: list[list[int]] = []
+    with tqdm(total=len(texts), desc=desc, unit=" items", unit_scale=True, leave=False, disable=len(texts) < chunk) as bar:
+        for s in range(0, len(texts), chunk):
+            part = list(texts[s:s + chunk])
+            out.extend(tokenizer(part, truncation=True, max_length=max_length, add_special_tokens=True)["input_ids"])
+            bar.update(len(part))
+    return out
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\\")
+
+
+def shuffle_sentences(text: str, rng: random.Random) -> str:
+    parts = [p.strip() for p in _SENTENCE_END.split(text) if p.strip()]
+    if len(parts) < 2:
+        return text
+    rng.shuffle(parts)
+    return " ".join(parts)
+
+
+class TokenDataset(torch.utils.data.Dataset):
+    """Token ids (+ labels). With augmentation, items are re-tokenised after a seeded sentence shuffle."""
+
+    def __init__(self, ids: list[list[int]], labels: Optional[np.ndarray] = None, *, texts=None, tokenizer=None,
+                 max_length: int = 128, shuffle_p: float = 0.0, seed: int = 0):
+        self.ids, self.labels = ids, labels
+        self.texts, self.tokenizer, self.max_length = texts, tokenizer, max_length
+        self.shuffle_p, self.seed, self.epoch = shuffle_p, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def lengths(self) -> list[int]:
+        return [len(x) for x in self.ids]
+
+    def __getitem__(self, i: int):
+        ids = self.ids[i]
+        if self.shuffle_p > 0:
+            rng = random.Random((self.seed * 1_000_003 + self.epoch) * 10_000_019 + i)
+            if rng.random() < self.shuffle_p:
+                text = shuffle_sentences(self.texts[i], rng)
+                ids = self.tokenizer(text, truncation=True, max_length=self.max_length)["input_ids"]
+        return ids, (None if self.labels is None else int(self.labels[i]))
+
+
+class LengthGroupedBatches(torch.utils.data.Sampler):
+    """Yields lists of indices. Shuffled: random mega-batches (50 batches) sorted by length, then
+    batch order shuffled, so each batch holds similar lengths yet the order stays random.
+    Not shuffled: sorted by length (evaluation/prediction; callers restore the input order)."""
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, *, shuffle: bool, group_by_length: bool = True,
+                 seed: int = 0, mega: int = 50):
+        self.lengths = np.asarray(lengths)
+        self.batch_size, self.shuffle, self.group, self.seed, self.mega = batch_size, shuffle, group_by_length, seed, mega
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batches(self) -> list[list[int]]:
+        n, bs = len(self.lengths), self.batch_size
+        if not self.shuffle:
+            order = np.argsort(-self.lengths, kind="stable") if self.group else np.arange(n)
+            return [order[s:s + bs].tolist() for s in range(0, n, bs)]
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(n)
+        if not self.group:
+            return [order[s:s + bs].tolist() for s in range(0, n, bs)]
+        step = bs * self.mega
+        batches = []
+        for s in range(0, n, step):
+            mb = order[s:s + step]
+            mb = mb[np.argsort(-self.lengths[mb], kind="stable")]
+            batches.extend(mb[t:t + bs].tolist() for t in range(0, len(mb), bs))
+        perm = rng.permutation(len(batches))
+        return [batches[i] for i in perm]
+
+    def __iter__(self):
+        return iter(self.batches())
+
+    def __len__(self) -> int:
+        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+
+
+class Collator:
+    """Pads a batch to its longest item (dynamic padding)."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, items):
+        width = max(len(ids) for ids, _ in items)
+        input_ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(items), width), dtype=torch.long)
+        for row, (ids, _) in enumerate(items):
+            input_ids[row, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
+            mask[row, : len(ids)] = 1
+        batch = {"input_ids": input_ids, "attention_mask": mask}
+        if items[0][1] is not None:
+            batch["labels"] = torch.tensor([lab for _, lab in items], dtype=torch.long)
+        return batch
+
+
+def make_loader(ds: TokenDataset, batch_size: int, pad_id: int, *, shuffle: bool, group_by_length: bool = True,
+                seed: int = 0, num_workers: int = 0) -> torch.utils.data.DataLoader:
+    sampler = LengthGroupedBatches(ds.lengths(), batch_size, shuffle=shuffle, group_by_length=group_by_length, seed=seed)
+    return torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=Collator(pad_id), num_workers=num_workers)

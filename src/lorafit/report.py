@@ -1,0 +1,91 @@
+"""What a person reads after a run: curves.png, confusion.png and report.md linking them."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def plot_curves(rows: list[dict], path: Path, steps_per_epoch: float | None = None) -> None:
+    """Loss and accuracy per epoch: train (epoch means) and validation (each evaluation)."""
+    ep = [r for r in rows if r["type"] == "epoch"]
+    ev = [r for r in rows if r["type"] == "eval"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot([r["epoch"] for r in ep], [r["train_loss"] for r in ep], "o-", label="train")
+    ax1.plot([r["epoch"] for r in ev], [r["loss"] for r in ev], "s-", label="validation")
+    ax2.plot([r["epoch"] for r in ep], [r["train_accuracy"] for r in ep], "o-", label="train")
+    ax2.plot([r["epoch"] for r in ev], [r["accuracy"] for r in ev], "s-", label="validation")
+    for ax, name in ((ax1, "loss"), (ax2, "accuracy")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_confusion(confusion: list[list[int]], names: list[str], path: Path, title: str) -> None:
+    cm = np.asarray(confusion)
+    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2.5, 1.0 * len(names) + 2))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _class_table(m: dict) -> list[str]:
+    lines = ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+    for name, c in m["per_class"].items():
+        lines.append(f"| {name} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1-score']:.4f} | {int(c['support'])} |")
+    return lines
+
+
+def write_report(run_dir: Path, result: dict, names: list[str]) -> None:
+    from .runs import atomic_write_text
+
+    rows = read_metrics(run_dir)
+    plot_curves(rows, run_dir / "curves.png")
+    main = result.get("test") or result["validation"]
+    which = "test" if "test" in result else "validation"
+    plot_confusion(main["confusion"], names, run_dir / "confusion.png", f"{which} (n={main['n']})")
+    v = result["validation"]
+    params = (run_dir / "params.txt").read_text(encoding="utf-8").strip().splitlines()
+    md = ["# lorafit run report", "",
+          f"- trainable parameters: {params[-1]}",
+          f"- best checkpoint: step {result['best_step']} by {result['metric']}",
+          f"- validation: accuracy **{v['accuracy']:.4f}**, macro-F1 {v['macro_f1']:.4f}, loss {v['loss']:.4f} (n={v['n']})"
+          + (" — note: validation items were also trained on (train.final_on_val)" if v.get("seen_in_training") else "")]
+    if "test" in result:
+        t = result["test"]
+        md.append(f"- test: accuracy **{t['accuracy']:.4f}**, macro-F1 {t['macro_f1']:.4f} (n={t['n']})")
+    md += ["", "## Curves", "", "![loss and accuracy per epoch](curves.png)", "",
+           f"## {which.capitalize()} per class", ""] + _class_table(main)
+    md += ["", "![confusion matrix](confusion.png)", "", "## Files", "",
+           "- [config.yaml](config.yaml): the resolved config (`lorafit train --config config.yaml` reproduces the run)",
+           "- [params.txt](params.txt): trainable parameters per module",
+           "- [metrics.jsonl](metrics.jsonl): one line per log step, epoch and evaluation",
+           "- [eval.json](eval.json): final metrics",
+           "- adapter/ (PEFT format) or model/ (full fine-tuning), with the tokenizer", "",
+           "## Parameter table", "", "```", *params, "```", ""]
+    atomic_write_text(run_dir / "report.md", "\n".join(md))

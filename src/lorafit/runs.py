@@ -1,0 +1,107 @@
+"""A run directory: what is in it, how trained weights are written and read back exactly.
+
+Layout: config.yaml, labels.json, metrics.jsonl, params.txt, eval.json, curves.png,
+confusion.png, report.md, tokenizer/, adapter/ (PEFT format) or model/ (full fine-tuning),
+checkpoints/ (resumable state).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .config import RunConfig, load_config
+from .errors import LorafitError
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary file in the same folder, fsync, rename: readers never see half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def prepare_run_dir(run_dir: Path, *, overwrite: bool, resume: bool) -> None:
+    if run_dir.exists() and any(run_dir.iterdir()) and not (overwrite or resume):
+        raise LorafitError(f"{run_dir}: run directory already exists; pass --overwrite to replace it, "
+                           f"--resume to continue it, or --out for a new one")
+    if overwrite and run_dir.exists() and not resume:
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().to("cpu").clone().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_weights(model: torch.nn.Module, tokenizer, run_dir: Path, cfg: RunConfig) -> Path:
+    """Final weights: PEFT format in adapter/ (loadable by PeftModel.from_pretrained) or, for full
+    fine-tuning, the whole model in model/. Written to a temporary folder, then renamed."""
+    name = "model" if cfg.adapter.method == "full" else "adapter"
+    final = run_dir / name
+    tmp = run_dir / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    if cfg.adapter.method == "adalora":
+        # Saved at init_r with pruned ranks zeroed (no rank_pattern resize): reload is exact at any step.
+        for pc in model.peft_config.values():
+            pc.rank_pattern = None
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
+
+
+def read_run(run_dir: str | Path) -> tuple[RunConfig, list[str]]:
+    run_dir = Path(run_dir)
+    cfg_path, labels_path = run_dir / "config.yaml", run_dir / "labels.json"
+    if not cfg_path.is_file() or not labels_path.is_file():
+        raise LorafitError(f"{run_dir}: not a finished lorafit run (config.yaml / labels.json missing)")
+    return load_config(cfg_path), json.loads(labels_path.read_text(encoding="utf-8"))
+
+
+def load_trained(run_dir: str | Path, *, merge: bool = False, device: str | torch.device = "cpu"):
+    """(model in eval mode, tokenizer, cfg, label names) from a run directory.
+
+    Adapters load through `PeftModel.from_pretrained` over the base model with the same head
+    surgery as in training; merge=True folds LoRA into the base weights (no adapter overhead)."""
+    from .model import head_plan
+    from .model.load import load_base, load_tokenizer
+
+    run_dir = Path(run_dir)
+    cfg, names = read_run(run_dir)
+    weights = run_dir / ("model" if cfg.adapter.method == "full" else "adapter")
+    if not weights.is_dir():
+        raise LorafitError(f"{run_dir}: no trained weights ({weights.name}/ missing); did training finish?")
+    tokenizer = load_tokenizer(cfg.model, str(weights))
+    base = load_base(cfg.model, names)
+    head_plan(base, cfg)
+    if cfg.adapter.method == "full":
+        from safetensors.torch import load_file
+
+        state = load_file(str(weights / "model.safetensors"))
+        missing, unexpected = base.load_state_dict(state, strict=False)
+        if unexpected or [m for m in missing if m not in getattr(base, "_tied_weights_keys", None) or []]:
+            raise LorafitError(f"{weights}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        model = base
+    else:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(base, str(weights))
+        if merge:
+            model = model.merge_and_unload()
+    return model.to(device).eval(), tokenizer, cfg, names

@@ -1,0 +1,333 @@
+"""The training recipe: setup → train → finish, on accelerate (one process, DDP, multi-node alike).
+
+Nothing is written to the run directory until the config, the data, the model and the budget
+have all been checked, so a bad input leaves no half-made run behind.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .config import RunConfig
+from .data import TokenDataset, load_labelled, load_split, make_loader, tokenize
+from .errors import LorafitError, TrainingDiverged
+from .metrics import classification_metrics, higher_is_better
+from .model import build_model, check_budget, format_table, load_tokenizer, trainable_rows
+from .model.budget import count_all
+from .optim import build_optimizer, build_scheduler
+from .runs import atomic_write_text, prepare_run_dir, save_weights, trainable_state
+
+
+def resolve_precision(choice: str) -> str:
+    if choice != "auto":
+        if choice != "no" and not torch.cuda.is_available() and choice == "fp16":
+            raise LorafitError("train.precision: fp16 needs a GPU; use bf16 or no on CPU")
+        return choice
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"
+
+
+@dataclass
+class State:
+    """Where training stands: enough to pick the best checkpoint and stop early."""
+    epoch: int = 0
+    step: int = 0                        # optimizer steps taken
+    best: Optional[float] = None
+    best_step: int = -1
+    bad_evals: int = 0
+    kept: list = field(default_factory=list)   # [(metric, step)] best first
+
+
+class Recipe:
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, log: Callable = print):
+        self.cfg, self.run_dir, self.overwrite, self.log = cfg, Path(run_dir), overwrite, log
+        self.state = State()
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> "Recipe":
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        cfg = self.cfg
+        self.acc = Accelerator(mixed_precision=resolve_precision(cfg.train.precision),
+                               gradient_accumulation_steps=cfg.train.grad_accum)
+        set_seed(cfg.seed)
+        if cfg.train.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        if cfg.adapter.r == "auto":
+            raise LorafitError("adapter.r: 'auto' is resolved by `lorafit budget --solve`; set a number")
+
+        self.data = load_split(cfg.data, cfg.seed)
+        names = self.data.label_names
+        self._check_budget(names)  # before any heavy work: tokenising, loading weights
+        self.tokenizer = load_tokenizer(cfg.model)
+        if self.tokenizer.pad_token_id is None:
+            raise LorafitError(f"model.name: the tokenizer of {cfg.model.name} has no pad token")
+        self.train_ds = self._dataset(self.data.train, augment=True)
+        self.val_ds = self._dataset(self.data.val)
+        self.train_loader = self._loader(self.train_ds, cfg.train.batch_size, shuffle=True)
+        self.val_loader = self._loader(self.val_ds, cfg.train.eval_batch_size, shuffle=False)
+
+        self.steps_per_epoch = math.ceil(
+            math.ceil(len(self.train_loader) / self.acc.num_processes) / cfg.train.grad_accum)
+        self.total_steps = cfg.train.max_steps or max(1, int(math.ceil(self.steps_per_epoch * cfg.train.epochs)))
+        self.model, self.plan = build_model(cfg, names, total_steps=self.total_steps)
+        self.rows = trainable_rows(self.model)
+        self.n_params = count_all(self.model)
+        check_budget(self.rows, cfg.budget.max_trainable)
+        self.optimizer = build_optimizer(self.model, cfg.optim, self.plan.train_full)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.total_steps)
+        self.model, self.optimizer, self.train_loader, self.val_loader = self.acc.prepare(
+            self.model, self.optimizer, self.train_loader, self.val_loader)
+        self._write_run_header()
+        return self
+
+    def _check_budget(self, names: list[str]) -> None:
+        from .model import budget_table
+
+        if self.cfg.budget.max_trainable is not None:
+            rows, _ = budget_table(self.cfg, names)
+            check_budget(rows, self.cfg.budget.max_trainable)
+
+    def _dataset(self, ex, augment: bool = False) -> TokenDataset:
+        cfg = self.cfg.data
+        ids = tokenize(self.tokenizer, ex.texts, cfg.max_length)
+        p = cfg.shuffle_sentences_p if augment else 0.0
+        return TokenDataset(ids, ex.labels, texts=ex.texts, tokenizer=self.tokenizer, max_length=cfg.max_length,
+                            shuffle_p=p, seed=self.cfg.seed)
+
+    def _loader(self, ds: TokenDataset, batch_size: int, *, shuffle: bool):
+        t = self.cfg.train
+        return make_loader(ds, batch_size, self.tokenizer.pad_token_id, shuffle=shuffle,
+                           group_by_length=t.group_by_length, seed=self.cfg.seed, num_workers=t.num_workers)
+
+    def _write_run_header(self) -> None:
+        if not self.acc.is_main_process:
+            return
+        prepare_run_dir(self.run_dir, overwrite=self.overwrite, resume=False)
+        atomic_write_text(self.run_dir / "config.yaml", self.cfg.to_yaml())
+        atomic_write_text(self.run_dir / "labels.json", json.dumps(self.data.label_names))
+        table = format_table(self.rows, self.n_params, self.cfg.budget.max_trainable)
+        atomic_write_text(self.run_dir / "params.txt", table + "\n")
+        (self.run_dir / "metrics.jsonl").write_text("", encoding="utf-8")
+        for note in self.data.notes:
+            self.log(f"data: {note}")
+        self.log(f"train {len(self.train_ds)} / val {len(self.val_ds)} items, {len(self.data.label_names)} labels; "
+                 f"{self.total_steps} optimizer steps ({self.steps_per_epoch}/epoch) on {self.acc.device} "
+                 f"x{self.acc.num_processes}, precision {self.acc.mixed_precision}")
+        self.log(table.splitlines()[-1])
+
+    # ------------------------------------------------------------------ train
+    def record(self, **row) -> None:
+        if self.acc.is_main_process:
+            with (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def loss_fn(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), labels, label_smoothing=self.cfg.train.label_smoothing)
+
+    def train(self) -> "Recipe":
+        cfg, st = self.cfg.train, self.state
+        n_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        eval_steps = cfg.eval_every if isinstance(cfg.eval_every, int) else None
+        bar = tqdm(total=self.total_steps * cfg.batch_size * cfg.grad_accum * self.acc.num_processes,
+                   desc="training", unit=" samples", unit_scale=True, disable=not self.acc.is_main_process)
+        stop = False
+        for epoch in range(st.epoch, n_epochs):
+            st.epoch = epoch
+            self._set_epoch(epoch)
+            self.model.train()
+            sums = torch.zeros(3, device=self.acc.device)  # loss*n, correct, n
+            t0, seen = time.perf_counter(), 0
+            for batch in self.train_loader:
+                with self.acc.accumulate(self.model):
+                    labels = batch.pop("labels")
+                    logits = self.model(**batch).logits
+                    loss = self.loss_fn(logits, labels)
+                    if not torch.isfinite(loss):
+                        raise TrainingDiverged(
+                            f"loss became {loss.item()} at step {st.step + 1} (epoch {epoch + 1}); likely causes: "
+                            f"learning rate too high (optim.lr={self.cfg.optim.lr}) or fp16 overflow "
+                            f"(train.precision={self.acc.mixed_precision}); the last good checkpoint is kept")
+                    self.acc.backward(loss)
+                    if self.acc.sync_gradients and cfg.max_grad_norm:
+                        self.acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                    self.optimizer.step()
+                    if self.acc.sync_gradients:
+                        self.scheduler.step()
+                        self._after_step(st.step + 1)  # before zero_grad: AdaLoRA reads the gradients
+                    self.optimizer.zero_grad(set_to_none=True)
+                n = labels.numel()
+                sums += torch.stack([loss.detach() * n, (logits.argmax(-1) == labels).sum().float(),
+                                     torch.tensor(float(n), device=sums.device)])
+                seen += n
+                bar.update(n * self.acc.num_processes)
+                if not self.acc.sync_gradients:
+                    continue
+                st.step += 1
+                if st.step % cfg.log_every == 0:
+                    self.record(type="train", step=st.step, epoch=round(st.step / self.steps_per_epoch, 4),
+                                loss=round(loss.item(), 6), lr=self.scheduler.get_last_lr()[0],
+                                samples_per_s=round(seen * self.acc.num_processes / (time.perf_counter() - t0), 2))
+                if eval_steps and st.step % eval_steps == 0 and st.step < self.total_steps:
+                    stop = self.evaluate_and_keep()
+                if stop or st.step >= self.total_steps:
+                    break
+            tot = self.acc.reduce(sums, reduction="sum")
+            self.record(type="epoch", epoch=epoch + 1, step=st.step, train_loss=(tot[0] / tot[2]).item(),
+                        train_accuracy=(tot[1] / tot[2]).item(),
+                        samples_per_s=round(seen * self.acc.num_processes / (time.perf_counter() - t0), 2))
+            if not stop and (eval_steps is None or st.step >= self.total_steps):
+                stop = self.evaluate_and_keep()
+            if stop or st.step >= self.total_steps:
+                break
+        bar.close()
+        return self
+
+    def _set_epoch(self, epoch: int) -> None:
+        self.train_ds.epoch = epoch
+        sampler = getattr(self.train_loader, "batch_sampler", None)
+        inner = getattr(sampler, "batch_sampler", sampler)  # accelerate wraps ours in a shard
+        if hasattr(inner, "set_epoch"):
+            inner.set_epoch(epoch)
+
+    def _after_step(self, step: int) -> None:
+        """AdaLoRA re-allocates ranks after each optimizer step (PEFT's documented loop)."""
+        if self.cfg.adapter.method == "adalora":
+            self.acc.unwrap_model(self.model).base_model.update_and_allocate(step)
+
+    # ------------------------------------------------------------------ evaluation and selection
+    @torch.inference_mode()
+    def predict_logits(self, loader) -> tuple[np.ndarray, np.ndarray, float]:
+        """Logits and labels of every item exactly once (duplicates from DDP padding dropped)."""
+        self.model.eval()
+        outs, labs = [], []
+        for batch in tqdm(loader, desc="evaluating", leave=False, disable=not self.acc.is_main_process):
+            labels = batch.pop("labels")
+            logits = self.model(**batch).logits.float()
+            logits, labels = self.acc.gather_for_metrics((logits, labels))
+            outs.append(logits.cpu())
+            labs.append(labels.cpu())
+        self.model.train()
+        logits, labels = torch.cat(outs), torch.cat(labs)
+        loss = F.cross_entropy(logits, labels).item()
+        return logits.numpy(), labels.numpy(), loss
+
+    def evaluate(self, loader) -> dict:
+        logits, labels, loss = self.predict_logits(loader)
+        out = classification_metrics(labels, logits.argmax(-1), self.data.label_names)
+        out["loss"] = loss
+        return out
+
+    def evaluate_and_keep(self) -> bool:
+        """Evaluate, keep the top-k checkpoints by the chosen metric; True when early stopping fires."""
+        cfg, st = self.cfg.train, self.state
+        m = self.evaluate(self.val_loader)
+        self.record(type="eval", step=st.step, epoch=round(st.step / self.steps_per_epoch, 4), loss=m["loss"],
+                    accuracy=m["accuracy"], macro_f1=m["macro_f1"], n=m["n"])
+        self.log(f"step {st.step}: val loss {m['loss']:.4f} accuracy {m['accuracy']:.4f} macro-F1 {m['macro_f1']:.4f}")
+        value = m[cfg.metric]
+        sign = 1 if higher_is_better(cfg.metric) else -1
+        improved = st.best is None or sign * value > sign * st.best
+        if improved:
+            st.best, st.best_step, st.bad_evals = value, st.step, 0
+        else:
+            st.bad_evals += 1
+        self._keep(value, sign)
+        return cfg.early_stopping is not None and st.bad_evals >= cfg.early_stopping
+
+    def _keep(self, value: float, sign: int) -> None:
+        from safetensors.torch import save_file
+
+        st = self.state
+        ranked = sorted(st.kept + [(value, st.step)], key=lambda x: (-sign * x[0], x[1]))
+        keep, drop = ranked[: self.cfg.train.save_top_k], ranked[self.cfg.train.save_top_k:]
+        if (value, st.step) in keep and self.acc.is_main_process:
+            d = self.run_dir / "checkpoints" / f"step-{st.step}"
+            d.mkdir(parents=True, exist_ok=True)
+            tmp = d / ".trainable.safetensors.tmp"
+            save_file(trainable_state(self.acc.unwrap_model(self.model)), str(tmp))
+            tmp.replace(d / "trainable.safetensors")
+        if self.acc.is_main_process:
+            for _, step in drop:
+                import shutil
+                shutil.rmtree(self.run_dir / "checkpoints" / f"step-{step}", ignore_errors=True)
+        st.kept = keep
+
+    def load_best(self) -> None:
+        from safetensors.torch import load_file
+
+        self.acc.wait_for_everyone()
+        path = self.run_dir / "checkpoints" / f"step-{self.state.best_step}" / "trainable.safetensors"
+        state = load_file(str(path))
+        missing = self.acc.unwrap_model(self.model).load_state_dict(state, strict=False).unexpected_keys
+        if missing:
+            raise RuntimeError(f"checkpoint {path} has unknown keys {missing[:3]}")
+
+    # ------------------------------------------------------------------ finish
+    def final_epoch_on_all(self) -> None:
+        """One more epoch over train+validation from the best weights, lr decaying linearly from
+        10% of optim.lr to 0; nothing is left to select on, so its result is what is saved."""
+        from .data import Examples
+
+        both = Examples(self.data.train.texts + self.data.val.texts,
+                        np.concatenate([self.data.train.labels, self.data.val.labels]))
+        loader = self.acc.prepare(self._loader(self._dataset(both, augment=True), self.cfg.train.batch_size, shuffle=True))
+        steps = max(1, math.ceil(len(loader) / self.cfg.train.grad_accum))
+        for g in self.optimizer.param_groups:
+            g["lr"] = g.get("initial_lr", g["lr"]) * 0.1
+        sched = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: max(0.0, 1 - s / steps))
+        self.model.train()
+        for batch in tqdm(loader, desc="final epoch (train+val)", disable=not self.acc.is_main_process):
+            with self.acc.accumulate(self.model):
+                labels = batch.pop("labels")
+                loss = self.loss_fn(self.model(**batch).logits, labels)
+                self.acc.backward(loss)
+                if self.acc.sync_gradients and self.cfg.train.max_grad_norm:
+                    self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.train.max_grad_norm)
+                self.optimizer.step()
+                if self.acc.sync_gradients:
+                    sched.step()
+                self.optimizer.zero_grad(set_to_none=True)
+        self.record(type="final_on_val", loss=loss.item())
+
+    def finish(self) -> dict:
+        from .report import write_report
+
+        cfg = self.cfg
+        self.load_best()
+        if cfg.train.final_on_val:
+            self.final_epoch_on_all()
+        result = {"best_step": self.state.best_step, "metric": cfg.train.metric, "trainable": sum(r.total for r in self.rows),
+                  "validation": self.evaluate(self.val_loader)}
+        result["validation"]["seen_in_training"] = cfg.train.final_on_val
+        if cfg.data.test:
+            test, _, _ = load_labelled(cfg.data.test, cfg.data, cfg.data.test_split, self.data.label_names, "data.test")
+            loader = self.acc.prepare(self._loader(self._dataset(test), cfg.train.eval_batch_size, shuffle=False))
+            result["test"] = self.evaluate(loader)
+        if self.acc.is_main_process:
+            model = self.acc.unwrap_model(self.model)
+            save_weights(model, self.tokenizer, self.run_dir, cfg)
+            atomic_write_text(self.run_dir / "eval.json", json.dumps(result, indent=2))
+            write_report(self.run_dir, result, self.data.label_names)
+            v = result["validation"]
+            self.log(f"validation accuracy {v['accuracy']:.4f}, macro-F1 {v['macro_f1']:.4f} (n={v['n']}); "
+                     f"run saved in {self.run_dir}")
+        self.acc.wait_for_everyone()
+        return result
+
+
+def run_training(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, log: Callable = print) -> dict:
+    recipe = Recipe(cfg, run_dir, overwrite=overwrite, log=log).setup()
+    recipe.train()
+    return recipe.finish()

@@ -1,0 +1,68 @@
+import pytest
+import yaml
+
+from lorafit.config import RunConfig, load_config
+from lorafit.errors import LorafitError
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def test_defaults_point_at_hub():
+    cfg = RunConfig()
+    assert cfg.model.name == "roberta-base" and cfg.data.train == "ag_news"
+    assert cfg.model.trust_remote_code is False
+
+
+def test_unknown_key_did_you_mean(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("optim:\n  lr_rate: 0.1\n")
+    with pytest.raises(LorafitError, match=r"unknown key 'optim.lr_rate' \(did you mean 'optim.lr'\?\)"):
+        load_config(p)
+
+
+def test_unknown_section_and_several_errors_in_one_message(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("adaptr: {r: 4}\ntrain: {epochs: -1}\n")
+    with pytest.raises(LorafitError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert "'adaptr'" in msg and "did you mean 'adapter'" in msg and "train.epochs" in msg
+    assert "\n" not in msg
+
+
+def test_dotted_overrides_parse_yaml_values():
+    cfg = load_config(None, ["adapter.r=4", "optim.lr=3e-4", "adapter.targets=[query, value]", "data.limit=null"])
+    assert cfg.adapter.r == 4 and cfg.optim.lr == 3e-4 and cfg.adapter.targets == ["query", "value"]
+    assert cfg.data.limit is None
+
+
+def test_bad_override_and_bad_yaml(tmp_path):
+    with pytest.raises(LorafitError, match="expected key=value"):
+        load_config(None, ["adapter.r"])
+    p = tmp_path / "c.yaml"
+    p.write_text("model: [unclosed\n")
+    with pytest.raises(LorafitError, match="not valid YAML"):
+        load_config(p)
+
+
+def test_round_trip_through_yaml(tmp_path):
+    cfg = load_config(None, ["adapter.r=2", "optim.layer_lrs=[{layers: [0, 3], lr: 1e-5}]", "train.eval_every=50"])
+    p = tmp_path / "config.yaml"
+    p.write_text(cfg.to_yaml())
+    again = load_config(p)
+    assert again == cfg
+
+
+def test_cross_field_checks():
+    with pytest.raises(LorafitError, match="target_r"):
+        load_config(None, ["adapter.method=adalora", "adapter.init_r=4", "adapter.target_r=8"])
+    with pytest.raises(LorafitError, match="whole number"):
+        load_config(None, ["data.val_size=10.5"])
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_validates(path):
+    cfg = load_config(path)
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("#") and "lorafit" in first, "configs begin with the command that runs them"
+    assert isinstance(yaml.safe_load(path.read_text()), dict) and cfg is not None
