@@ -131,3 +131,10 @@ def trained_run(tmp_path_factory, tiny_roberta, synth1k_csv):
     recipe.train()
     result = recipe.finish()
     return run_dir, recipe, result
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_token_cache(tmp_path_factory):
+    """Tests never read or fill the user's ~/.cache/lorafit."""
+    os.environ["LORAFIT_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield

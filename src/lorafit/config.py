@@ -115,7 +115,7 @@ class OptimConfig(_Section):
 class TrainConfig(_Section):
     epochs: float = Field(3, gt=0)
     max_steps: Optional[int] = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
-    batch_size: int = Field(32, ge=1, description="Per-process batch size.")
+    batch_size: int = Field(32, ge=1, description="Global batch size (split across processes under DDP).")
     eval_batch_size: int = Field(128, ge=1)
     grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
     max_grad_norm: Optional[float] = Field(1.0, gt=0, description="Gradient clipping; null disables.")
@@ -130,7 +130,7 @@ class TrainConfig(_Section):
     group_by_length: bool = Field(True, description="Batches of similar length (shuffled order): less padding, same math.")
     cache_prefix: Union[bool, Literal["auto"]] = Field(
         "auto", description="Compute hidden states below the lowest trainable layer once and train only the layers above.")
-    cache_dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description="Storage dtype of cached hidden states.")
+    cache_dtype: Literal["float32", "float16"] = Field("float32", description="Storage dtype of cached hidden states (float16 halves memory).")
     compile: bool = Field(False, description="torch.compile the model (measure first: slower on small CPU runs).")
     checkpoint_every: Optional[int] = Field(None, ge=1, description="Also write a resumable checkpoint every N optimizer steps.")
     deterministic: bool = Field(True, description="Deterministic kernels and seeded data order.")

@@ -52,6 +52,7 @@ class Recipe:
     def __init__(self, cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, log: Callable = print):
         self.cfg, self.run_dir, self.overwrite, self.log = cfg, Path(run_dir), overwrite, log
         self.state = State()
+        self.train_seconds, self._segment = 0.0, time.perf_counter()
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> "Recipe":
@@ -59,8 +60,22 @@ class Recipe:
         from accelerate.utils import set_seed
 
         cfg = self.cfg
+        from accelerate.state import AcceleratorState
+        from accelerate.utils import DataLoaderConfiguration
+
+        # Several recipes may run in one process (seeds, sweeps, tests) with different precisions:
+        # forget the previous one's settings, but keep the process group (reset_partial_state=False).
+        AcceleratorState._reset_state(reset_partial_state=False)
+
+        # split_batches: train.batch_size is the global batch, cut across processes, so a config
+        # trains the same way on 1 or N processes (same steps, same effective batch).
         self.acc = Accelerator(mixed_precision=resolve_precision(cfg.train.precision),
-                               gradient_accumulation_steps=cfg.train.grad_accum)
+                               gradient_accumulation_steps=cfg.train.grad_accum,
+                               dataloader_config=DataLoaderConfiguration(split_batches=True))
+        for name, bs in (("train.batch_size", cfg.train.batch_size), ("train.eval_batch_size", cfg.train.eval_batch_size)):
+            if bs % self.acc.num_processes:
+                raise LorafitError(f"{name}: {bs} is the global batch and must divide by the "
+                                   f"{self.acc.num_processes} processes")
         set_seed(cfg.seed)
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -78,19 +93,55 @@ class Recipe:
         self.train_loader = self._loader(self.train_ds, cfg.train.batch_size, shuffle=True)
         self.val_loader = self._loader(self.val_ds, cfg.train.eval_batch_size, shuffle=False)
 
-        self.steps_per_epoch = math.ceil(
-            math.ceil(len(self.train_loader) / self.acc.num_processes) / cfg.train.grad_accum)
+        self.steps_per_epoch = math.ceil(len(self.train_loader) / cfg.train.grad_accum)
         self.total_steps = cfg.train.max_steps or max(1, int(math.ceil(self.steps_per_epoch * cfg.train.epochs)))
         self.model, self.plan = build_model(cfg, names, total_steps=self.total_steps)
         self.rows = trainable_rows(self.model)
         self.n_params = count_all(self.model)
         check_budget(self.rows, cfg.budget.max_trainable)
+        self._write_run_header()
+        self.final_val_loader = self.acc.prepare(self.val_loader)  # always the full model's own path
+        self.prefix = self._setup_prefix()
         self.optimizer = build_optimizer(self.model, cfg.optim, self.plan.train_full)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.total_steps)
+        if cfg.train.compile:
+            # dynamic: batches have different lengths (dynamic padding); without it every length recompiles
+            self.model = torch.compile(self.model, dynamic=True)
         self.model, self.optimizer, self.train_loader, self.val_loader = self.acc.prepare(
             self.model, self.optimizer, self.train_loader, self.val_loader)
-        self._write_run_header()
         return self
+
+    def _setup_prefix(self):
+        """Frozen-prefix caching when it applies (see prefix.py); says in the log why it is on or off."""
+        from .data import Collator
+        from .prefix import CachedCollator, IndexedDataset, PrefixCache, trainable_floor, why_not
+
+        reason = why_not(self.model, self.cfg)
+        if reason is not None:
+            self.log(f"prefix cache: off ({reason})")
+            return None
+        k = trainable_floor(self.model)
+        cache = PrefixCache(self.model.to(self.acc.device), k, self.cfg.train.cache_dtype)
+        collate = Collator(self.tokenizer.pad_token_id)
+        bs = self.cfg.train.eval_batch_size
+        loaders = []
+        for ds, loader in ((self.train_ds, self.train_loader), (self.val_ds, self.val_loader)):
+            store = cache.compute(ds, collate, bs, f"caching layers 0-{k - 1}")
+            loaders.append(torch.utils.data.DataLoader(IndexedDataset(ds), batch_sampler=loader.batch_sampler,
+                                                       collate_fn=CachedCollator(collate, store)))
+        self.train_loader, self.val_loader = loaders
+        cache.install()
+        n = "the embeddings" if k == 0 else f"embeddings + layers 0-{k - 1}"
+        self.log(f"prefix cache: on (nothing below layer {k} trains: {n} computed once for "
+                 f"{len(self.train_ds) + len(self.val_ds)} items, {self.cfg.train.cache_dtype}; training runs layers {k}+)")
+        return cache
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        """Logits of a batch; with the prefix cache, its states stand in for embeddings + frozen layers."""
+        hidden = batch.pop("prefix_hidden", None)
+        if hidden is not None:
+            self.prefix.feed(hidden)
+        return self.model(**batch).logits
 
     def _check_budget(self, names: list[str]) -> None:
         from .model import budget_table
@@ -140,7 +191,7 @@ class Recipe:
         cfg, st = self.cfg.train, self.state
         n_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
         eval_steps = cfg.eval_every if isinstance(cfg.eval_every, int) else None
-        bar = tqdm(total=self.total_steps * cfg.batch_size * cfg.grad_accum * self.acc.num_processes,
+        bar = tqdm(total=self.total_steps * cfg.batch_size * cfg.grad_accum,
                    desc="training", unit=" samples", unit_scale=True, disable=not self.acc.is_main_process)
         stop = False
         for epoch in range(st.epoch, n_epochs):
@@ -149,10 +200,11 @@ class Recipe:
             self.model.train()
             sums = torch.zeros(3, device=self.acc.device)  # loss*n, correct, n
             t0, seen = time.perf_counter(), 0
+            self._segment = time.perf_counter()
             for batch in self.train_loader:
                 with self.acc.accumulate(self.model):
                     labels = batch.pop("labels")
-                    logits = self.model(**batch).logits
+                    logits = self.forward(batch)
                     loss = self.loss_fn(logits, labels)
                     if not torch.isfinite(loss):
                         raise TrainingDiverged(
@@ -214,7 +266,7 @@ class Recipe:
         outs, labs = [], []
         for batch in tqdm(loader, desc="evaluating", leave=False, disable=not self.acc.is_main_process):
             labels = batch.pop("labels")
-            logits = self.model(**batch).logits.float()
+            logits = self.forward(batch).float()
             logits, labels = self.acc.gather_for_metrics((logits, labels))
             outs.append(logits.cpu())
             labs.append(labels.cpu())
@@ -232,9 +284,11 @@ class Recipe:
     def evaluate_and_keep(self) -> bool:
         """Evaluate, keep the top-k checkpoints by the chosen metric; True when early stopping fires."""
         cfg, st = self.cfg.train, self.state
+        self.train_seconds += time.perf_counter() - self._segment  # training time, evaluations excluded
         m = self.evaluate(self.val_loader)
         self.record(type="eval", step=st.step, epoch=round(st.step / self.steps_per_epoch, 4), loss=m["loss"],
-                    accuracy=m["accuracy"], macro_f1=m["macro_f1"], n=m["n"])
+                    accuracy=m["accuracy"], macro_f1=m["macro_f1"], n=m["n"], train_seconds=round(self.train_seconds, 3))
+        self._segment = time.perf_counter()
         self.log(f"step {st.step}: val loss {m['loss']:.4f} accuracy {m['accuracy']:.4f} macro-F1 {m['macro_f1']:.4f}")
         value = m[cfg.metric]
         sign = 1 if higher_is_better(cfg.metric) else -1
@@ -306,10 +360,12 @@ class Recipe:
 
         cfg = self.cfg
         self.load_best()
+        if self.prefix is not None:
+            self.prefix.close()  # the full model from here on: final epoch, final metrics, saving
         if cfg.train.final_on_val:
             self.final_epoch_on_all()
         result = {"best_step": self.state.best_step, "metric": cfg.train.metric, "trainable": sum(r.total for r in self.rows),
-                  "validation": self.evaluate(self.val_loader)}
+                  "validation": self.evaluate(self.final_val_loader)}
         result["validation"]["seen_in_training"] = cfg.train.final_on_val
         if cfg.data.test:
             test, _, _ = load_labelled(cfg.data.test, cfg.data, cfg.data.test_split, self.data.label_names, "data.test")

