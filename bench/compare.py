@@ -14,6 +14,7 @@ accuracy). Results: a table on stdout and in --out (bench/RESULTS.md), with date
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -105,6 +106,9 @@ def run_lorafit(spec: dict) -> dict:
     evals = [r for r in rows if r["type"] == "eval"]
     train_s = evals[-1]["train_seconds"]
     hit = next((r for r in evals if r["accuracy"] >= spec["target_accuracy"]), None)
+    total_steps = recipe.total_steps
+    del recipe  # prediction starts from the saved run, as `lorafit predict` does
+    gc.collect()
 
     model, tok, _, _ = load_trained(run_dir, merge=True)
     texts = pd.read_csv(spec["val"])["text"].tolist()
@@ -113,7 +117,7 @@ def run_lorafit(spec: dict) -> dict:
     predict_s = time.perf_counter() - t
     unmerged_model, tok, _, _ = load_trained(run_dir, merge=False)
     unmerged = predict_logits(unmerged_model, tok, texts, RECIPE["max_length"], 64).argmax(-1)
-    return {"name": "lorafit", "train_samples": recipe.total_steps * RECIPE["batch_size"], "train_s": train_s,
+    return {"name": "lorafit", "train_samples": total_steps * RECIPE["batch_size"], "train_s": train_s,
             "wall_with_evals_s": wall_with_evals, "time_to_target_s": hit["train_seconds"] if hit else None,
             "target_step": hit["step"] if hit else None, "final_accuracy": result["validation"]["accuracy"],
             "predict_samples": len(texts), "predict_s": predict_s,

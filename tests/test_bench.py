@@ -17,3 +17,13 @@ def test_compare_runs_on_tiny_input(tiny_roberta, synth_csv, tmp_path):
                 "peak RSS (MB)"):
         assert f"| {row}" in text
     assert "merged predictions equal its unmerged ones: True" in text
+
+
+def test_switches_runs_on_tiny_input(tiny_roberta, synth_csv, tmp_path):
+    out = tmp_path / "RESULTS.md"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "switches.py"), "--model", str(tiny_roberta),
+                           "--data", str(synth_csv), "--limit", "300", "--steps", "6", "--variants", "default,bf16",
+                           "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    assert "| default (fp32, eager) |" in text and "| bf16 autocast |" in text and "failed" not in text

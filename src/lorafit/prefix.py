@@ -47,13 +47,13 @@ def trainable_floor(model: nn.Module) -> int:
 def why_not(model: nn.Module, cfg) -> str | None:
     """None when prefix caching applies, else the reason it is off (for the run log)."""
     if cfg.train.cache_prefix is False:
-        return "off by config (train.cache_prefix: false)"
+        return "train.cache_prefix: false"
     if encoder_layers(model) is None:
         return f"{type(model).__name__} has no encoder.layer list"
     if cfg.data.shuffle_sentences_p > 0:
         return "sentence-shuffle augmentation changes inputs every epoch"
     if trainable_floor(model) == 0:
-        return "parameters in layer 0 or the embeddings train (nothing frozen below the adapters)"
+        return "layer 0 or the embeddings have trainable parameters, so no frozen prefix exists"
     return None
 
 

@@ -72,7 +72,7 @@ def write_report(run_dir: Path, result: dict, names: list[str]) -> None:
     v = result["validation"]
     params = (run_dir / "params.txt").read_text(encoding="utf-8").strip().splitlines()
     md = ["# lorafit run report", "",
-          f"- trainable parameters: {params[-1]}",
+          f"- trainable parameters: {result['trainable']:,} ({params[-1].split(' / ')[-1]}); {params[-2]}",
           f"- best checkpoint: step {result['best_step']} by {result['metric']}",
           f"- validation: accuracy **{v['accuracy']:.4f}**, macro-F1 {v['macro_f1']:.4f}, loss {v['loss']:.4f} (n={v['n']})"
           + (" — note: validation items were also trained on (train.final_on_val)" if v.get("seen_in_training") else "")]

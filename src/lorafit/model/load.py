@@ -5,6 +5,7 @@ transformers' torch.load runs with weights_only=True). `trust_remote_code` is of
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -63,6 +64,23 @@ def load_model_config(cfg: ModelConfig, num_labels: int, label_names: list[str])
         raise _wrap("the config of", cfg.name, e) from None
 
 
+@contextlib.contextmanager
+def quiet_transformers():
+    """transformers' load report lists the classification head as MISSING (expected: lorafit trains
+    it, or the adapter restores it) and draws a bar per load; both only alarm users, so mute them."""
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def load_base(cfg: ModelConfig, label_names: list[str], *, weights: bool = True):
     """AutoModelForSequenceClassification with the label map. weights=False builds it on the meta
     device from config.json alone: exact shapes for parameter counting, no memory, no download."""
@@ -75,8 +93,9 @@ def load_base(cfg: ModelConfig, label_names: list[str], *, weights: bool = True)
             return AutoModelForSequenceClassification.from_config(mcfg, trust_remote_code=cfg.trust_remote_code)
     check_local_folder(cfg, need_weights=True)
     try:
-        return AutoModelForSequenceClassification.from_pretrained(
-            cfg.name, config=mcfg, trust_remote_code=cfg.trust_remote_code,
-            use_safetensors=None if cfg.allow_pickle_weights else True)
+        with quiet_transformers():
+            return AutoModelForSequenceClassification.from_pretrained(
+                cfg.name, config=mcfg, trust_remote_code=cfg.trust_remote_code,
+                use_safetensors=None if cfg.allow_pickle_weights else True)
     except Exception as e:
         raise _wrap("the model", cfg.name, e) from None
