@@ -6,6 +6,7 @@ exists), then evaluates, predicts and leaves the report in runs/demo.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -49,7 +50,9 @@ def main() -> int:
     pd.DataFrame({"ID": range(len(val)), "text": val.texts}).to_csv(run / "unlabelled.csv", index=False)
     rc = cli(["evaluate", str(run), "--data", str(run / "validation.csv")]) or \
         cli(["predict", str(run), "--input", str(run / "unlabelled.csv"), "--output", str(run / "submission.csv")])
-    print(f"demo: done in {time.time() - t0:.0f} s; report: {run / 'report.md'}")
+    v = json.loads((run / "eval.json").read_text())["validation"]
+    print(f"demo: validation accuracy {v['accuracy']:.4f}, macro-F1 {v['macro_f1']:.4f} (n={v['n']}); "
+          f"done in {time.time() - t0:.0f} s; report: {run / 'report.md'}")
     return rc
 
 
