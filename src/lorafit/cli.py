@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("budget", help="trainable-parameter table against budget.max_trainable (no weights loaded)")
     _config_args(b)
     b.add_argument("--num-labels", type=int, help="number of classes (default: data.label_names, else read from data)")
+    b.add_argument("--solve", action="store_true",
+                   help="list the LoRA layouts (targets, layers, rank, head, LayerNorms) that fit budget.max_trainable, "
+                        "largest first, and pick one")
 
     e = sub.add_parser("evaluate", help="metrics of a finished run on a labelled file")
     e.add_argument("run_dir")
@@ -68,12 +71,40 @@ def label_names_for_budget(cfg, num_labels: int | None) -> list[str]:
 def cmd_budget(args) -> int:
     from .config import load_config
     from .model import budget_table, format_table
+    from .model.solver import resolve_rank
 
     cfg = load_config(args.config, args.overrides)
-    rows, total = budget_table(cfg, label_names_for_budget(cfg, args.num_labels))
-    print(format_table(rows, total, cfg.budget.max_trainable))
+    names = label_names_for_budget(cfg, args.num_labels)
+    if args.solve:
+        return solve_budget(cfg, names, args)
+    cfg, note = resolve_rank(cfg, names)
+    if note:
+        print(note)
+    rows, total = budget_table(cfg, names)
+    print(format_table(rows, total, cfg.budget.max_trainable))  # its last line: trainable: N / budget: M
     budget = cfg.budget.max_trainable
     return 2 if budget is not None and sum(r.total for r in rows) > budget else 0
+
+
+def solve_budget(cfg, names: list[str], args) -> int:
+    from .model.solver import count_exact, format_layouts, pick, solve
+
+    layouts, notes = solve(cfg, names)
+    budget = cfg.budget.max_trainable
+    print("\n".join(format_layouts(layouts, notes, budget)))
+    best = pick(layouts)
+    if best is None:
+        print(f"no layout fits {budget:,} trainable parameters")
+        return 2
+    exact = count_exact(best.apply(cfg), names)
+    if exact != best.trainable:
+        raise RuntimeError(f"solver: closed form {best.trainable:,} != PEFT count {exact:,} for {best}")
+    sets = " ".join(f"--set {o}" for o in best.overrides())
+    print(f"pick: LoRA r={best.r} on {best.target_set} [{','.join(best.targets)}], layers {best.layer_text}, "
+          f"head {best.head}, layernorm {'trained' if best.layernorm else 'frozen'}")
+    print(f"  lorafit train --config {args.config} {sets}")
+    print(f"trainable: {exact} / budget: {budget} (pick, counted by PEFT on the meta device)")
+    return 0
 
 
 def cmd_evaluate(args) -> int:
