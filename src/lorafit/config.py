@@ -189,7 +189,7 @@ def field_at(key: str):
         fields = cls.model_fields
         if part not in fields:
             guess = suggest(part, list(fields))
-            where = ".".join(parts[:i] + [guess]) if guess else None
+            where = ".".join(parts[:i] + [guess] + parts[i + 1:]) if guess else None
             return None, f"unknown key '{key}'" + (f" (did you mean '{where}'?)" if where else f" (known: {', '.join(fields)})")
         field = fields[part]
         if i == len(parts) - 1:
