@@ -5,11 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import assert_reload_exact, train_briefly
 from lorafit.config import load_config
 from lorafit.errors import LorafitError
 from lorafit.model import build_model
-from test_variants import assert_reload_exact, train_briefly
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from lorafit.config import load_config
-from lorafit.errors import BudgetError
+from lorafit.errors import BudgetError, LorafitError
 from lorafit.model.solver import count_exact, largest_rank, pick, resolve_rank, solve, target_sets
 from test_budget import LABELS, ROBERTA, needs_roberta
 
@@ -55,6 +55,8 @@ def test_auto_rank_is_the_largest_that_fits():
     assert largest_rank(cfg, LABELS) == 11  # q,v + RoBERTa head: 593,668 + 11 * 36,864 = 999,172
     resolved, note = resolve_rank(cfg, LABELS)
     assert resolved.adapter.r == 11 and "auto -> 11" in note
+    with pytest.raises(LorafitError, match="needs budget.max_trainable"):
+        largest_rank(cfg.model_copy(update={"budget": cfg.budget.model_copy(update={"max_trainable": None})}), LABELS)
     with pytest.raises(BudgetError, match="even rank 1"):
         largest_rank(cfg.model_copy(update={"budget": cfg.budget.model_copy(update={"max_trainable": 600_000})}), LABELS)
 

@@ -38,8 +38,10 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
 
 
 def seed_config(cfg: RunConfig, seed: int) -> RunConfig:
-    split = cfg.seed if cfg.data.split_seed is None else cfg.data.split_seed
-    return cfg.model_copy(update={"seed": seed, "data": cfg.data.model_copy(update={"split_seed": split})})
+    from .data import split_seed
+
+    pinned = split_seed(cfg.data, cfg.seed)
+    return cfg.model_copy(update={"seed": seed, "data": cfg.data.model_copy(update={"split_seed": pinned})})
 
 
 def summarize(runs: dict[int, dict]) -> dict:

@@ -18,13 +18,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .config import RunConfig
-from .data import TokenDataset, load_labelled, load_split, make_loader, tokenize
+from .data import TokenDataset, load_labelled, load_split, make_loader, split_seed, tokenize
 from .errors import LorafitError, TrainingDiverged
 from .metrics import classification_metrics, higher_is_better
 from .model import build_model, check_budget, format_table, load_tokenizer, trainable_rows
 from .model.budget import count_all
-from .optim import build_optimizer, build_scheduler
 from .model.solver import resolve_rank
+from .optim import build_optimizer, build_scheduler
 from .runs import atomic_write_text, initial_lora, prepare_run_dir, save_weights, trainable_state
 
 
@@ -87,8 +87,7 @@ class Recipe:
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
 
-        split_seed = cfg.seed if cfg.data.split_seed is None else cfg.data.split_seed
-        self.data = load_split(cfg.data, split_seed)
+        self.data = load_split(cfg.data, split_seed(cfg.data, cfg.seed))
         names = self.data.label_names
         # adapter.r: auto becomes a number here, so config.yaml records the rank that trained
         self.cfg, note = resolve_rank(cfg, names)

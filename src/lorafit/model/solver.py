@@ -18,7 +18,7 @@ from torch import nn
 
 from ..config import AdapterConfig, RunConfig, validate_config
 from ..errors import BudgetError, LorafitError
-from .adapters import LAYER_INDEX, default_targets, layer_of, linear_layer_modules, num_layers, resolve_targets
+from .adapters import LAYER_INDEX, default_targets, linear_layer_modules, num_layers, resolve_targets
 from .heads import apply_head, encoder_of
 from .load import checkpoint_keys, load_base
 
