@@ -101,6 +101,37 @@ def tiny_config(model: Path, data: Path, **over) -> "object":
     return load_config(None, sets)
 
 
+def train_briefly(model, data, run_dir, **over):
+    """Two optimizer steps; returns the recipe and the names of trainable tensors that changed."""
+    import torch
+
+    from lorafit.runs import trainable_state
+    from lorafit.train import Recipe
+
+    cfg = tiny_config(model, data, **{"train__max_steps": 2, "data__limit": 120, **over})
+    recipe = Recipe(cfg, run_dir, log=lambda *a: None).setup()
+    before = trainable_state(recipe.acc.unwrap_model(recipe.model))
+    recipe.train()
+    after = trainable_state(recipe.acc.unwrap_model(recipe.model))
+    recipe.finish()
+    return recipe, {n for n, v in before.items() if not torch.equal(v, after[n])}
+
+
+def assert_reload_exact(recipe, run_dir, merges=(False, True)):
+    """load_trained (unmerged and merged) gives the end-of-training logits; returns (texts, logits)."""
+    import numpy as np
+
+    from lorafit.predict import predict_logits
+    from lorafit.runs import load_trained
+
+    texts = recipe.data.val.texts[:16]
+    ref = predict_logits(recipe.acc.unwrap_model(recipe.model).eval(), recipe.tokenizer, texts, 32)
+    for merge in merges:
+        model, tok, _, _ = load_trained(run_dir, merge=merge)
+        np.testing.assert_allclose(predict_logits(model, tok, texts, 32), ref, atol=1e-4)
+    return texts, ref
+
+
 def run_cli(*args, cwd=None, env=None, timeout=600):
     """`python -m lorafit ...` in a new process."""
     import subprocess

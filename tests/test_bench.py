@@ -27,3 +27,17 @@ def test_switches_runs_on_tiny_input(tiny_roberta, synth_csv, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()
     assert "| default (fp32, eager) |" in text and "| bf16 autocast |" in text and "failed" not in text
+
+
+def test_quality_runs_on_tiny_input(tiny_bert, synth_csv, tmp_path):
+    """bench/quality.py starts and writes its table (3 rows x 1 seed on a tiny BERT; numbers are not checked)."""
+    out = tmp_path / "QUALITY.md"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "quality.py"), "--model", str(tiny_bert),
+                           "--data", str(synth_csv), "--limit", "120", "--val-size", "40", "--max-length", "32",
+                           "--epochs", "1", "--seeds", "0", "--set", "train.batch_size=16", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    for row in ("| (a) | seeds' recipe", "| (b) | full fine-tuning", "| (c) | lorafit best layout"):
+        assert row in text
+    assert "lorafit train --config configs/agnews-minilm-best.yaml --seeds 0" in text

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -24,10 +25,22 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(t)
     t.add_argument("--out", help="run directory (default: runs/<config name>)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    t.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2: one run each in OUT/seed-N on one validation "
+                                   "set, then mean ± sd per metric in OUT/seeds.json and OUT/seeds.md")
+
+    s = sub.add_parser("sweep", help="Optuna search over the config's sweep.space (median pruning, resumable)")
+    _config_args(s)
+    s.add_argument("--trials", type=int, required=True, help="total finished trials wanted (a resumed study counts its own)")
+    s.add_argument("--out", help="folder for trials/, best.yaml, trials.csv, sweep.png (default: runs/sweep-<config name>)")
+    s.add_argument("--storage", help="SQLAlchemy URL of the study database (default: sqlite:///OUT/sweep.db)")
+    s.add_argument("--study", help="study name within the storage (default: the config file's name)")
 
     b = sub.add_parser("budget", help="trainable-parameter table against budget.max_trainable (no weights loaded)")
     _config_args(b)
     b.add_argument("--num-labels", type=int, help="number of classes (default: data.label_names, else read from data)")
+    b.add_argument("--solve", action="store_true",
+                   help="list the LoRA layouts (targets, layers, rank, head, LayerNorms) that fit budget.max_trainable, "
+                        "largest first, and pick one")
 
     e = sub.add_parser("evaluate", help="metrics of a finished run on a labelled file")
     e.add_argument("run_dir")
@@ -50,7 +63,25 @@ def cmd_train(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    if args.seeds is not None:
+        from .seeds import parse_seeds, run_seeds
+
+        run_seeds(cfg, parse_seeds(args.seeds), out, overwrite=args.overwrite, command="lorafit " + shlex.join(args.argv))
+        return 0
     run_training(cfg, out, overwrite=args.overwrite)
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from .config import load_config
+    from .sweep import run_sweep
+
+    if args.trials < 1:
+        raise LorafitError("--trials: give a positive number of trials")
+    cfg = load_config(args.config, args.overrides)
+    stem = Path(args.config).stem
+    out = Path(args.out) if args.out else Path("runs") / f"sweep-{stem}"
+    run_sweep(cfg, args.trials, out, storage=args.storage, name=args.study or stem)
     return 0
 
 
@@ -68,12 +99,40 @@ def label_names_for_budget(cfg, num_labels: int | None) -> list[str]:
 def cmd_budget(args) -> int:
     from .config import load_config
     from .model import budget_table, format_table
+    from .model.solver import resolve_rank
 
     cfg = load_config(args.config, args.overrides)
-    rows, total = budget_table(cfg, label_names_for_budget(cfg, args.num_labels))
-    print(format_table(rows, total, cfg.budget.max_trainable))
+    names = label_names_for_budget(cfg, args.num_labels)
+    if args.solve:
+        return solve_budget(cfg, names, args)
+    cfg, note = resolve_rank(cfg, names)
+    if note:
+        print(note)
+    rows, total = budget_table(cfg, names)
+    print(format_table(rows, total, cfg.budget.max_trainable))  # its last line: trainable: N / budget: M
     budget = cfg.budget.max_trainable
     return 2 if budget is not None and sum(r.total for r in rows) > budget else 0
+
+
+def solve_budget(cfg, names: list[str], args) -> int:
+    from .model.solver import count_exact, format_layouts, pick, solve
+
+    layouts, notes = solve(cfg, names)
+    budget = cfg.budget.max_trainable
+    print("\n".join(format_layouts(layouts, notes, budget)))
+    best = pick(layouts)
+    if best is None:
+        print(f"no layout fits {budget:,} trainable parameters")
+        return 2
+    exact = count_exact(best.apply(cfg), names)
+    if exact != best.trainable:
+        raise RuntimeError(f"solver: closed form {best.trainable:,} != PEFT count {exact:,} for {best}")
+    sets = " ".join(f"--set {o}" for o in best.overrides())
+    print(f"pick: LoRA r={best.r} on {best.target_set} [{','.join(best.targets)}], layers {best.layer_text}, "
+          f"head {best.head}, layernorm {'trained' if best.layernorm else 'frozen'}")
+    print(f"  lorafit train --config {args.config} {sets}")
+    print(f"trainable: {exact} / budget: {budget} (pick, counted by PEFT on the meta device)")
+    return 0
 
 
 def cmd_evaluate(args) -> int:
@@ -92,11 +151,12 @@ def cmd_predict(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "budget": cmd_budget, "evaluate": cmd_evaluate, "predict": cmd_predict}
+COMMANDS = {"train": cmd_train, "budget": cmd_budget, "sweep": cmd_sweep, "evaluate": cmd_evaluate, "predict": cmd_predict}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in outputs that name their command
     try:
         return COMMANDS[args.command](args)
     except LorafitError as e:

@@ -46,6 +46,9 @@ class DataConfig(_Section):
     empty_texts: Literal["drop", "error"] = Field("drop", description="Empty/whitespace-only texts: drop them (with a count) or stop.")
     shuffle_sentences_p: float = Field(0.0, ge=0, le=1, description="Augmentation: probability of shuffling an item's sentences each epoch.")
     allow_pickle: bool = Field(False, description="Accept pickled inputs (.pkl); unpickling runs code from the file.")
+    split_seed: Optional[int] = Field(
+        None, description="Seed of the shuffle, `limit` and the validation split (default: `seed`); `train --seeds` fixes "
+        "it so that every seed is scored on the same validation set.")
 
     @field_validator("val_size")
     @classmethod
@@ -65,7 +68,12 @@ class AdapterConfig(_Section):
     bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases train (PEFT semantics).")
     rslora: bool = Field(False, description="Rank-stabilised scaling alpha/sqrt(r).")
     dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
-    init: Literal["default", "gaussian", "pissa", "olora"] = Field("default", description="LoRA weight init.")
+    init: Literal["default", "gaussian", "pissa", "olora"] = Field(
+        "default", description="LoRA weight init. pissa / olora start from the weights' principal (SVD) / QR part and "
+        "move it out of the base weights; the saved adapter is converted to plain LoRA (rank 2r) so it loads on the "
+        "unmodified base model.")
+    train_layernorm: bool = Field(False, description="Also train every LayerNorm weight and bias (counted in the budget, "
+                                  "saved with the adapter).")
     init_r: int = Field(12, ge=1, description="AdaLoRA: starting rank.")
     target_r: int = Field(8, ge=1, description="AdaLoRA: average rank after pruning.")
     tinit: float = Field(0.1, ge=0, lt=1, description="AdaLoRA: fraction of steps before rank pruning starts.")
@@ -80,6 +88,9 @@ class AdapterConfig(_Section):
             raise ValueError("adapter.target_r must be <= adapter.init_r")
         if self.tinit + self.tfinal >= 1:
             raise ValueError("adapter.tinit + adapter.tfinal must be < 1")
+        if self.init in ("pissa", "olora") and (self.dora or self.method == "adalora"):
+            # their conversion to plain LoRA at save time (ΔW = BA - B0A0) has no DoRA/AdaLoRA counterpart
+            raise ValueError(f"adapter.init: {self.init} works with method lora without dora")
         return self
 
 
@@ -90,7 +101,6 @@ class HeadConfig(_Section):
         "pooler, random or trained for another objective, cripples a classifier); "
         "lora_dense: the head's dense layer (RoBERTa classifier.dense, BERT pooler) frozen with LoRA on it; "
         "cls_linear: one linear layer on the first token; mean_linear: mean pooling + linear.")
-    train_layernorm: bool = Field(False, description="Also train LayerNorm weights and biases (counted in the budget).")
 
 
 class LayerLR(_Section):
@@ -103,7 +113,9 @@ class OptimConfig(_Section):
     lr: float = Field(5e-4, gt=0, description="Learning rate for adapter weights (and the head unless head_lr is set).")
     head_lr: Optional[float] = Field(None, gt=0, description="Learning rate of the classification head.")
     layer_lrs: list[LayerLR] = Field([], description="Tiered layer-wise learning rates, e.g. [{layers: [0, 3], lr: 1e-5}].")
-    loraplus_ratio: Optional[float] = Field(None, gt=0, description="LoRA+: lr of B matrices = ratio * lr (peft's create_loraplus_optimizer).")
+    loraplus_ratio: Optional[float] = Field(
+        None, gt=0, description="LoRA+ (peft's create_loraplus_optimizer): lr of B matrices and of 1-D parameters "
+        "(biases, norms) = ratio * lr; typical 16.")
     weight_decay: float = Field(0.01, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD / RMSprop momentum.")
     betas: tuple[float, float] = (0.9, 0.999)
@@ -148,6 +160,73 @@ class BudgetConfig(_Section):
     max_trainable: Optional[int] = Field(None, ge=1, description="Refuse setups with more trainable parameters.")
 
 
+class SweepConfig(_Section):
+    space: dict[str, Any] = Field(
+        {}, description="Dotted config key -> a list of choices, or {low, high, log} for a number, e.g. "
+        "{adapter.r: [4, 8, 16], optim.lr: {low: 1.0e-4, high: 3.0e-3, log: true}}.")
+    metric: Literal["accuracy", "macro_f1", "loss"] = Field("accuracy", description="Validation metric optimised (loss: minimised).")
+    startup_trials: int = Field(3, ge=0, description="Median pruning starts after this many finished trials.")
+    warmup_evals: int = Field(0, ge=0, description="Never prune a trial before this many evaluations.")
+
+    @field_validator("space")
+    @classmethod
+    def _space(cls, space: dict) -> dict:
+        problems = []
+        for key, spec in space.items():
+            problem = check_space_key(key) or _check_space_spec(key, spec)
+            if problem:
+                problems.append(problem)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return space
+
+
+def field_at(key: str):
+    """The pydantic field of a dotted key ('optim.lr'), or an error naming the closest key."""
+    cls: type[BaseModel] = RunConfig
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        fields = cls.model_fields
+        if part not in fields:
+            guess = suggest(part, list(fields))
+            where = ".".join(parts[:i] + [guess] + parts[i + 1:]) if guess else None
+            return None, f"unknown key '{key}'" + (f" (did you mean '{where}'?)" if where else f" (known: {', '.join(fields)})")
+        field = fields[part]
+        if i == len(parts) - 1:
+            return field, None
+        sub = field.annotation
+        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
+            return None, f"unknown key '{key}' ('{'.'.join(parts[:i + 1])}' is not a section)"
+        cls = sub
+    return None, f"unknown key '{key}'"
+
+
+def check_space_key(key: str) -> str | None:
+    if key.split(".")[0] in ("sweep", "budget"):
+        return f"'{key}': the sweep cannot change its own settings or the budget"
+    field, problem = field_at(key)
+    if problem is None and isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+        return f"'{key}' is a section; name a key inside it"
+    return problem
+
+
+def _check_space_spec(key: str, spec: Any) -> str | None:
+    if isinstance(spec, list):
+        return None if spec else f"'{key}': an empty list of choices"
+    if isinstance(spec, dict):
+        extra = set(spec) - {"low", "high", "log", "step"}
+        if extra or not {"low", "high"} <= set(spec):
+            return f"'{key}': a range is {{low, high}} with optional log, step (got {sorted(spec)})"
+        try:
+            low, high = float(spec["low"]), float(spec["high"])
+        except (TypeError, ValueError):
+            return f"'{key}': low and high must be numbers"
+        if not low < high or (spec.get("log") and low <= 0):
+            return f"'{key}': need low < high (and low > 0 with log)"
+        return None
+    return f"'{key}': expected a list of choices or {{low, high}}"
+
+
 class RunConfig(_Section):
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
@@ -156,10 +235,14 @@ class RunConfig(_Section):
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
     budget: BudgetConfig = BudgetConfig()
+    sweep: SweepConfig = SweepConfig()
     seed: int = Field(42, description="Seeds python, numpy, torch, the split and the data order.")
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        raw = self.model_dump(mode="json")
+        if raw["sweep"] == SweepConfig().model_dump(mode="json"):
+            del raw["sweep"]  # a run's config.yaml says how it trained; an unused sweep section is noise there
+        return yaml.safe_dump(raw, sort_keys=False)
 
 
 # ---------------------------------------------------------------- loading and overrides
@@ -208,7 +291,7 @@ def _format_errors(err: ValidationError, source: str) -> str:
             msgs.append(f"unknown key '{key}'{hint}")
         else:
             where = f"'{key}': " if key else ""
-            msgs.append(f"{where}{e['msg']}")
+            msgs.append(f"{where}{e['msg'].removeprefix('Value error, ')}")
     return f"{source}: " + "; ".join(msgs)
 
 

@@ -151,6 +151,11 @@ def stratified_split(labels: np.ndarray, val_size: float, seed: int) -> tuple[np
     return np.sort(tr), np.sort(va)
 
 
+def split_seed(cfg: DataConfig, seed: int) -> int:
+    """The seed of the shuffle, limit and split: data.split_seed, else the run's seed."""
+    return seed if cfg.split_seed is None else cfg.split_seed
+
+
 def load_split(cfg: DataConfig, seed: int) -> SplitData:
     """Training data → shuffled, optionally limited → stratified train/validation split."""
     ex, names, notes = load_labelled(cfg.train, cfg, cfg.train_split, None, "data.train")

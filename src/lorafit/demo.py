@@ -42,10 +42,10 @@ def main() -> int:
         return rc
     # Predict and evaluate on the run's own validation split, written out as files a user would have.
     from .config import load_config
-    from .data import load_split
+    from .data import load_split, split_seed
 
     cfg = load_config(run / "config.yaml")
-    val = load_split(cfg.data, cfg.seed).val
+    val = load_split(cfg.data, split_seed(cfg.data, cfg.seed)).val
     pd.DataFrame({"text": val.texts, "label": val.labels}).to_csv(run / "validation.csv", index=False)
     pd.DataFrame({"ID": range(len(val)), "text": val.texts}).to_csv(run / "unlabelled.csv", index=False)
     rc = cli(["evaluate", str(run), "--data", str(run / "validation.csv")]) or \

@@ -40,8 +40,11 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, head_modules: list
             raise LorafitError("optim.loraplus_ratio: LoRA+ sets its own groups; drop optim.layer_lrs / optim.head_lr")
         from peft.optimizers import create_loraplus_optimizer
 
+        # peft reads weight decay from `loraplus_weight_decay`; a plain `weight_decay` would be overridden by
+        # its per-group default of 0 (every group sets its own), i.e. silently dropped
         return create_loraplus_optimizer(model=model, optimizer_cls=_optimizer_cls(cfg), lr=cfg.lr,
-                                         loraplus_lr_ratio=cfg.loraplus_ratio, weight_decay=cfg.weight_decay, **_kwargs(cfg))
+                                         loraplus_lr_ratio=cfg.loraplus_ratio, loraplus_weight_decay=cfg.weight_decay,
+                                         **_kwargs(cfg))
     groups: dict[tuple[float, float], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:

@@ -47,9 +47,45 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().to("cpu").clone().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_weights(model: torch.nn.Module, tokenizer, run_dir: Path, cfg: RunConfig) -> Path:
+def initial_lora(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """LoRA A/B right after a PiSSA/OLoRA init, keyed as in adapter_model.safetensors (see to_plain_lora)."""
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().to("cpu").clone() for k, v in get_peft_model_state_dict(model).items()
+            if ".lora_A." in k or ".lora_B." in k}
+
+
+def to_plain_lora(folder: Path, init: dict[str, torch.Tensor]) -> None:
+    """Rewrite a saved PiSSA/OLoRA adapter as plain LoRA over the unmodified base weights.
+
+    Those inits move s·B0A0 out of the base: W_res = W - s·B0A0, and training gives W_res + s·BA
+    = W + s·[B | -B0][A ; A0], a LoRA of rank 2r with the same scale s (alpha doubled, or times √2
+    with rsLoRA). PEFT's own conversion (save_pretrained(path_initial_model_for_weight_conversion))
+    drops modules_to_save, i.e. the trained head, so lorafit does the same algebra itself and keeps
+    every other tensor as saved."""
+    from safetensors.torch import load_file, save_file
+
+    weights = folder / "adapter_model.safetensors"
+    state = load_file(str(weights))
+    missing = [k for k in init if k not in state]
+    if missing:
+        raise RuntimeError(f"{weights}: initial LoRA tensors {missing[:2]} not in the saved adapter")
+    for k, v0 in init.items():
+        state[k] = torch.cat([state[k], v0], 0) if ".lora_A." in k else torch.cat([state[k], -v0], 1)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(weights), metadata={"format": "pt"})
+    path = folder / "adapter_config.json"
+    pc = json.loads(path.read_text(encoding="utf-8"))
+    pc["r"] *= 2
+    pc["lora_alpha"] *= 2 ** 0.5 if pc.get("use_rslora") else 2
+    pc["init_lora_weights"] = True
+    path.write_text(json.dumps(pc, indent=2), encoding="utf-8")
+
+
+def save_weights(model: torch.nn.Module, tokenizer, run_dir: Path, cfg: RunConfig,
+                 lora_init: dict[str, torch.Tensor] | None = None) -> Path:
     """Final weights: PEFT format in adapter/ (loadable by PeftModel.from_pretrained) or, for full
-    fine-tuning, the whole model in model/. Written to a temporary folder, then renamed."""
+    fine-tuning, the whole model in model/. Written to a temporary folder, then renamed.
+    lora_init: the PiSSA/OLoRA starting A/B, to save as plain LoRA (to_plain_lora)."""
     name = "model" if cfg.adapter.method == "full" else "adapter"
     final = run_dir / name
     tmp = run_dir / f".{name}.tmp"
@@ -59,6 +95,8 @@ def save_weights(model: torch.nn.Module, tokenizer, run_dir: Path, cfg: RunConfi
         for pc in model.peft_config.values():
             pc.rank_pattern = None
     model.save_pretrained(tmp, safe_serialization=True)
+    if lora_init is not None:
+        to_plain_lora(tmp, lora_init)
     tokenizer.save_pretrained(tmp)
     if final.exists():
         shutil.rmtree(final)

@@ -18,13 +18,14 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .config import RunConfig
-from .data import TokenDataset, load_labelled, load_split, make_loader, tokenize
+from .data import TokenDataset, load_labelled, load_split, make_loader, split_seed, tokenize
 from .errors import LorafitError, TrainingDiverged
 from .metrics import classification_metrics, higher_is_better
 from .model import build_model, check_budget, format_table, load_tokenizer, trainable_rows
 from .model.budget import count_all
+from .model.solver import resolve_rank
 from .optim import build_optimizer, build_scheduler
-from .runs import atomic_write_text, prepare_run_dir, save_weights, trainable_state
+from .runs import atomic_write_text, initial_lora, prepare_run_dir, save_weights, trainable_state
 
 
 def resolve_precision(choice: str) -> str:
@@ -49,8 +50,14 @@ class State:
 
 
 class Recipe:
-    def __init__(self, cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, log: Callable = print):
-        self.cfg, self.run_dir, self.overwrite, self.log = cfg, Path(run_dir), overwrite, log
+    """on_eval(n, metrics) is called after the n-th evaluation (1, 2, ...) with the validation
+    metrics; sweeps use it to prune (an exception raised there stops training)."""
+
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, log: Callable = print,
+                 on_eval: Callable[[int, dict], None] | None = None):
+        self.cfg, self.run_dir, self.overwrite, self.log, self.on_eval = cfg, Path(run_dir), overwrite, log, on_eval
+        self.prefix = None
+        self.evals = 0
         self.state = State()
         self.train_seconds, self._segment = 0.0, time.perf_counter()
 
@@ -79,11 +86,14 @@ class Recipe:
         set_seed(cfg.seed)
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
-        if cfg.adapter.r == "auto":
-            raise LorafitError("adapter.r: 'auto' is resolved by `lorafit budget --solve`; set a number")
 
-        self.data = load_split(cfg.data, cfg.seed)
+        self.data = load_split(cfg.data, split_seed(cfg.data, cfg.seed))
         names = self.data.label_names
+        # adapter.r: auto becomes a number here, so config.yaml records the rank that trained
+        self.cfg, note = resolve_rank(cfg, names)
+        cfg = self.cfg
+        if note:
+            self.log(note)
         self._check_budget(names)  # before any heavy work: tokenising, loading weights
         self.tokenizer = load_tokenizer(cfg.model)
         if self.tokenizer.pad_token_id is None:
@@ -96,6 +106,8 @@ class Recipe:
         self.steps_per_epoch = math.ceil(len(self.train_loader) / cfg.train.grad_accum)
         self.total_steps = cfg.train.max_steps or max(1, int(math.ceil(self.steps_per_epoch * cfg.train.epochs)))
         self.model, self.plan = build_model(cfg, names, total_steps=self.total_steps)
+        # PiSSA/OLoRA changed the base weights; their starting A/B let the saved adapter be plain LoRA
+        self.lora_init = initial_lora(self.model) if cfg.adapter.init in ("pissa", "olora") else None
         self.rows = trainable_rows(self.model)
         self.n_params = count_all(self.model)
         check_budget(self.rows, cfg.budget.max_trainable)
@@ -290,6 +302,9 @@ class Recipe:
                     accuracy=m["accuracy"], macro_f1=m["macro_f1"], n=m["n"], train_seconds=round(self.train_seconds, 3))
         self._segment = time.perf_counter()
         self.log(f"step {st.step}: val loss {m['loss']:.4f} accuracy {m['accuracy']:.4f} macro-F1 {m['macro_f1']:.4f}")
+        self.evals += 1
+        if self.on_eval is not None:
+            self.on_eval(self.evals, m)
         value = m[cfg.metric]
         sign = 1 if higher_is_better(cfg.metric) else -1
         improved = st.best is None or sign * value > sign * st.best
@@ -373,7 +388,7 @@ class Recipe:
             result["test"] = self.evaluate(loader)
         if self.acc.is_main_process:
             model = self.acc.unwrap_model(self.model)
-            save_weights(model, self.tokenizer, self.run_dir, cfg)
+            save_weights(model, self.tokenizer, self.run_dir, cfg, self.lora_init)
             atomic_write_text(self.run_dir / "eval.json", json.dumps(result, indent=2))
             write_report(self.run_dir, result, self.data.label_names)
             v = result["validation"]
@@ -382,8 +397,17 @@ class Recipe:
         self.acc.wait_for_everyone()
         return result
 
+    def cleanup(self) -> None:
+        """Drop the prefix cache's temporary files; safe to call after an interrupted run."""
+        if self.prefix is not None:
+            self.prefix.close()
+
 
 def run_training(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, log: Callable = print) -> dict:
-    recipe = Recipe(cfg, run_dir, overwrite=overwrite, log=log).setup()
-    recipe.train()
-    return recipe.finish()
+    recipe = Recipe(cfg, run_dir, overwrite=overwrite, log=log)
+    try:
+        recipe.setup()
+        recipe.train()
+        return recipe.finish()
+    finally:
+        recipe.cleanup()

@@ -24,8 +24,8 @@ def build_model(cfg: RunConfig, label_names: list[str], *, weights: bool = True,
 
 def head_plan(base: nn.Module, cfg: RunConfig) -> HeadPlan:
     plan = apply_head(base, cfg.head.type)
-    if cfg.head.train_layernorm:
-        plan.train_full += [n for n in layernorm_names(base) if not any(n.startswith(h + ".") for h in plan.train_full)]
+    if cfg.adapter.train_layernorm:
+        plan.norms = [n for n in layernorm_names(base) if not any(n.startswith(h + ".") for h in plan.train_full)]
     return plan
 
 

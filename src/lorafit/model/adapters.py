@@ -77,7 +77,7 @@ def peft_config(model: nn.Module, cfg: RunConfig, plan: HeadPlan, total_steps: i
     # use the plain wrapper, because SEQ_CLS would add the whole `classifier` to modules_to_save.
     task = TaskType.SEQ_CLS if not plan.lora and plan.train_full and "classifier" in plan.train_full else None
     common = dict(target_modules=targets, lora_alpha=a.alpha, lora_dropout=a.dropout, bias=a.bias,
-                  modules_to_save=list(plan.train_full) or None, task_type=task, use_rslora=a.rslora)
+                  modules_to_save=plan.saved_in_full or None, task_type=task, use_rslora=a.rslora)
     if a.method == "adalora":
         if a.dora or a.init not in ("default", "gaussian"):
             raise LorafitError("adapter: AdaLoRA does not combine with dora or pissa/olora init")

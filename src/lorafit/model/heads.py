@@ -13,11 +13,19 @@ from torch import nn
 
 from ..errors import LorafitError
 
+NEW_WEIGHTS_ATTR = "lorafit_new_weights"  # set by load_base: parameter names the checkpoint did not have
+
 
 @dataclass
 class HeadPlan:
-    train_full: list[str] = field(default_factory=list)   # full module names, trained and saved in full
-    lora: list[str] = field(default_factory=list)         # full module names that get LoRA
+    train_full: list[str] = field(default_factory=list)   # head modules (full names), trained and saved in full
+    lora: list[str] = field(default_factory=list)         # head modules (full names) that get LoRA
+    norms: list[str] = field(default_factory=list)        # encoder LayerNorms trained in full (adapter.train_layernorm)
+
+    @property
+    def saved_in_full(self) -> list[str]:
+        """PEFT modules_to_save: head and norms, saved whole with the adapter."""
+        return self.train_full + self.norms
 
 
 def encoder_of(model: nn.Module) -> tuple[str, nn.Module]:
@@ -54,8 +62,10 @@ class Pool(nn.Module):
         self.mask: torch.Tensor | None = None  # set per forward by a pre-hook on the model
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        if self.mode == "cls" or self.mask is None:
+        if self.mode == "cls":
             return hidden[:, 0]
+        if self.mask is None or self.mask.shape != hidden.shape[:2]:
+            return hidden.mean(1)  # called without a mask: every token is real
         m = self.mask.to(hidden.dtype).unsqueeze(-1)
         return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
 
@@ -73,11 +83,27 @@ class PoolLinear(nn.Module):
         return self.out_proj(self.dropout(self.pool(features)))
 
 
-def _capture_mask(model: nn.Module, pool: Pool) -> None:
-    def hook(_module, args, kwargs):
-        mask = kwargs.get("attention_mask")
-        pool.mask = mask
+def _capture_mask(model: nn.Module) -> None:
+    """Hand each forward's attention mask to every Pool in the model. Looked up per call, not
+    captured once: PEFT's modules_to_save trains a deep copy of the head, whose Pool is a
+    different object (capturing the original left the trained copy without a mask)."""
+    def hook(module, args, kwargs):
+        mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+        for m in module.modules():
+            if isinstance(m, Pool):
+                m.mask = mask
     model.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def _require_pretrained(model: nn.Module, module: str) -> None:
+    """lora_dense freezes the dense layer: it must come from the checkpoint. A freshly initialised one
+    would stay random, and since frozen weights are not saved with the adapter, a reload would draw
+    different random weights (wrong logits). `load_base` records what the checkpoint lacked."""
+    new = getattr(model, NEW_WEIGHTS_ATTR, None)
+    if new is not None and f"{module}.weight" in new:
+        raise LorafitError(f"head.type: lora_dense keeps {module} frozen, but {model.name_or_path} has no pretrained "
+                           f"weights for it (it would stay random); use head.type: model (trains it), mean_linear "
+                           f"or cls_linear")
 
 
 def apply_head(model: nn.Module, head_type: str) -> HeadPlan:
@@ -90,8 +116,10 @@ def apply_head(model: nn.Module, head_type: str) -> HeadPlan:
         return HeadPlan(train_full=own_head_modules(model))
     if head_type == "lora_dense":
         if roberta_like:
+            _require_pretrained(model, "classifier.dense")
             return HeadPlan(train_full=["classifier.out_proj"], lora=["classifier.dense"])
         if pooler is not None and isinstance(getattr(pooler[1], "dense", None), nn.Linear):
+            _require_pretrained(model, f"{pooler[0]}.dense")
             return HeadPlan(train_full=[n for n in own_head_modules(model) if n != pooler[0]], lora=[f"{pooler[0]}.dense"])
         raise LorafitError(f"head.type: lora_dense needs a head with a dense layer (RoBERTa or BERT); "
                            f"{type(model).__name__} has none; use head.type: model")
@@ -101,13 +129,13 @@ def apply_head(model: nn.Module, head_type: str) -> HeadPlan:
         if roberta_like:
             head = PoolLinear(cfg.hidden_size, cfg.num_labels, mode, drop)
             model.classifier = head.to(classifier.out_proj.weight.device)
-            _capture_mask(model, head.pool)
+            _capture_mask(model)
             return HeadPlan(train_full=["classifier"])
         if pooler is not None and isinstance(classifier, nn.Linear):
             pool = Pool(mode)
             prefix, enc = encoder_of(model)
             enc.pooler = pool
-            _capture_mask(model, pool)
+            _capture_mask(model)
             return HeadPlan(train_full=["classifier"])
         raise LorafitError(f"head.type: {head_type} supports RoBERTa- and BERT-style heads; {type(model).__name__} "
                            "is neither; use head.type: model")

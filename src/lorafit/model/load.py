@@ -12,6 +12,7 @@ import torch
 
 from ..config import ModelConfig
 from ..errors import LorafitError
+from .heads import NEW_WEIGHTS_ATTR
 
 SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -94,8 +95,27 @@ def load_base(cfg: ModelConfig, label_names: list[str], *, weights: bool = True)
     check_local_folder(cfg, need_weights=True)
     try:
         with quiet_transformers():
-            return AutoModelForSequenceClassification.from_pretrained(
+            model, info = AutoModelForSequenceClassification.from_pretrained(
                 cfg.name, config=mcfg, trust_remote_code=cfg.trust_remote_code,
-                use_safetensors=None if cfg.allow_pickle_weights else True)
+                use_safetensors=None if cfg.allow_pickle_weights else True, output_loading_info=True)
     except Exception as e:
         raise _wrap("the model", cfg.name, e) from None
+    # heads.py refuses to freeze a layer that is freshly initialised (e.g. a BERT checkpoint without pooler)
+    setattr(model, NEW_WEIGHTS_ATTR, set(info.get("missing_keys", ())))
+    return model
+
+
+def checkpoint_keys(cfg: ModelConfig) -> set[str] | None:
+    """Parameter names stored in a local safetensors checkpoint (header only, no tensors read);
+    None when that cannot be told without loading (hub id, config-only folder)."""
+    import json
+
+    p = Path(cfg.name)
+    if (p / "model.safetensors").is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(p / "model.safetensors"), "pt") as f:
+            return set(f.keys())
+    if (p / "model.safetensors.index.json").is_file():
+        return set(json.loads((p / "model.safetensors.index.json").read_text())["weight_map"])
+    return None
