@@ -21,9 +21,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train and write a run directory")
-    _config_args(t)
+    _config_args(t, required=False)
     t.add_argument("--out", help="run directory (default: runs/<config name>)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    t.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue a stopped run from its last checkpoint, with its own config.yaml")
 
     b = sub.add_parser("budget", help="trainable-parameter table against budget.max_trainable (no weights loaded)")
     _config_args(b)
@@ -48,6 +50,20 @@ def cmd_train(args) -> int:
     from .config import load_config
     from .train import run_training
 
+    if args.resume:
+        # the run's own config only: anything else would not continue the same run
+        extra = [f for f, v in (("--config", args.config), ("--set", args.overrides), ("--out", args.out),
+                                ("--overwrite", args.overwrite)) if v]
+        if extra:
+            raise LorafitError(f"--resume: continues RUN_DIR with its own config.yaml; drop {', '.join(extra)}")
+        run_dir = Path(args.resume)
+        from .runs import check_run_dir
+
+        check_run_dir(run_dir, overwrite=False, resume=True)
+        run_training(load_config(run_dir / "config.yaml"), run_dir, resume=True)
+        return 0
+    if not args.config:
+        raise LorafitError("train: --config is required (or --resume RUN_DIR to continue a run)")
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     run_training(cfg, out, overwrite=args.overwrite)

@@ -272,10 +272,16 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
                  seed: int = 0, mega: int = 50):
         self.lengths = np.asarray(lengths)
         self.batch_size, self.shuffle, self.group, self.seed, self.mega = batch_size, shuffle, group_by_length, seed, mega
-        self.epoch = 0
+        self.epoch, self._skip = 0, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def skip_next(self, n: int) -> None:
+        """Leave out the first n batches of the next pass only: a run resumed mid-epoch sees the same
+        order without the batches it already trained on. One-shot, so later epochs are whole again;
+        kept apart from set_epoch because accelerate calls set_epoch itself at the start of each pass."""
+        self._skip = n
 
     def batches(self) -> list[list[int]]:
         n, bs = len(self.lengths), self.batch_size
@@ -296,9 +302,10 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
         return [batches[i] for i in perm]
 
     def __iter__(self):
-        return iter(self.batches())
+        skip, self._skip = self._skip, 0
+        return iter(self.batches()[skip:])
 
-    def __len__(self) -> int:
+    def __len__(self) -> int:  # a whole epoch, also while skipping: steps per epoch are counted from it
         return (len(self.lengths) + self.batch_size - 1) // self.batch_size
 
 
@@ -324,4 +331,7 @@ class Collator:
 def make_loader(ds: TokenDataset, batch_size: int, pad_id: int, *, shuffle: bool, group_by_length: bool = True,
                 seed: int = 0, num_workers: int = 0) -> torch.utils.data.DataLoader:
     sampler = LengthGroupedBatches(ds.lengths(), batch_size, shuffle=shuffle, group_by_length=group_by_length, seed=seed)
-    return torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=Collator(pad_id), num_workers=num_workers)
+    # Its own generator: each pass draws a worker seed from it, and drawing from the global RNG instead
+    # would shift dropout masks between a run and the same run resumed from a checkpoint.
+    return torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=Collator(pad_id), num_workers=num_workers,
+                                       generator=torch.Generator().manual_seed(seed))
