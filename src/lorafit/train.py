@@ -223,69 +223,75 @@ class Recipe:
         if st.finished:
             return self  # resumed after the loop had ended (a crash in finish): only finish() remains
         n_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
-        eval_steps = cfg.eval_every if isinstance(cfg.eval_every, int) else None
         per_step = cfg.batch_size * cfg.grad_accum
         bar = tqdm(total=self.total_steps * per_step, initial=st.step * per_step,
                    desc="training", unit=" samples", unit_scale=True, disable=not self.acc.is_main_process)
-        stop, pos = False, self.position
-        for epoch in range(pos.epoch, n_epochs):
-            st.epoch = epoch
-            if pos.epoch != epoch:
-                pos = Position(epoch)
-            self._set_epoch(epoch, skip=pos.batches)  # resumed mid-epoch: same order, trained batches left out
-            self.model.train()
-            # loss*n, correct, n
-            sums = pos.sums.to(self.acc.device) if pos.sums is not None else torch.zeros(3, device=self.acc.device)
-            t0, seen, batches = time.perf_counter(), pos.seen, pos.batches
-            self._segment = time.perf_counter()
-            for batch in self.train_loader:
-                batches += 1
-                with self.acc.accumulate(self.model):
-                    labels = batch.pop("labels")
-                    logits = self.forward(batch)
-                    loss = self.loss_fn(logits, labels)
-                    if not torch.isfinite(loss):
-                        raise TrainingDiverged(f"loss became {loss.item()} at step {st.step + 1} (epoch {epoch + 1}); "
-                                               f"{self.divergence_hint()}")
-                    self.acc.backward(loss)
-                    if self.acc.sync_gradients and cfg.max_grad_norm:
-                        self.acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
-                    self.optimizer.step()
-                    if self.acc.sync_gradients:
-                        self.scheduler.step()
-                        self._after_step(st.step + 1)  # before zero_grad: AdaLoRA reads the gradients
-                    self.optimizer.zero_grad(set_to_none=True)
-                n = labels.numel()
-                sums += torch.stack([loss.detach() * n, (logits.argmax(-1) == labels).sum().float(),
-                                     torch.tensor(float(n), device=sums.device)])
-                seen += n
-                bar.update(n * self.acc.num_processes)
-                if not self.acc.sync_gradients:
-                    continue
-                st.step += 1
-                if st.step % cfg.log_every == 0:
-                    self.record(type="train", step=st.step, epoch=round(st.step / self.steps_per_epoch, 4),
-                                loss=round(loss.item(), 6), lr=self.scheduler.get_last_lr()[0],
-                                samples_per_s=round(seen * self.acc.num_processes / (time.perf_counter() - t0), 2))
-                if eval_steps and st.step % eval_steps == 0 and st.step < self.total_steps:
-                    stop = self.evaluate_and_keep()
-                if stop or st.step >= self.total_steps:
+        try:  # closed on error too, so an error message starts on a line of its own
+            pos = self.position
+            for epoch in range(pos.epoch, n_epochs):
+                stop = self.train_epoch(pos if pos.epoch == epoch else Position(epoch), bar)
+                st.finished = stop or st.step >= self.total_steps
+                self.save_checkpoint(Position(epoch + 1))
+                if st.finished:
                     break
-                if (cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0
-                        and not self.acc.gradient_state.end_of_dataloader):  # the epoch's end saves its own
-                    self.save_checkpoint(Position(epoch, batches, seen, sums))
-            tot = self.acc.reduce(sums, reduction="sum")
-            self.record(type="epoch", epoch=epoch + 1, step=st.step, train_loss=(tot[0] / tot[2]).item(),
-                        train_accuracy=(tot[1] / tot[2]).item(),
-                        samples_per_s=round(seen * self.acc.num_processes / (time.perf_counter() - t0), 2))
-            if not stop and (eval_steps is None or st.step >= self.total_steps):
-                stop = self.evaluate_and_keep()
-            st.finished = stop or st.step >= self.total_steps
-            self.save_checkpoint(Position(epoch + 1))
-            if st.finished:
-                break
-        bar.close()
+        finally:
+            bar.close()
         return self
+
+    def train_epoch(self, pos: Position, bar) -> bool:
+        """One epoch from `pos` (its start, or where a resumed run stopped); True when early stopping fires."""
+        cfg, st, epoch = self.cfg.train, self.state, pos.epoch
+        eval_steps = cfg.eval_every if isinstance(cfg.eval_every, int) else None
+        st.epoch = epoch
+        self._set_epoch(epoch, skip=pos.batches)  # resumed mid-epoch: same order, trained batches left out
+        self.model.train()
+        # loss*n, correct, n
+        sums = pos.sums.to(self.acc.device) if pos.sums is not None else torch.zeros(3, device=self.acc.device)
+        t0, seen, batches, stop = time.perf_counter(), pos.seen, pos.batches, False
+        self._segment = time.perf_counter()
+        for batch in self.train_loader:
+            batches += 1
+            with self.acc.accumulate(self.model):
+                labels = batch.pop("labels")
+                logits = self.forward(batch)
+                loss = self.loss_fn(logits, labels)
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(f"loss became {loss.item()} at step {st.step + 1} (epoch {epoch + 1}); "
+                                           f"{self.divergence_hint()}")
+                self.acc.backward(loss)
+                if self.acc.sync_gradients and cfg.max_grad_norm:
+                    self.acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+                if self.acc.sync_gradients:
+                    self.scheduler.step()
+                    self._after_step(st.step + 1)  # before zero_grad: AdaLoRA reads the gradients
+                self.optimizer.zero_grad(set_to_none=True)
+            n = labels.numel()
+            sums += torch.stack([loss.detach() * n, (logits.argmax(-1) == labels).sum().float(),
+                                 torch.tensor(float(n), device=sums.device)])
+            seen += n
+            bar.update(n * self.acc.num_processes)
+            if not self.acc.sync_gradients:
+                continue
+            st.step += 1
+            if st.step % cfg.log_every == 0:
+                self.record(type="train", step=st.step, epoch=round(st.step / self.steps_per_epoch, 4),
+                            loss=round(loss.item(), 6), lr=self.scheduler.get_last_lr()[0],
+                            samples_per_s=round(seen * self.acc.num_processes / (time.perf_counter() - t0), 2))
+            if eval_steps and st.step % eval_steps == 0 and st.step < self.total_steps:
+                stop = self.evaluate_and_keep()
+            if stop or st.step >= self.total_steps:
+                break
+            if (cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0
+                    and not self.acc.gradient_state.end_of_dataloader):  # the epoch's end saves its own
+                self.save_checkpoint(Position(epoch, batches, seen, sums))
+        tot = self.acc.reduce(sums, reduction="sum")
+        self.record(type="epoch", epoch=epoch + 1, step=st.step, train_loss=(tot[0] / tot[2]).item(),
+                    train_accuracy=(tot[1] / tot[2]).item(),
+                    samples_per_s=round(seen * self.acc.num_processes / (time.perf_counter() - t0), 2))
+        if not stop and (eval_steps is None or st.step >= self.total_steps):
+            stop = self.evaluate_and_keep()
+        return stop
 
     def save_checkpoint(self, pos: Position) -> None:
         """A resumable checkpoint at `pos`; then the top-k folders it no longer refers to can go."""
