@@ -113,6 +113,13 @@ COMMANDS = {"train": cmd_train, "budget": cmd_budget, "evaluate": cmd_evaluate, 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.debug:
+        import warnings
+
+        # Libraries' deprecation notices are meant for lorafit's developers; users can do nothing about
+        # them, and they would bury the one-line error or the run log.
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
         return COMMANDS[args.command](args)
     except LorafitError as e:

@@ -54,7 +54,8 @@ def _as_int(v) -> Optional[int]:
     return None
 
 
-def infer_label_names(values: Sequence, configured: Optional[list[str]], hub_names: Optional[list[str]]) -> list[str]:
+def infer_label_names(values: Sequence, configured: Optional[list[str]], hub_names: Optional[list[str]],
+                      source: str = "data", column: str = "label") -> list[str]:
     """The label set, in id order: configured names, else the hub's, else from the data."""
     if configured:
         return list(configured)
@@ -62,6 +63,11 @@ def infer_label_names(values: Sequence, configured: Optional[list[str]], hub_nam
         return list(hub_names)
     ints = [_as_int(v) for v in values]
     if all(i is not None for i in ints):
+        # ids 0..K-1; an id beyond the row count is a typo or not an id at all (and would make K huge)
+        bad = next((r for r, i in enumerate(ints) if not 0 <= i < len(ints)), None)
+        if bad is not None:
+            raise LorafitError(f"{source}: row {bad + 1}: integer label {ints[bad]} in column '{column}' is not an id "
+                               f"0..K-1 (the file has {len(ints)} rows); use ids from 0, label names, or set data.label_names")
         return [str(i) for i in range(max(ints) + 1)] if ints else []
     return sorted({str(v).strip() for v in values})
 
@@ -127,7 +133,7 @@ def load_labelled(name: str, cfg: DataConfig, split: str, label_names: Optional[
     texts = join_texts(df, cfg, name)
     values = df[cfg.label_column].tolist()
     hub_names = df.attrs.get("label_names", {}).get(cfg.label_column)
-    names = label_names or infer_label_names(values, cfg.label_names, hub_names)
+    names = label_names or infer_label_names(values, cfg.label_names, hub_names, name, cfg.label_column)
     if len(names) < 2:
         raise LorafitError(f"{name}: found {len(names)} label(s) in '{cfg.label_column}'; classification needs at least 2")
     labels = encode_labels(values, names, name, cfg.label_column)

@@ -28,6 +28,7 @@ from .errors import LorafitError, TrainingDiverged
 from .metrics import classification_metrics, higher_is_better
 from .model import build_model, check_budget, format_table, load_tokenizer, trainable_rows
 from .model.budget import count_all
+from .model.load import check_local_folder
 from .optim import build_optimizer, build_scheduler
 from .runs import atomic_write_text, check_run_dir, prepare_run_dir, save_weights, trainable_state
 
@@ -101,6 +102,7 @@ class Recipe:
             torch.use_deterministic_algorithms(True, warn_only=True)
         if cfg.adapter.r == "auto":
             raise LorafitError("adapter.r: 'auto' is resolved by `lorafit budget --solve`; set a number")
+        check_local_folder(cfg.model, need_weights=True)  # a folder without weights: say so before any work
 
         self.data = load_split(cfg.data, cfg.seed)
         names = self.data.label_names
