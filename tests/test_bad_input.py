@@ -117,7 +117,7 @@ CASES = {
     "non-utf8-bytes": (
         "a Latin-1 byte (0xe9) in a CSV",
         lambda e: e.train(data__train=e.file("latin1.csv", b"text,label\ngoal match,1\ncaf\xe9 war vote,0\n")),
-        r"latin1\.csv: line 3: bytes are not valid UTF-8 \(byte 0xe9 at offset 33\); re-save the file as UTF-8"),
+        r"latin1\.csv: line 3: bytes are not valid UTF-8 \(byte 0xe9 at offset 27\); re-save the file as UTF-8"),
     "duplicate-ids-predict": (
         "`predict --input` with a repeated value in its ID column",
         lambda e: e.predict(e.file("in.csv", "ID,text\na,goal match\nb,war vote\na,chip data\n")),
