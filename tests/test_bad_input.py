@@ -64,6 +64,17 @@ def _no_weights(env: Env) -> Path:
     return folder
 
 
+def _stopped_run_with_edited_config(env: Env):
+    """A run stopped after its first checkpoint, whose config.yaml was then edited."""
+    from lorafit.train import Recipe
+
+    run = env.tmp / "stopped"
+    cfg = tiny_config(env.model, env.data, data__limit=100, train__max_steps=2)
+    Recipe(cfg, run, log=lambda *a: None).setup().train()
+    (run / "config.yaml").write_text(cfg.to_yaml().replace("lr: 0.005", "lr: 0.001"))
+    return ["train", "--resume", run], None
+
+
 def _existing_run(env: Env):
     argv, run = env.train()
     run.mkdir()
@@ -158,6 +169,10 @@ CASES = {
         "`--resume` on a run folder with no resume/ checkpoint",
         lambda e: (["train", "--resume", e.finished_run()], None),
         r"done: no checkpoint to resume from \(resume/LATEST missing\)"),
+    "resume-config-changed": (
+        "`--resume` after RUN/config.yaml was edited (optim.lr)",
+        _stopped_run_with_edited_config,
+        r"stopped/config.yaml: differs from the config the checkpoint was written with \(optim.lr\); restore it to resume"),
     "resume-with-config": (
         "`--resume` combined with --config (a resumed run uses its own config.yaml)",
         lambda e: (["train", "--resume", e.finished_run(), "--config", e.config()], None),
@@ -179,6 +194,7 @@ def test_bad_input_one_line_exit_2_nothing_written(case, env, capsys):
     _, build, pattern = CASES[case]
     argv, absent = build(env)
     before = listing(env.tmp)
+    capsys.readouterr()
     code = main([str(a) for a in argv])
     captured = capsys.readouterr()
     assert code == 2, captured.err

@@ -194,12 +194,37 @@ def save(recipe, pos: Position) -> Path | None:
 
 # ---------------------------------------------------------------- load
 
+@dataclass
+class Saved:
+    """A checkpoint read from disk and checked, not yet applied."""
+    folder: Path
+    meta: dict
+    weights: dict
+    optimizer: dict
+    scheduler: dict
+    tensors: dict
+
+
 def _torch_file(path: Path) -> dict:
+    import pickle
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a tampered file holding code, or a truncated one
+    except pickle.UnpicklingError:
+        raise LorafitError(f"{path}: not a readable checkpoint file: it holds Python objects besides tensors and "
+                           "numbers, which are refused because loading them could run code") from None
+    except Exception as e:  # truncated or otherwise corrupt
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise LorafitError(f"{path}: not a readable checkpoint file ({first})") from None
+
+
+def _safetensors_file(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as e:
+        raise LorafitError(f"{path}: not a readable checkpoint file ({type(e).__name__}: {str(e)[:200]})") from None
 
 
 def read_meta(run_dir: Path) -> tuple[Path, dict]:
@@ -226,41 +251,41 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def _differences(a: dict, b: dict) -> list[str]:
-    fa, fb = _flat(a), _flat(b)
-    return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
+def load(run_dir: Path, cfg) -> Saved:
+    """Read every file of the latest checkpoint (no code runs: safetensors, JSON, weights-only torch
+    files) and check it was written with this config; before any heavy work."""
+    folder, meta = read_meta(run_dir)
+    saved, now = _flat(meta["config"]), _flat(cfg.model_dump(mode="json"))
+    diff = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+    if diff:
+        raise LorafitError(f"{Path(run_dir) / 'config.yaml'}: differs from the config the checkpoint was written with "
+                           f"({', '.join(diff[:5])}); restore it to resume")
+    return Saved(folder, meta, _safetensors_file(folder / "trainable.safetensors"), _torch_file(folder / "optimizer.pt"),
+                 _torch_file(folder / "scheduler.pt"), _safetensors_file(folder / "tensors.safetensors"))
 
 
-def restore(recipe) -> Position:
-    """Load the latest checkpoint into a set-up recipe; returns where training continues."""
-    from safetensors.torch import load_file
+def check_labels(saved: Saved, label_names: list[str], source: str) -> None:
+    if saved.meta["labels"] != label_names:
+        raise LorafitError(f"{source}: labels {label_names} differ from the checkpoint's {saved.meta['labels']}; "
+                           "the training data changed since the run started")
 
+
+def restore(recipe, saved: Saved) -> Position:
+    """Apply a checkpoint to a set-up recipe; returns where training continues."""
     from .train import State
 
-    acc, cfg = recipe.acc, recipe.cfg
-    folder, meta = read_meta(recipe.run_dir)
-    diff = _differences(meta["config"], cfg.model_dump(mode="json"))
-    if diff:
-        raise LorafitError(f"{recipe.run_dir}/config.yaml differs from the config the checkpoint was written with "
-                           f"({', '.join(diff[:5])}); restore it to resume")
-    if meta["labels"] != recipe.data.label_names:
-        raise LorafitError(f"{cfg.data.train}: labels {recipe.data.label_names} differ from the checkpoint's "
-                           f"{meta['labels']}; the training data changed since the run started")
-
+    acc, meta, tensors = recipe.acc, saved.meta, saved.tensors
     model = acc.unwrap_model(recipe.model)
-    weights = load_file(str(folder / "trainable.safetensors"))
-    result = model.load_state_dict(weights, strict=False)
+    result = model.load_state_dict(saved.weights, strict=False)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    if result.unexpected_keys or trainable - set(weights):
-        raise LorafitError(f"{folder}: weights do not match the model (unexpected {result.unexpected_keys[:3]}, "
-                           f"missing {sorted(trainable - set(weights))[:3]})")
-    recipe.optimizer.load_state_dict(_torch_file(folder / "optimizer.pt"))
-    recipe.scheduler.load_state_dict(_torch_file(folder / "scheduler.pt"))
+    if result.unexpected_keys or trainable - set(saved.weights):
+        raise LorafitError(f"{saved.folder}: weights do not match the model (unexpected {result.unexpected_keys[:3]}, "
+                           f"missing {sorted(trainable - set(saved.weights))[:3]})")
+    recipe.optimizer.load_state_dict(saved.optimizer)
+    recipe.scheduler.load_state_dict(saved.scheduler)
     scaler = getattr(acc, "scaler", None)
     if scaler is not None and meta["scaler"]:
         scaler.load_state_dict(meta["scaler"])
-
-    tensors = load_file(str(folder / "tensors.safetensors"))
     ada = _adalora(model)
     if ada is not None:
         alloc, pc = ada

@@ -103,9 +103,13 @@ class Recipe:
         if cfg.adapter.r == "auto":
             raise LorafitError("adapter.r: 'auto' is resolved by `lorafit budget --solve`; set a number")
         check_local_folder(cfg.model, need_weights=True)  # a folder without weights: say so before any work
+        # a resumed run reads and checks its checkpoint first; it is applied once everything is built
+        saved = checkpoint.load(self.run_dir, cfg) if self.resume else None
 
         self.data = load_split(cfg.data, cfg.seed)
         names = self.data.label_names
+        if saved is not None:
+            checkpoint.check_labels(saved, names, cfg.data.train)
         # the test set is checked now (labels, columns), not after hours of training
         self.test = load_labelled(cfg.data.test, cfg.data, cfg.data.test_split, names, "data.test")[0] if cfg.data.test else None
         self._check_budget(names)  # before any heavy work: tokenising, loading weights
@@ -133,8 +137,8 @@ class Recipe:
             self.model = torch.compile(self.model, dynamic=True)
         self.model, self.optimizer, self.train_loader, self.val_loader = self.acc.prepare(
             self.model, self.optimizer, self.train_loader, self.val_loader)
-        if self.resume:
-            self.position = checkpoint.restore(self)  # last: it also restores the RNG states
+        if saved is not None:
+            self.position = checkpoint.restore(self, saved)  # last: it also restores the RNG states
             st = self.state
             self._saved_step, self._saved_kept = st.step, {s for _, s in st.kept}
             self.log(f"resumed from step {st.step} (epoch {self.position.epoch + 1}, {self.position.batches} "
