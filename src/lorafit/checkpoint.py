@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from .errors import LorafitError, TrainingDiverged
+from .runs import atomic_write_text, trainable_state
 
 RESUME, LATEST, FORMAT = "resume", "LATEST", 1
 DEVICES = ("cuda", "xpu", "mps")  # accelerators whose RNG (one state per device) is saved when present
@@ -126,8 +127,6 @@ def save(recipe, pos: Position) -> Path | None:
     """Write a resumable checkpoint of `recipe` at `pos` (every process calls this; the main one writes)."""
     from accelerate.utils import gather_object
 
-    from .runs import trainable_state
-
     acc, st = recipe.acc, recipe.state
     model = acc.unwrap_model(recipe.model)
     weights = trainable_state(model)
@@ -152,8 +151,10 @@ def save(recipe, pos: Position) -> Path | None:
         for kind in ("ipt", "exp_avg_ipt", "exp_avg_unc"):
             tensors.update({f"adalora.{kind}.{n}": v.detach().cpu() for n, v in getattr(alloc, kind).items()})
     scaler = getattr(acc, "scaler", None)
+    metrics = recipe.run_dir / "metrics.jsonl"
+    fsync_path(metrics)  # the length recorded below must survive a power cut too
     meta = {"format": FORMAT, "state": asdict(st), "position": {"epoch": pos.epoch, "batches": pos.batches, "seen": pos.seen},
-            "metrics_bytes": (recipe.run_dir / "metrics.jsonl").stat().st_size, "train_seconds": recipe.train_seconds,
+            "metrics_bytes": metrics.stat().st_size, "train_seconds": recipe.train_seconds,
             "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng_meta, "num_processes": acc.num_processes,
             "adalora_rank_pattern": ada[1].rank_pattern if ada is not None else None,
             "config": recipe.cfg.model_dump(mode="json"), "labels": recipe.data.label_names}
@@ -164,7 +165,7 @@ def save(recipe, pos: Position) -> Path | None:
     final, tmp = root / name, root / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     if final.exists() and latest(recipe.run_dir) != final:
-        shutil.rmtree(final)  # left by a crash between its rename and LATEST: never pointed at, incomplete for all we know
+        shutil.rmtree(final)  # left by a crash between its rename and LATEST: never pointed at, so written anew
     if not final.exists():  # the same position saved twice holds the same state
         tmp.mkdir()
         save_tensors_durably(weights, tmp / "trainable.safetensors")
@@ -181,8 +182,6 @@ def save(recipe, pos: Position) -> Path | None:
         fsync_path(tmp)
         os.replace(tmp, final)
         fsync_path(root)
-    from .runs import atomic_write_text
-
     atomic_write_text(root / LATEST, name + "\n")
     fsync_path(root)
     for old in root.iterdir():  # only now: the new checkpoint is complete and LATEST points at it
