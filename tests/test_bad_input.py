@@ -232,3 +232,16 @@ def test_empty_texts_dropped_with_a_count(env, capsys):
     argv, run = env.train(data__train=data, train__max_steps=1)
     assert main(list(map(str, argv))) == 0
     assert "data: dropped 2 empty text(s) from" in capsys.readouterr().out
+
+
+def test_failure_after_the_run_dir_was_made_removes_it(env, monkeypatch, capsys):
+    """Setup fails after writing the run header (here: the prefix cache): no half-made run is left."""
+    from lorafit.train import Recipe
+
+    def broken(self):
+        raise LorafitError("train.cache_prefix: simulated failure")
+
+    monkeypatch.setattr(Recipe, "_setup_prefix", broken)
+    argv, run = env.train()
+    assert main(list(map(str, argv))) == 2
+    assert "simulated failure" in capsys.readouterr().err and not run.exists()
