@@ -141,8 +141,9 @@ class Recipe:
             self.position = checkpoint.restore(self, saved)  # last: it also restores the RNG states
             st = self.state
             self._saved_step, self._saved_kept = st.step, {s for _, s in st.kept}
-            self.log(f"resumed from step {st.step} (epoch {self.position.epoch + 1}, {self.position.batches} "
-                     f"batch(es) into it) of {self.run_dir}")
+            where = ("training had ended; finishing the run" if st.finished else
+                     f"epoch {self.position.epoch + 1}, {self.position.batches} batch(es) into it")
+            self.log(f"resumed from step {st.step} ({where}) of {self.run_dir}")
         return self
 
     def _setup_prefix(self):
