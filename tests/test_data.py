@@ -35,8 +35,10 @@ def test_pickle_needs_opt_in(tmp_path):
     p = tmp_path / "d.pkl"
     with p.open("wb") as f:
         pickle.dump(FRAME, f)
-    with pytest.raises(LorafitError, match="run arbitrary code.*--allow-pickle"):
+    with pytest.raises(LorafitError, match="run arbitrary code.*set data.allow_pickle: true"):
         read_table(str(p))
+    with pytest.raises(LorafitError, match="run arbitrary code.*pass --allow-pickle"):
+        read_table(str(p), field="--input")
     assert read_table(str(p), allow_pickle=True)["text"].tolist() == FRAME["text"].tolist()
 
 

@@ -22,9 +22,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train and write a run directory")
-    _config_args(t)
+    _config_args(t, required=False)
     t.add_argument("--out", help="run directory (default: runs/<config name>)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    t.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue a stopped run from its last checkpoint, with its own config.yaml")
     t.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2: one run each in OUT/seed-N on one validation "
                                    "set, then mean ± sd per metric in OUT/seeds.json and OUT/seeds.md")
 
@@ -61,6 +63,20 @@ def cmd_train(args) -> int:
     from .config import load_config
     from .train import run_training
 
+    if args.resume:
+        # the run's own config only: anything else would not continue the same run
+        extra = [f for f, v in (("--config", args.config), ("--set", args.overrides), ("--out", args.out),
+                                ("--overwrite", args.overwrite)) if v]
+        if extra:
+            raise LorafitError(f"--resume: continues RUN_DIR with its own config.yaml; drop {', '.join(extra)}")
+        run_dir = Path(args.resume)
+        from .runs import check_run_dir
+
+        check_run_dir(run_dir, overwrite=False, resume=True)
+        run_training(load_config(run_dir / "config.yaml"), run_dir, resume=True)
+        return 0
+    if not args.config:
+        raise LorafitError("train: --config is required (or --resume RUN_DIR to continue a run)")
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     if args.seeds is not None:
@@ -157,6 +173,13 @@ COMMANDS = {"train": cmd_train, "budget": cmd_budget, "sweep": cmd_sweep, "evalu
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in outputs that name their command
+    if not args.debug:
+        import warnings
+
+        # Libraries' deprecation notices are meant for lorafit's developers; users can do nothing about
+        # them, and they would bury the one-line error or the run log.
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
         return COMMANDS[args.command](args)
     except LorafitError as e:

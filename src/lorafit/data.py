@@ -54,7 +54,8 @@ def _as_int(v) -> Optional[int]:
     return None
 
 
-def infer_label_names(values: Sequence, configured: Optional[list[str]], hub_names: Optional[list[str]]) -> list[str]:
+def infer_label_names(values: Sequence, configured: Optional[list[str]], hub_names: Optional[list[str]],
+                      source: str = "data", column: str = "label") -> list[str]:
     """The label set, in id order: configured names, else the hub's, else from the data."""
     if configured:
         return list(configured)
@@ -62,6 +63,11 @@ def infer_label_names(values: Sequence, configured: Optional[list[str]], hub_nam
         return list(hub_names)
     ints = [_as_int(v) for v in values]
     if all(i is not None for i in ints):
+        # ids 0..K-1; an id beyond the row count is a typo or not an id at all (and would make K huge)
+        bad = next((r for r, i in enumerate(ints) if not 0 <= i < len(ints)), None)
+        if bad is not None:
+            raise LorafitError(f"{source}: row {bad + 1}: integer label {ints[bad]} in column '{column}' is not an id "
+                               f"0..K-1 (the file has {len(ints)} rows); use ids from 0, label names, or set data.label_names")
         return [str(i) for i in range(max(ints) + 1)] if ints else []
     return sorted({str(v).strip() for v in values})
 
@@ -127,7 +133,7 @@ def load_labelled(name: str, cfg: DataConfig, split: str, label_names: Optional[
     texts = join_texts(df, cfg, name)
     values = df[cfg.label_column].tolist()
     hub_names = df.attrs.get("label_names", {}).get(cfg.label_column)
-    names = label_names or infer_label_names(values, cfg.label_names, hub_names)
+    names = label_names or infer_label_names(values, cfg.label_names, hub_names, name, cfg.label_column)
     if len(names) < 2:
         raise LorafitError(f"{name}: found {len(names)} label(s) in '{cfg.label_column}'; classification needs at least 2")
     labels = encode_labels(values, names, name, cfg.label_column)
@@ -277,10 +283,16 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
                  seed: int = 0, mega: int = 50):
         self.lengths = np.asarray(lengths)
         self.batch_size, self.shuffle, self.group, self.seed, self.mega = batch_size, shuffle, group_by_length, seed, mega
-        self.epoch = 0
+        self.epoch, self._skip = 0, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def skip_next(self, n: int) -> None:
+        """Leave out the first n batches of the next pass only: a run resumed mid-epoch sees the same
+        order without the batches it already trained on. One-shot, so later epochs are whole again;
+        kept apart from set_epoch because accelerate calls set_epoch itself at the start of each pass."""
+        self._skip = n
 
     def batches(self) -> list[list[int]]:
         n, bs = len(self.lengths), self.batch_size
@@ -301,9 +313,10 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
         return [batches[i] for i in perm]
 
     def __iter__(self):
-        return iter(self.batches())
+        skip, self._skip = self._skip, 0
+        return iter(self.batches()[skip:])
 
-    def __len__(self) -> int:
+    def __len__(self) -> int:  # a whole epoch, also while skipping: steps per epoch are counted from it
         return (len(self.lengths) + self.batch_size - 1) // self.batch_size
 
 
@@ -329,4 +342,7 @@ class Collator:
 def make_loader(ds: TokenDataset, batch_size: int, pad_id: int, *, shuffle: bool, group_by_length: bool = True,
                 seed: int = 0, num_workers: int = 0) -> torch.utils.data.DataLoader:
     sampler = LengthGroupedBatches(ds.lengths(), batch_size, shuffle=shuffle, group_by_length=group_by_length, seed=seed)
-    return torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=Collator(pad_id), num_workers=num_workers)
+    # Its own generator: each pass draws a worker seed from it, and drawing from the global RNG instead
+    # would shift dropout masks between a run and the same run resumed from a checkpoint.
+    return torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=Collator(pad_id), num_workers=num_workers,
+                                       generator=torch.Generator().manual_seed(seed))

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from .data import Collator, LengthGroupedBatches, TokenDataset, join_texts, load_labelled, tokenize
 from .errors import LorafitError
 from .metrics import classification_metrics
-from .runs import atomic_write_text, load_trained
+from .runs import atomic_write_text, load_trained, read_run
 from .tables import read_table
 
 ID_COLUMNS = ("ID", "id", "Id")
@@ -59,8 +59,9 @@ def predict_file(run_dir: str, input_path: str, output_path: str, *, allow_pickl
     out = Path(output_path)
     if not out.parent.exists():
         raise LorafitError(f"--output: folder {out.parent} does not exist")
+    cfg, _ = read_run(run_dir)
+    col, ids, texts = read_inputs(input_path, cfg.data, allow_pickle)  # bad input: refused before the model loads
     model, tokenizer, cfg, names = load_trained(run_dir, merge=True, device=default_device())
-    col, ids, texts = read_inputs(input_path, cfg.data, allow_pickle)
     logits = predict_logits(model, tokenizer, texts, cfg.data.max_length, batch_size)
     frame = pd.DataFrame({col: ids, "label": logits.argmax(-1).astype(int)})
     if with_logits:
@@ -73,8 +74,9 @@ def predict_file(run_dir: str, input_path: str, output_path: str, *, allow_pickl
 
 
 def evaluate_file(run_dir: str, data_path: str, *, allow_pickle: bool = False, batch_size: int = 128) -> dict:
-    model, tokenizer, cfg, names = load_trained(run_dir, merge=True, device=default_device())
+    cfg, names = read_run(run_dir)
     data_cfg = cfg.data.model_copy(update={"allow_pickle": allow_pickle or cfg.data.allow_pickle})
-    ex, _, _ = load_labelled(data_path, data_cfg, cfg.data.test_split, names, "--data")
+    ex, _, _ = load_labelled(data_path, data_cfg, cfg.data.test_split, names, "--data")  # checked before the model loads
+    model, tokenizer, cfg, names = load_trained(run_dir, merge=True, device=default_device())
     logits = predict_logits(model, tokenizer, ex.texts, cfg.data.max_length, batch_size)
     return classification_metrics(ex.labels, logits.argmax(-1), names)

@@ -2,7 +2,7 @@
 
 Layout: config.yaml, labels.json, metrics.jsonl, params.txt, eval.json, curves.png,
 confusion.png, report.md, tokenizer/, adapter/ (PEFT format) or model/ (full fine-tuning),
-checkpoints/ (resumable state).
+checkpoints/ (top-k weights by the selection metric), resume/ (resumable state while training: checkpoint.py).
 """
 from __future__ import annotations
 
@@ -34,10 +34,25 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-def prepare_run_dir(run_dir: Path, *, overwrite: bool, resume: bool) -> None:
-    if run_dir.exists() and any(run_dir.iterdir()) and not (overwrite or resume):
+def check_run_dir(run_dir: Path, *, overwrite: bool, resume: bool) -> None:
+    """Refuse, before any work, a run directory that cannot be used; writes nothing."""
+    run_dir = Path(run_dir)
+    if resume:
+        from .checkpoint import read_meta
+
+        if not (run_dir / "config.yaml").is_file():
+            raise LorafitError(f"{run_dir}: not a lorafit run directory (config.yaml missing); nothing to resume")
+        read_meta(run_dir)  # refuses when there is no checkpoint
+        return
+    if run_dir.exists() and not run_dir.is_dir():
+        raise LorafitError(f"{run_dir}: exists and is not a folder; choose another --out")
+    if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
         raise LorafitError(f"{run_dir}: run directory already exists; pass --overwrite to replace it, "
                            f"--resume to continue it, or --out for a new one")
+
+
+def prepare_run_dir(run_dir: Path, *, overwrite: bool, resume: bool) -> None:
+    check_run_dir(run_dir, overwrite=overwrite, resume=resume)
     if overwrite and run_dir.exists() and not resume:
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

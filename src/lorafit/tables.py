@@ -26,7 +26,7 @@ def read_table(name: str, *, split: str = "train", allow_pickle: bool = False, f
     if path.suffix.lower() in LOCAL_SUFFIXES:
         if not path.is_file():
             raise LorafitError(f"{field}: file not found: {path}")
-        return _read_local(path, allow_pickle)
+        return _read_local(path, allow_pickle, field)
     return _read_hub(name, split, field)
 
 
@@ -41,10 +41,10 @@ def _decode(path: Path) -> str:
             "re-save the file as UTF-8, e.g. `iconv -f latin1 -t utf-8`") from None
 
 
-def _read_local(path: Path, allow_pickle: bool) -> pd.DataFrame:
+def _read_local(path: Path, allow_pickle: bool, field: str) -> pd.DataFrame:
     suffix = path.suffix.lower()
     if suffix in PICKLE_SUFFIXES:
-        return _read_pickle(path, allow_pickle)
+        return _read_pickle(path, allow_pickle, field)
     if suffix == ".parquet":
         try:
             return pd.read_parquet(path)
@@ -57,21 +57,45 @@ def _read_local(path: Path, allow_pickle: bool) -> pd.DataFrame:
 
 
 def _read_delimited(path: Path, text: str, sep: str) -> pd.DataFrame:
+    """Python's csv module rather than pandas: it gives the line of a bad record, and a row with an
+    extra field is an error here, where pandas would silently make its first field the index."""
     if not text.strip():
         raise LorafitError(f"{path}: file is empty; expected a header line and rows")
+    kind, sep_name = ("TSV", "a tab") if sep == "\t" else ("CSV", "','")
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))  # one text may be a whole document
+    # strict: a stray quote or an unclosed quoted field is an error, not silently merged rows
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep, strict=True)
+    header, rows, start = None, [], 1  # start: the line where the current record begins
     try:
-        # keep_default_na=False: an empty text stays "" (reported as empty), not a float NaN
-        df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, engine="c")
-    except pd.errors.ParserError as e:
-        msg = str(e).strip()
-        # pandas counts lines from 1 including the header, which is what an editor shows
-        kind = "TSV" if sep == "\t" else "CSV"
-        raise LorafitError(f"{path}: malformed {kind}: {msg}; quote fields that contain the separator or newlines") from None
-    except (pd.errors.EmptyDataError, csv.Error) as e:
-        raise LorafitError(f"{path}: malformed file: {e}") from None
-    if any(str(c).startswith("Unnamed: ") for c in df.columns):
+        for record in reader:
+            if not record:  # blank line
+                start = reader.line_num + 1
+                continue
+            if header is None:
+                header = record
+                _check_header(path, header)
+            elif len(record) != len(header):
+                raise LorafitError(f"{path}: line {start}: malformed {kind}: {len(record)} fields where the header has "
+                                   f"{len(header)}; quote fields that contain {sep_name} or line breaks")
+            else:
+                rows.append(record)
+            start = reader.line_num + 1
+    except csv.Error as e:
+        what = "a quoted field starting on this line is never closed" if "end of data" in str(e) else str(e)
+        raise LorafitError(f"{path}: line {start}: malformed {kind}: {what}") from None
+    if not rows:
+        raise LorafitError(f"{path}: no rows after the header line")
+    return pd.DataFrame(rows, columns=header)
+
+
+def _check_header(path: Path, header: list[str]) -> None:
+    if any(not c.strip() for c in header):
         raise LorafitError(f"{path}: header has an empty column name; name every column in the first line")
-    return df
+    seen = set()
+    for c in header:
+        if c in seen:
+            raise LorafitError(f"{path}: column '{c}' appears twice in the header line; column names must be unique")
+        seen.add(c)
 
 
 def _read_json(path: Path, text: str) -> pd.DataFrame:
@@ -98,10 +122,11 @@ def _read_json(path: Path, text: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _read_pickle(path: Path, allow_pickle: bool) -> pd.DataFrame:
+def _read_pickle(path: Path, allow_pickle: bool, field: str) -> pd.DataFrame:
     if not allow_pickle:
-        raise LorafitError(f"{path}: pickle files can run arbitrary code when loaded; pass --allow-pickle "
-                           "(or data.allow_pickle: true) if you trust this file, or convert it to Parquet/CSV")
+        how = "pass --allow-pickle" if field.startswith("--") else "set data.allow_pickle: true"
+        raise LorafitError(f"{path}: pickle files can run arbitrary code when loaded; {how} if you trust this file, "
+                           "or convert it to Parquet/CSV")
     import pickle
 
     with path.open("rb") as f:

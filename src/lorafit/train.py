@@ -1,12 +1,15 @@
 """The training recipe: setup → train → finish, on accelerate (one process, DDP, multi-node alike).
 
 Nothing is written to the run directory until the config, the data, the model and the budget
-have all been checked, so a bad input leaves no half-made run behind.
+have all been checked, so a bad input leaves no half-made run behind. Resumable checkpoints
+(checkpoint.py) are written at each epoch end and every train.checkpoint_every steps;
+`Recipe(..., resume=True)` continues from the latest one as if the run had never stopped.
 """
 from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,15 +20,18 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from . import checkpoint
+from .checkpoint import Position
 from .config import RunConfig
 from .data import TokenDataset, load_labelled, load_split, make_loader, split_seed, tokenize
 from .errors import LorafitError, TrainingDiverged
 from .metrics import classification_metrics, higher_is_better
 from .model import build_model, check_budget, format_table, load_tokenizer, trainable_rows
 from .model.budget import count_all
+from .model.load import check_local_folder
 from .model.solver import resolve_rank
 from .optim import build_optimizer, build_scheduler
-from .runs import atomic_write_text, initial_lora, prepare_run_dir, save_weights, trainable_state
+from .runs import atomic_write_text, check_run_dir, initial_lora, prepare_run_dir, save_weights, trainable_state
 
 
 def resolve_precision(choice: str) -> str:
@@ -47,22 +53,35 @@ class State:
     best_step: int = -1
     bad_evals: int = 0
     kept: list = field(default_factory=list)   # [(metric, step)] best first
+    finished: bool = False               # training loop done (steps reached or early stop); finish() remains
 
 
 class Recipe:
     """on_eval(n, metrics) is called after the n-th evaluation (1, 2, ...) with the validation
     metrics; sweeps use it to prune (an exception raised there stops training)."""
 
-    def __init__(self, cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, log: Callable = print,
-                 on_eval: Callable[[int, dict], None] | None = None):
-        self.cfg, self.run_dir, self.overwrite, self.log, self.on_eval = cfg, Path(run_dir), overwrite, log, on_eval
-        self.prefix = None
-        self.evals = 0
-        self.state = State()
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resume: bool = False,
+                 log: Callable = print, on_eval: Callable[[int, dict], None] | None = None):
+        self.cfg, self.run_dir, self.overwrite, self.resume, self.log = cfg, Path(run_dir), overwrite, resume, log
+        self.on_eval, self.prefix, self.evals = on_eval, None, 0
+        self.state, self.position = State(), Position()
         self.train_seconds, self._segment = 0.0, time.perf_counter()
+        self._saved_step: Optional[int] = None   # step of the last resumable checkpoint
+        self._saved_kept: set[int] = set()       # top-k folders that checkpoint refers to: not deleted before the next
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> "Recipe":
+        check_run_dir(self.run_dir, overwrite=self.overwrite, resume=self.resume)  # before anything slow
+        existed = self.run_dir.exists()
+        try:
+            return self._setup()
+        except BaseException:
+            # a failed setup leaves no run directory behind (one that existed before stays)
+            if not existed and not self.resume and getattr(self, "acc", None) is not None and self.acc.is_main_process:
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+            raise
+
+    def _setup(self) -> "Recipe":
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
@@ -86,6 +105,9 @@ class Recipe:
         set_seed(cfg.seed)
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
+        check_local_folder(cfg.model, need_weights=True)  # a folder without weights: say so before any work
+        # a resumed run reads and checks its checkpoint first; it is applied once everything is built
+        saved = checkpoint.load(self.run_dir, cfg) if self.resume else None
 
         self.data = load_split(cfg.data, split_seed(cfg.data, cfg.seed))
         names = self.data.label_names
@@ -94,6 +116,10 @@ class Recipe:
         cfg = self.cfg
         if note:
             self.log(note)
+        if saved is not None:
+            checkpoint.check_labels(saved, names, cfg.data.train)
+        # the test set is checked now (labels, columns), not after hours of training
+        self.test = load_labelled(cfg.data.test, cfg.data, cfg.data.test_split, names, "data.test")[0] if cfg.data.test else None
         self._check_budget(names)  # before any heavy work: tokenising, loading weights
         self.tokenizer = load_tokenizer(cfg.model)
         if self.tokenizer.pad_token_id is None:
@@ -111,16 +137,23 @@ class Recipe:
         self.rows = trainable_rows(self.model)
         self.n_params = count_all(self.model)
         check_budget(self.rows, cfg.budget.max_trainable)
-        self._write_run_header()
-        self.final_val_loader = self.acc.prepare(self.val_loader)  # always the full model's own path
-        self.prefix = self._setup_prefix()
         self.optimizer = build_optimizer(self.model, cfg.optim, self.plan.train_full)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.total_steps)
+        self._write_run_header()  # every check has passed
+        self.final_val_loader = self.acc.prepare(self.val_loader)  # always the full model's own path
+        self.prefix = self._setup_prefix()
         if cfg.train.compile:
             # dynamic: batches have different lengths (dynamic padding); without it every length recompiles
             self.model = torch.compile(self.model, dynamic=True)
         self.model, self.optimizer, self.train_loader, self.val_loader = self.acc.prepare(
             self.model, self.optimizer, self.train_loader, self.val_loader)
+        if saved is not None:
+            self.position = checkpoint.restore(self, saved)  # last: it also restores the RNG states
+            st = self.state
+            self._saved_step, self._saved_kept = st.step, {s for _, s in st.kept}
+            where = ("training had ended; finishing the run" if st.finished else
+                     f"epoch {self.position.epoch + 1}, {self.position.batches} batch(es) into it")
+            self.log(f"resumed from step {st.step} ({where}) of {self.run_dir}")
         return self
 
     def _setup_prefix(self):
@@ -140,7 +173,8 @@ class Recipe:
         for ds, loader in ((self.train_ds, self.train_loader), (self.val_ds, self.val_loader)):
             store = cache.compute(ds, collate, bs, f"caching layers 0-{k - 1}")
             loaders.append(torch.utils.data.DataLoader(IndexedDataset(ds), batch_sampler=loader.batch_sampler,
-                                                       collate_fn=CachedCollator(collate, store)))
+                                                       collate_fn=CachedCollator(collate, store),
+                                                       generator=loader.generator))
         self.train_loader, self.val_loader = loaders
         cache.install()
         n = "the embeddings" if k == 0 else f"embeddings + layers 0-{k - 1}"
@@ -156,11 +190,12 @@ class Recipe:
         return self.model(**batch).logits
 
     def _check_budget(self, names: list[str]) -> None:
+        """Build on the meta device from config.json alone: checks targets, layers and the budget
+        before any weights are read."""
         from .model import budget_table
 
-        if self.cfg.budget.max_trainable is not None:
-            rows, _ = budget_table(self.cfg, names)
-            check_budget(rows, self.cfg.budget.max_trainable)
+        rows, _ = budget_table(self.cfg, names)
+        check_budget(rows, self.cfg.budget.max_trainable)
 
     def _dataset(self, ex, augment: bool = False) -> TokenDataset:
         cfg = self.cfg.data
@@ -177,12 +212,13 @@ class Recipe:
     def _write_run_header(self) -> None:
         if not self.acc.is_main_process:
             return
-        prepare_run_dir(self.run_dir, overwrite=self.overwrite, resume=False)
-        atomic_write_text(self.run_dir / "config.yaml", self.cfg.to_yaml())
-        atomic_write_text(self.run_dir / "labels.json", json.dumps(self.data.label_names))
         table = format_table(self.rows, self.n_params, self.cfg.budget.max_trainable)
-        atomic_write_text(self.run_dir / "params.txt", table + "\n")
-        (self.run_dir / "metrics.jsonl").write_text("", encoding="utf-8")
+        if not self.resume:  # a resumed run keeps its files; checkpoint.restore truncates metrics.jsonl
+            prepare_run_dir(self.run_dir, overwrite=self.overwrite, resume=False)
+            atomic_write_text(self.run_dir / "config.yaml", self.cfg.to_yaml())
+            atomic_write_text(self.run_dir / "labels.json", json.dumps(self.data.label_names))
+            atomic_write_text(self.run_dir / "params.txt", table + "\n")
+            (self.run_dir / "metrics.jsonl").write_text("", encoding="utf-8")
         for note in self.data.notes:
             self.log(f"data: {note}")
         self.log(f"train {len(self.train_ds)} / val {len(self.val_ds)} items, {len(self.data.label_names)} labels; "
@@ -201,69 +237,107 @@ class Recipe:
 
     def train(self) -> "Recipe":
         cfg, st = self.cfg.train, self.state
+        if st.finished:
+            return self  # resumed after the loop had ended (a crash in finish): only finish() remains
         n_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
-        eval_steps = cfg.eval_every if isinstance(cfg.eval_every, int) else None
-        bar = tqdm(total=self.total_steps * cfg.batch_size * cfg.grad_accum,
+        per_step = cfg.batch_size * cfg.grad_accum
+        bar = tqdm(total=self.total_steps * per_step, initial=st.step * per_step,
                    desc="training", unit=" samples", unit_scale=True, disable=not self.acc.is_main_process)
-        stop = False
-        for epoch in range(st.epoch, n_epochs):
-            st.epoch = epoch
-            self._set_epoch(epoch)
-            self.model.train()
-            sums = torch.zeros(3, device=self.acc.device)  # loss*n, correct, n
-            t0, seen = time.perf_counter(), 0
-            self._segment = time.perf_counter()
-            for batch in self.train_loader:
-                with self.acc.accumulate(self.model):
-                    labels = batch.pop("labels")
-                    logits = self.forward(batch)
-                    loss = self.loss_fn(logits, labels)
-                    if not torch.isfinite(loss):
-                        raise TrainingDiverged(
-                            f"loss became {loss.item()} at step {st.step + 1} (epoch {epoch + 1}); likely causes: "
-                            f"learning rate too high (optim.lr={self.cfg.optim.lr}) or fp16 overflow "
-                            f"(train.precision={self.acc.mixed_precision}); the last good checkpoint is kept")
-                    self.acc.backward(loss)
-                    if self.acc.sync_gradients and cfg.max_grad_norm:
-                        self.acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
-                    self.optimizer.step()
-                    if self.acc.sync_gradients:
-                        self.scheduler.step()
-                        self._after_step(st.step + 1)  # before zero_grad: AdaLoRA reads the gradients
-                    self.optimizer.zero_grad(set_to_none=True)
-                n = labels.numel()
-                sums += torch.stack([loss.detach() * n, (logits.argmax(-1) == labels).sum().float(),
-                                     torch.tensor(float(n), device=sums.device)])
-                seen += n
-                bar.update(n * self.acc.num_processes)
-                if not self.acc.sync_gradients:
-                    continue
-                st.step += 1
-                if st.step % cfg.log_every == 0:
-                    self.record(type="train", step=st.step, epoch=round(st.step / self.steps_per_epoch, 4),
-                                loss=round(loss.item(), 6), lr=self.scheduler.get_last_lr()[0],
-                                samples_per_s=round(seen * self.acc.num_processes / (time.perf_counter() - t0), 2))
-                if eval_steps and st.step % eval_steps == 0 and st.step < self.total_steps:
-                    stop = self.evaluate_and_keep()
-                if stop or st.step >= self.total_steps:
+        try:  # closed on error too, so an error message starts on a line of its own
+            pos = self.position
+            for epoch in range(pos.epoch, n_epochs):
+                stop = self.train_epoch(pos if pos.epoch == epoch else Position(epoch), bar)
+                st.finished = stop or st.step >= self.total_steps
+                self.save_checkpoint(Position(epoch + 1))
+                if st.finished:
                     break
-            tot = self.acc.reduce(sums, reduction="sum")
-            self.record(type="epoch", epoch=epoch + 1, step=st.step, train_loss=(tot[0] / tot[2]).item(),
-                        train_accuracy=(tot[1] / tot[2]).item(),
-                        samples_per_s=round(seen * self.acc.num_processes / (time.perf_counter() - t0), 2))
-            if not stop and (eval_steps is None or st.step >= self.total_steps):
+        finally:
+            bar.close()
+        return self
+
+    def train_epoch(self, pos: Position, bar) -> bool:
+        """One epoch from `pos` (its start, or where a resumed run stopped); True when early stopping fires."""
+        cfg, st, epoch = self.cfg.train, self.state, pos.epoch
+        eval_steps = cfg.eval_every if isinstance(cfg.eval_every, int) else None
+        st.epoch = epoch
+        self._set_epoch(epoch, skip=pos.batches)  # resumed mid-epoch: same order, trained batches left out
+        self.model.train()
+        # loss*n, correct, n
+        sums = pos.sums.to(self.acc.device) if pos.sums is not None else torch.zeros(3, device=self.acc.device)
+        t0, seen, batches, stop = time.perf_counter(), pos.seen, pos.batches, False
+        self._segment = time.perf_counter()
+        for batch in self.train_loader:
+            batches += 1
+            with self.acc.accumulate(self.model):
+                labels = batch.pop("labels")
+                logits = self.forward(batch)
+                loss = self.loss_fn(logits, labels)
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(f"loss became {loss.item()} at step {st.step + 1} (epoch {epoch + 1}); "
+                                           f"{self.divergence_hint()}")
+                self.acc.backward(loss)
+                if self.acc.sync_gradients and cfg.max_grad_norm:
+                    self.acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+                if self.acc.sync_gradients:
+                    self.scheduler.step()
+                    self._after_step(st.step + 1)  # before zero_grad: AdaLoRA reads the gradients
+                self.optimizer.zero_grad(set_to_none=True)
+            n = labels.numel()
+            sums += torch.stack([loss.detach() * n, (logits.argmax(-1) == labels).sum().float(),
+                                 torch.tensor(float(n), device=sums.device)])
+            seen += n
+            bar.update(n * self.acc.num_processes)
+            if not self.acc.sync_gradients:
+                continue
+            st.step += 1
+            if st.step % cfg.log_every == 0:
+                self.record(type="train", step=st.step, epoch=round(st.step / self.steps_per_epoch, 4),
+                            loss=round(loss.item(), 6), lr=self.scheduler.get_last_lr()[0],
+                            samples_per_s=round(seen * self.acc.num_processes / (time.perf_counter() - t0), 2))
+            if eval_steps and st.step % eval_steps == 0 and st.step < self.total_steps:
                 stop = self.evaluate_and_keep()
             if stop or st.step >= self.total_steps:
                 break
-        bar.close()
-        return self
+            if (cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0
+                    and not self.acc.gradient_state.end_of_dataloader):  # the epoch's end saves its own
+                self.save_checkpoint(Position(epoch, batches, seen, sums))
+        tot = self.acc.reduce(sums, reduction="sum")
+        self.record(type="epoch", epoch=epoch + 1, step=st.step, train_loss=(tot[0] / tot[2]).item(),
+                    train_accuracy=(tot[1] / tot[2]).item(),
+                    samples_per_s=round(seen * self.acc.num_processes / (time.perf_counter() - t0), 2))
+        if not stop and (eval_steps is None or st.step >= self.total_steps):
+            stop = self.evaluate_and_keep()
+        return stop
 
-    def _set_epoch(self, epoch: int) -> None:
+    def save_checkpoint(self, pos: Position) -> None:
+        """A resumable checkpoint at `pos`; then the top-k folders it no longer refers to can go."""
+        checkpoint.save(self, pos)
+        self._saved_step, self._saved_kept = self.state.step, {s for _, s in self.state.kept}
+        if self.acc.is_main_process:
+            for d in (self.run_dir / "checkpoints").glob("step-*"):
+                if d.name.removeprefix("step-").isdigit() and int(d.name.removeprefix("step-")) not in self._saved_kept:
+                    shutil.rmtree(d, ignore_errors=True)
+
+    def divergence_hint(self) -> str:
+        causes = [f"the learning rate is too high (optim.lr={self.cfg.optim.lr})"]
+        if self.acc.mixed_precision == "fp16":
+            causes.append("fp16 overflow (set train.precision: bf16 or no)")
+        kept = (f"the last good checkpoint (step {self._saved_step}) is kept in {self.run_dir / checkpoint.RESUME}"
+                if self._saved_step is not None else "no checkpoint had been written yet")
+        return f"likely cause: {' or '.join(causes)}; {kept}"
+
+    def _set_epoch(self, epoch: int, skip: int = 0) -> None:
         self.train_ds.epoch = epoch
+        # accelerate's loader re-applies its own pass count as the epoch at each pass: keep it in step
+        if hasattr(self.train_loader, "set_epoch"):
+            self.train_loader.set_epoch(epoch)
         sampler = getattr(self.train_loader, "batch_sampler", None)
         inner = getattr(sampler, "batch_sampler", sampler)  # accelerate wraps ours in a shard
         if hasattr(inner, "set_epoch"):
             inner.set_epoch(epoch)
+        if hasattr(inner, "skip_next"):
+            inner.skip_next(skip)
 
     def _after_step(self, step: int) -> None:
         """AdaLoRA re-allocates ranks after each optimizer step (PEFT's documented loop)."""
@@ -316,21 +390,17 @@ class Recipe:
         return cfg.early_stopping is not None and st.bad_evals >= cfg.early_stopping
 
     def _keep(self, value: float, sign: int) -> None:
-        from safetensors.torch import save_file
-
         st = self.state
         ranked = sorted(st.kept + [(value, st.step)], key=lambda x: (-sign * x[0], x[1]))
         keep, drop = ranked[: self.cfg.train.save_top_k], ranked[self.cfg.train.save_top_k:]
         if (value, st.step) in keep and self.acc.is_main_process:
             d = self.run_dir / "checkpoints" / f"step-{st.step}"
             d.mkdir(parents=True, exist_ok=True)
-            tmp = d / ".trainable.safetensors.tmp"
-            save_file(trainable_state(self.acc.unwrap_model(self.model)), str(tmp))
-            tmp.replace(d / "trainable.safetensors")
+            checkpoint.save_tensors_durably(trainable_state(self.acc.unwrap_model(self.model)), d / "trainable.safetensors")
         if self.acc.is_main_process:
             for _, step in drop:
-                import shutil
-                shutil.rmtree(self.run_dir / "checkpoints" / f"step-{step}", ignore_errors=True)
+                if step not in self._saved_kept:  # else the last resumable checkpoint still needs it
+                    shutil.rmtree(self.run_dir / "checkpoints" / f"step-{step}", ignore_errors=True)
         st.kept = keep
 
     def load_best(self) -> None:
@@ -382,15 +452,15 @@ class Recipe:
         result = {"best_step": self.state.best_step, "metric": cfg.train.metric, "trainable": sum(r.total for r in self.rows),
                   "validation": self.evaluate(self.final_val_loader)}
         result["validation"]["seen_in_training"] = cfg.train.final_on_val
-        if cfg.data.test:
-            test, _, _ = load_labelled(cfg.data.test, cfg.data, cfg.data.test_split, self.data.label_names, "data.test")
-            loader = self.acc.prepare(self._loader(self._dataset(test), cfg.train.eval_batch_size, shuffle=False))
+        if self.test is not None:
+            loader = self.acc.prepare(self._loader(self._dataset(self.test), cfg.train.eval_batch_size, shuffle=False))
             result["test"] = self.evaluate(loader)
         if self.acc.is_main_process:
             model = self.acc.unwrap_model(self.model)
             save_weights(model, self.tokenizer, self.run_dir, cfg, self.lora_init)
             atomic_write_text(self.run_dir / "eval.json", json.dumps(result, indent=2))
             write_report(self.run_dir, result, self.data.label_names)
+            shutil.rmtree(self.run_dir / checkpoint.RESUME, ignore_errors=True)  # finished: nothing left to resume
             v = result["validation"]
             self.log(f"validation accuracy {v['accuracy']:.4f}, macro-F1 {v['macro_f1']:.4f} (n={v['n']}); "
                      f"run saved in {self.run_dir}")
@@ -403,8 +473,9 @@ class Recipe:
             self.prefix.close()
 
 
-def run_training(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, log: Callable = print) -> dict:
-    recipe = Recipe(cfg, run_dir, overwrite=overwrite, log=log)
+def run_training(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resume: bool = False,
+                 log: Callable = print) -> dict:
+    recipe = Recipe(cfg, run_dir, overwrite=overwrite, resume=resume, log=log)
     try:
         recipe.setup()
         recipe.train()

@@ -1,0 +1,247 @@
+"""Hostile and broken inputs through the CLI: exit code 2, exactly one `error: ...` line on stderr
+(no traceback unless --debug), and nothing written: a failed `train` leaves no run directory
+behind, a failed `predict` no output file. notes/make_bad_inputs.py lists every message from CASES."""
+from __future__ import annotations
+
+import pickle
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import run_cli, tiny_config
+from lorafit.cli import main
+from lorafit.errors import LorafitError
+
+
+@dataclass
+class Env:
+    """Files for one case: a tiny model, a good CSV, and a scratch folder."""
+    tmp: Path
+    model: Path
+    data: Path
+
+    def file(self, name: str, content: str | bytes) -> Path:
+        p = self.tmp / name
+        p.write_bytes(content if isinstance(content, bytes) else content.encode())
+        return p
+
+    def config(self, **over) -> Path:
+        p = self.tmp / "c.yaml"
+        p.write_text(tiny_config(self.model, self.data, **over).to_yaml())
+        return p
+
+    def train(self, **over) -> tuple[list, Path]:
+        run = self.tmp / "run"
+        return ["train", "--config", self.config(**over), "--out", run], run
+
+    def finished_run(self) -> Path:
+        """A run directory as far as input checks read it (config.yaml, labels.json)."""
+        run = self.tmp / "done"
+        run.mkdir()
+        (run / "config.yaml").write_text(tiny_config(self.model, self.data).to_yaml())
+        (run / "labels.json").write_text('["0", "1", "2", "3"]')
+        return run
+
+    def predict(self, input_path: Path, *extra) -> tuple[list, Path]:
+        out = self.tmp / "pred.csv"
+        return ["predict", self.finished_run(), "--input", input_path, "--output", out, *extra], out
+
+
+def _pickled(env: Env) -> Path:
+    p = env.tmp / "data.pkl"
+    p.write_bytes(pickle.dumps(pd.read_csv(env.data)))
+    return p
+
+
+def _no_weights(env: Env) -> Path:
+    folder = env.tmp / "no-weights"
+    shutil.copytree(env.model, folder)
+    (folder / "model.safetensors").unlink()
+    return folder
+
+
+def _stopped_run_with_edited_config(env: Env):
+    """A run stopped after its first checkpoint, whose config.yaml was then edited."""
+    from lorafit.train import Recipe
+
+    run = env.tmp / "stopped"
+    cfg = tiny_config(env.model, env.data, data__limit=100, train__max_steps=2)
+    Recipe(cfg, run, log=lambda *a: None).setup().train()
+    (run / "config.yaml").write_text(cfg.to_yaml().replace("lr: 0.005", "lr: 0.001"))
+    return ["train", "--resume", run], None
+
+
+def _existing_run(env: Env):
+    argv, run = env.train()
+    run.mkdir()
+    (run / "notes.txt").write_text("an earlier run")
+    return argv, None
+
+
+# name -> (what is wrong, build(env) -> (argv, path that must not exist afterwards), pattern of the one error line)
+CASES = {
+    "malformed-csv-line": (
+        "a CSV row with an unquoted comma (3 fields, header has 2)",
+        lambda e: e.train(data__train=e.file("bad.csv", "text,label\ngoal match,1\nwar, vote today,0\nchip data,3\n")),
+        r"bad\.csv: line 3: malformed CSV: 3 fields where the header has 2; quote fields that contain ','"),
+    "csv-unclosed-quote": (
+        "a CSV field whose opening quote is never closed",
+        lambda e: e.train(data__train=e.file("bad.csv", 'text,label\ngoal match,1\n"war vote,0\nchip data,3\n')),
+        r"bad\.csv: line 3: malformed CSV: a quoted field starting on this line is never closed"),
+    "malformed-jsonl-line": (
+        "a JSONL line that is not JSON (unquoted key)",
+        lambda e: e.train(data__train=e.file("bad.jsonl", '{"text": "goal", "label": 1}\n{"text": "war", label: 0}\n')),
+        r"bad\.jsonl: line 2: invalid JSON \(Expecting property name enclosed in double quotes\)"),
+    "missing-text-column": (
+        "data.text_columns names a column the file lacks",
+        lambda e: e.train(data__text_columns="[body]"),
+        r"column 'body' not found \(set data.text_columns\); columns present: text, label"),
+    "missing-label-column": (
+        "data.label_column names a column the file lacks",
+        lambda e: e.train(data__label_column="topic"),
+        r"column 'topic' not found \(set data.label_column\); columns present: text, label"),
+    "unseen-label-in-test-set": (
+        "data.test holds label 7; the training labels are 0..3",
+        lambda e: e.train(data__test=e.file("test.csv", "text,label\ngoal match,1\nwar vote,7\n")),
+        r"test\.csv: row 2: label '7' in column 'label' is not in the label set \['0', '1', '2', '3'\]"),
+    "unseen-label-evaluate": (
+        "`evaluate --data` holds a label name the run never saw",
+        lambda e: (["evaluate", e.finished_run(), "--data", e.file("val.csv", "text,label\ngoal,Sports\n")], None),
+        r"val\.csv: row 1: label 'Sports' in column 'label' is not in the label set"),
+    "label-not-an-id": (
+        "an integer label far beyond the number of rows (not an id 0..K-1)",
+        lambda e: e.train(data__train=e.file("ids.csv", "text,label\ngoal match,0\nwar vote,1\nchip,1000000\n")),
+        r"ids\.csv: row 3: integer label 1000000 in column 'label' is not an id 0..K-1"),
+    "empty-texts-refused": (
+        "empty / whitespace-only texts with data.empty_texts: error (the default, drop, drops them and logs the count)",
+        lambda e: e.train(data__empty_texts="error",
+                          data__train=e.file("e.csv", "text,label\ngoal match,1\n   ,0\n,2\nchip data,3\n")),
+        r"e\.csv: 2 empty or whitespace-only text\(s\), first at row 2; remove them or set data.empty_texts: drop"),
+    "only-empty-texts": (
+        "every text empty (dropped), nothing left to train on",
+        lambda e: e.train(data__train=e.file("e.csv", "text,label\n  ,1\n,0\n")),
+        r"e\.csv: no usable rows after dropping empty texts and the length filter"),
+    "non-utf8-bytes": (
+        "a Latin-1 byte (0xe9) in a CSV",
+        lambda e: e.train(data__train=e.file("latin1.csv", b"text,label\ngoal match,1\ncaf\xe9 war vote,0\n")),
+        r"latin1\.csv: line 3: bytes are not valid UTF-8 \(byte 0xe9 at offset 27\); re-save the file as UTF-8"),
+    "duplicate-ids-predict": (
+        "`predict --input` with a repeated value in its ID column",
+        lambda e: e.predict(e.file("in.csv", "ID,text\na,goal match\nb,war vote\na,chip data\n")),
+        r"in\.csv: column 'ID' has 1 duplicate ID\(s\), first 'a'; IDs must be unique"),
+    "over-budget": (
+        "budget.max_trainable below the setup's trainable parameters",
+        lambda e: e.train(budget__max_trainable=100),
+        r"budget.max_trainable: 2,212 trainable parameters exceed the budget of 100"),
+    "unknown-target-module": (
+        "adapter.targets: [qkv] on a RoBERTa",
+        lambda e: e.train(adapter__targets="[qkv]"),
+        r"adapter.targets: 'qkv' matches no linear module in the encoder layers; .*names that exist: .*query.*value"),
+    "layer-out-of-range": (
+        "adapter.layers: [0, 5] on a 2-layer model",
+        lambda e: e.train(adapter__layers="[0, 5]"),
+        r"adapter.layers: \[5\] out of range; this model has layers 0..1"),
+    "unknown-config-key": (
+        "a misspelt config key (optim.lr_rate)",
+        lambda e: (["train", "--config", e.file("c.yaml", "optim:\n  lr_rate: 0.1\n"), "--out", e.tmp / "run"], e.tmp / "run"),
+        r"c\.yaml: unknown key 'optim.lr_rate' \(did you mean 'optim.lr'\?\)"),
+    "run-dir-exists": (
+        "--out names a non-empty folder, without --overwrite / --resume",
+        _existing_run,
+        r"run: run directory already exists; pass --overwrite to replace it, --resume to continue it, or --out for a new one"),
+    "pickle-without-opt-in-train": (
+        "data.train is a .pkl, data.allow_pickle not set",
+        lambda e: e.train(data__train=_pickled(e)),
+        r"data\.pkl: pickle files can run arbitrary code when loaded; set data.allow_pickle: true if you trust this file"),
+    "pickle-without-opt-in-predict": (
+        "`predict --input` is a .pkl, no --allow-pickle",
+        lambda e: e.predict(_pickled(e)),
+        r"data\.pkl: pickle files can run arbitrary code when loaded; pass --allow-pickle if you trust this file"),
+    "model-folder-without-weights": (
+        "model.name is a folder with config.json and a tokenizer but no model.safetensors",
+        lambda e: e.train(model__name=_no_weights(e)),
+        r"model.name: .*no-weights has no weights \(model.safetensors\); it holds only config.json, "),
+    "resume-without-checkpoint": (
+        "`--resume` on a run folder with no resume/ checkpoint",
+        lambda e: (["train", "--resume", e.finished_run()], None),
+        r"done: no checkpoint to resume from \(resume/LATEST missing\)"),
+    "resume-config-changed": (
+        "`--resume` after RUN/config.yaml was edited (optim.lr)",
+        _stopped_run_with_edited_config,
+        r"stopped/config.yaml: differs from the config the checkpoint was written with \(optim.lr\); restore it to resume"),
+    "resume-with-config": (
+        "`--resume` combined with --config (a resumed run uses its own config.yaml)",
+        lambda e: (["train", "--resume", e.finished_run(), "--config", e.config()], None),
+        r"--resume: continues RUN_DIR with its own config.yaml; drop --config"),
+}
+
+
+def listing(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+@pytest.fixture
+def env(tmp_path, tiny_roberta, synth_csv) -> Env:
+    return Env(tmp_path, tiny_roberta, synth_csv)
+
+
+@pytest.mark.parametrize("case", CASES, ids=list(CASES))
+def test_bad_input_one_line_exit_2_nothing_written(case, env, capsys):
+    _, build, pattern = CASES[case]
+    argv, absent = build(env)
+    before = listing(env.tmp)
+    capsys.readouterr()
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    assert code == 2, captured.err
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert re.search(pattern, lines[0]), lines[0]
+    assert absent is None or not absent.exists()
+    assert listing(env.tmp) == before  # nothing written anywhere: no run dir, no output, existing dirs untouched
+
+
+def test_subprocess_prints_only_the_error_line(env):
+    """The real CLI (library warnings, progress bars and all): stderr is the one error line."""
+    argv, run = CASES["unknown-target-module"][1](env)
+    proc = run_cli(*argv)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: adapter.targets: 'qkv'"), proc.stderr
+    assert "Traceback" not in proc.stderr and not run.exists()
+
+
+def test_debug_shows_the_traceback(env):
+    argv, _ = CASES["layer-out-of-range"][1](env)
+    with pytest.raises(LorafitError, match="out of range"):
+        main(["--debug", *map(str, argv)])
+
+
+def test_overwrite_replaces_an_existing_run_dir_only_when_asked(env, capsys):
+    argv, _ = _existing_run(env)
+    run = env.tmp / "run"
+    assert main([*map(str, argv), "--overwrite", "--set", "train.max_steps=2"]) == 0
+    assert not (run / "notes.txt").exists() and (run / "eval.json").is_file()
+
+
+def test_empty_texts_dropped_with_a_count(env, capsys):
+    data = env.file("e.csv", "text,label\n" + "".join(f"goal match {i},{i % 2}\n" for i in range(20)) + "  ,0\n,1\n")
+    argv, run = env.train(data__train=data, train__max_steps=1)
+    assert main(list(map(str, argv))) == 0
+    assert "data: dropped 2 empty text(s) from" in capsys.readouterr().out
+
+
+def test_failure_after_the_run_dir_was_made_removes_it(env, monkeypatch, capsys):
+    """Setup fails after writing the run header (here: the prefix cache): no half-made run is left."""
+    from lorafit.train import Recipe
+
+    def broken(self):
+        raise LorafitError("train.cache_prefix: simulated failure")
+
+    monkeypatch.setattr(Recipe, "_setup_prefix", broken)
+    argv, run = env.train()
+    assert main(list(map(str, argv))) == 2
+    assert "simulated failure" in capsys.readouterr().err and not run.exists()
