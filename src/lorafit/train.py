@@ -83,12 +83,10 @@ class Recipe:
 
     def _setup(self) -> "Recipe":
         from accelerate import Accelerator
-        from accelerate.utils import set_seed
+        from accelerate.state import AcceleratorState
+        from accelerate.utils import DataLoaderConfiguration, set_seed
 
         cfg = self.cfg
-        from accelerate.state import AcceleratorState
-        from accelerate.utils import DataLoaderConfiguration
-
         # Several recipes may run in one process (seeds, sweeps, tests) with different precisions:
         # forget the previous one's settings, but keep the process group (reset_partial_state=False).
         AcceleratorState._reset_state(reset_partial_state=False)
@@ -445,8 +443,7 @@ class Recipe:
 
         cfg = self.cfg
         self.load_best()
-        if self.prefix is not None:
-            self.prefix.close()  # the full model from here on: final epoch, final metrics, saving
+        self.cleanup()  # drop the prefix cache: the full model from here on (final epoch, final metrics, saving)
         if cfg.train.final_on_val:
             self.final_epoch_on_all()
         result = {"best_step": self.state.best_step, "metric": cfg.train.metric, "trainable": sum(r.total for r in self.rows),
