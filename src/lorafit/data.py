@@ -310,7 +310,13 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
             mb = mb[np.argsort(-self.lengths[mb], kind="stable")]
             batches.extend(mb[t:t + bs].tolist() for t in range(0, len(mb), bs))
         perm = rng.permutation(len(batches))
-        return [batches[i] for i in perm]
+        batches = [batches[i] for i in perm]
+        # The longest batch first (as transformers' LengthGroupedSampler does): the allocator reaches
+        # its peak at once and shorter batches reuse that memory; a long batch late in an epoch finds a
+        # heap fragmented by many shapes and grows it further (peak RSS +0.4 GB on MiniLM).
+        longest = max(range(len(batches)), key=lambda i: self.lengths[batches[i]].max())
+        batches[0], batches[longest] = batches[longest], batches[0]
+        return batches
 
     def __iter__(self):
         skip, self._skip = self._skip, 0
