@@ -29,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+EVAL_BATCH = 64  # both sides evaluate and predict in batches of 64
 RECIPE = dict(r=8, alpha=16, dropout=0.1, targets=["query", "value"], batch_size=32, lr=5e-4, weight_decay=0.01,
               warmup=0.06, label_smoothing=0.1, max_length=128, seed=42)
 LABELS = ["World", "Sports", "Business", "Sci/Tech"]
@@ -57,7 +58,7 @@ def run_anchor(spec: dict) -> dict:
                                              lora_dropout=RECIPE["dropout"], target_modules=RECIPE["targets"]))
     args = TrainingArguments(
         output_dir=spec["workdir"] + "/anchor", per_device_train_batch_size=RECIPE["batch_size"],
-        per_device_eval_batch_size=64, learning_rate=RECIPE["lr"], num_train_epochs=spec["epochs"],
+        per_device_eval_batch_size=EVAL_BATCH, learning_rate=RECIPE["lr"], num_train_epochs=spec["epochs"],
         warmup_steps=RECIPE["warmup"], lr_scheduler_type="cosine", weight_decay=RECIPE["weight_decay"],
         label_smoothing_factor=RECIPE["label_smoothing"], eval_strategy="no", save_strategy="no", report_to=[],
         logging_steps=50, seed=RECIPE["seed"], dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
@@ -93,7 +94,7 @@ def run_lorafit(spec: dict) -> dict:
             f"optim.weight_decay={RECIPE['weight_decay']}", f"optim.warmup={RECIPE['warmup']}",
             f"train.label_smoothing={RECIPE['label_smoothing']}", f"train.batch_size={RECIPE['batch_size']}",
             f"train.epochs={spec['epochs']}", f"train.eval_every={spec['eval_every']}", f"seed={RECIPE['seed']}",
-            "train.log_every=50", *spec.get("lorafit_sets", [])]
+            "train.log_every=50", f"train.eval_batch_size={EVAL_BATCH}", *spec.get("lorafit_sets", [])]
     cfg = load_config(None, sets)
     run_dir = Path(spec["workdir"]) / "lorafit"
     recipe = Recipe(cfg, run_dir, overwrite=True, log=lambda *a: None).setup()
@@ -113,10 +114,10 @@ def run_lorafit(spec: dict) -> dict:
     model, tok, _, _ = load_trained(run_dir, merge=True)
     texts = pd.read_csv(spec["val"])["text"].tolist()
     t = time.perf_counter()
-    merged = predict_logits(model, tok, texts, RECIPE["max_length"], 64).argmax(-1)
+    merged = predict_logits(model, tok, texts, RECIPE["max_length"], EVAL_BATCH).argmax(-1)
     predict_s = time.perf_counter() - t
     unmerged_model, tok, _, _ = load_trained(run_dir, merge=False)
-    unmerged = predict_logits(unmerged_model, tok, texts, RECIPE["max_length"], 64).argmax(-1)
+    unmerged = predict_logits(unmerged_model, tok, texts, RECIPE["max_length"], EVAL_BATCH).argmax(-1)
     return {"name": "lorafit", "train_samples": total_steps * RECIPE["batch_size"], "train_s": train_s,
             "wall_with_evals_s": wall_with_evals, "time_to_target_s": hit["train_seconds"] if hit else None,
             "target_step": hit["step"] if hit else None, "final_accuracy": result["validation"]["accuracy"],

@@ -21,8 +21,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-VARIANTS = {"default": [], "compile": ["train.compile=true"], "bf16": ["train.precision=bf16"]}
-LABELS = {"default": "default (fp32, eager)", "compile": "torch.compile (dynamic shapes)", "bf16": "bf16 autocast"}
+VARIANTS = {"default": [], "compile": ["train.compile=true"], "bf16": ["train.precision=bf16"],
+            "torch_dropout": ["train.fast_dropout=false"]}
+LABELS = {"default": "default (fp32, eager)", "compile": "torch.compile (dynamic shapes)", "bf16": "bf16 autocast",
+          "torch_dropout": "torch's dropout (train.fast_dropout: false)"}
 
 
 def run_variant(spec: dict) -> dict:
