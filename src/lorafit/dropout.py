@@ -17,6 +17,8 @@ fused Philox kernel, so `train.fast_dropout: auto` only installs this on CPU.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -31,9 +33,7 @@ def keep_probability(p: float) -> float:
 
 def keep_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
     """Boolean mask, True with probability keep_probability(p), from torch's default generator."""
-    n = 1
-    for s in shape:
-        n *= s
+    n = math.prod(shape)
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-2 ** 63, None)  # all 64 bits
     uniforms = words.view(torch.int16)[:n].view(shape)  # four independent 16-bit uniforms per draw
     return uniforms >= round(p * _LEVELS) - _LEVELS // 2
@@ -46,7 +46,7 @@ class _Masked(torch.autograd.Function):
     def forward(ctx, x, keep, scale):
         ctx.save_for_backward(keep)
         ctx.scale = scale
-        return (x * keep).mul_(scale)  # the bool mask is cast inside the multiply: no float copy of it
+        return (x * keep).mul_(scale)  # the float copy of the mask is a temporary; only the bool one is kept
 
     @staticmethod
     def backward(ctx, grad):
