@@ -21,6 +21,8 @@ import math
 
 import torch
 from torch import nn
+# dropout.py is imported only when a model trains, so transformers is loaded already
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 NAME = "lorafit_sdpa"  # attention implementation name registered with transformers
 _LEVELS = 1 << 16
@@ -71,8 +73,6 @@ class FastDropout(nn.Dropout):
 
 def attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
     """transformers attention function: SDPA unless training with dropout on a bidirectional layer."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     if not dropout or kwargs.get("is_causal") or getattr(module, "is_causal", False) or query.shape[1] != key.shape[1]:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     # (batch, heads, length, head_dim), as transformers hands them to SDPA
@@ -95,34 +95,35 @@ def _register() -> None:
     AttentionMaskInterface.register(NAME, sdpa_mask)  # the same masks SDPA gets
 
 
-def install(model: nn.Module) -> str:
-    """Swap the model's dropouts for FastDropout; returns what changed, for the run log."""
+def _swap_dropouts(model: nn.Module, old: type, new: type) -> int:
+    """Replace every module of exactly type `old` (subclasses may do something else) by `new`."""
     swapped = 0
     for module in model.modules():
         for name, child in module.named_children():
-            if type(child) is nn.Dropout:  # exact type: subclasses may do something else
-                fast = FastDropout(child.p, child.inplace)
-                fast.train(child.training)
-                module._modules[name] = fast
+            if type(child) is old:
+                module._modules[name] = new(child.p, child.inplace).train(child.training)
                 swapped += 1
+    return swapped
+
+
+def _switch_attention(model: nn.Module, old: str, new: str) -> bool:
+    """Point the model's (shared) configs from attention implementation `old` to `new`."""
     configs = {id(m.config): m.config for m in model.modules()
-               if getattr(getattr(m, "config", None), "_attn_implementation", None) == "sdpa"}
-    if configs:
-        _register()
-        for config in configs.values():
-            config._attn_implementation = NAME
-    what = f"{swapped} dropout layer(s)"
-    return what + (", attention-probability dropout" if configs else "")
+               if getattr(getattr(m, "config", None), "_attn_implementation", None) == old}
+    for config in configs.values():
+        config._attn_implementation = new
+    return bool(configs)
+
+
+def install(model: nn.Module) -> str:
+    """Swap the model's dropouts for FastDropout; returns what changed, for the run log."""
+    _register()
+    swapped = _swap_dropouts(model, nn.Dropout, FastDropout)
+    attention_too = _switch_attention(model, "sdpa", NAME)
+    return f"{swapped} dropout layer(s)" + (", attention-probability dropout" if attention_too else "")
 
 
 def remove(model: nn.Module) -> None:
     """Back to torch's dropout and SDPA (before saving: a saved config must not name lorafit_sdpa)."""
-    for module in model.modules():
-        for name, child in module.named_children():
-            if type(child) is FastDropout:
-                plain = nn.Dropout(child.p, child.inplace)
-                plain.train(child.training)
-                module._modules[name] = plain
-        config = getattr(module, "config", None)
-        if getattr(config, "_attn_implementation", None) == NAME:
-            config._attn_implementation = "sdpa"
+    _swap_dropouts(model, FastDropout, nn.Dropout)
+    _switch_attention(model, NAME, "sdpa")
