@@ -67,12 +67,32 @@ def test_attention_without_the_mask_is_sdpa(monkeypatch):
     module = torch.nn.Module()
     module.is_causal = False
     ref, _ = sdpa_attention_forward(module, q, k, v, pad, dropout=0.0, scaling=0.3)
-    monkeypatch.setattr(fd, "fast_dropout", lambda x, p, training=True: x)
+    # every element kept at probability 1: the real masked path, with the identity as its dropout
+    monkeypatch.setattr(fd, "keep_mask", lambda shape, p, device: torch.ones(shape, dtype=torch.bool))
+    monkeypatch.setattr(fd, "keep_probability", lambda p: 1.0)
     out, _ = fd.attention(module, q, k, v, pad, dropout=0.1, scaling=0.3)
     torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
     additive = torch.zeros(3, 1, 7, 7).masked_fill(~pad, torch.finfo(torch.float32).min)
     out, _ = fd.attention(module, q, k, v, additive, dropout=0.1, scaling=0.3)
     torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
+
+
+def test_attention_dropout_is_the_masked_scaled_probabilities_and_so_is_its_gradient(monkeypatch):
+    """The 1 / (1 - p) is applied to the output instead of the probabilities: same values, same gradients."""
+    torch.manual_seed(5)
+    q, k, v = (torch.randn(2, 3, 6, 4, requires_grad=True) for _ in range(3))
+    keep = torch.rand(2, 3, 6, 6) > 0.3
+    monkeypatch.setattr(fd, "keep_mask", lambda shape, p, device: keep)
+    module = torch.nn.Module()
+    module.is_causal = False
+    out, _ = fd.attention(module, q, k, v, None, dropout=0.3, scaling=0.5)
+    probs = (q @ k.transpose(2, 3) * 0.5).softmax(-1) * keep / fd.keep_probability(0.3)
+    ref = (probs @ v).transpose(1, 2)
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(ref)
+    grads = torch.autograd.grad(out, (q, k, v), g)
+    for a, b in zip(grads, torch.autograd.grad(ref, (q, k, v), g)):
+        torch.testing.assert_close(a, b)
 
 
 @pytest.mark.parametrize("fixture", ["tiny_roberta", "tiny_bert"])

@@ -145,6 +145,9 @@ class TrainConfig(_Section):
     cache_dtype: Literal["float32", "float16"] = Field("float32", description="Storage dtype of cached hidden states (float16 halves memory).")
     fast_dropout: Union[bool, Literal["auto"]] = Field(
         "auto", description="Dropout masks from 16-bit uniforms (same distribution, ~3x cheaper than torch's on CPU); auto: on CPU only.")
+    trim_heap: Union[bool, Literal["auto"]] = Field(
+        "auto", description="Return freed heap memory to the OS after every optimizer step (glibc malloc_trim): "
+        "lower peak RSS with dynamic padding for a few % time; auto: on CPU only.")
     compile: bool = Field(False, description="torch.compile the model (measure first: slower on small CPU runs).")
     checkpoint_every: Optional[int] = Field(None, ge=1, description="Also write a resumable checkpoint every N optimizer steps.")
     deterministic: bool = Field(True, description="Deterministic kernels and seeded data order.")

@@ -42,26 +42,34 @@ def keep_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor
 
 
 class _Masked(torch.autograd.Function):
-    """x * keep / q, saving the boolean mask (1 byte per element, as torch's dropout does) for backward."""
+    """where(keep, x, 0) * scale, saving the boolean mask (1 byte per element, as torch's dropout does)."""
 
     @staticmethod
     def forward(ctx, x, keep, scale):
         ctx.save_for_backward(keep)
         ctx.scale = scale
-        return (x * keep).mul_(scale)  # the float copy of the mask is a temporary; only the bool one is kept
+        return _apply(x, keep, scale)
 
     @staticmethod
     def backward(ctx, grad):
         (keep,) = ctx.saved_tensors
-        return (grad * keep).mul_(ctx.scale), None, None
+        return _apply(grad, keep, ctx.scale), None, None
 
 
-def fast_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+def _apply(x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
+    # one pass; `x * keep` first copies the mask to a float tensor as large as x (a third more time
+    # at attention-probability sizes, and a fresh allocation the heap has to find room for)
+    out = torch.where(keep, x, 0.0)
+    return out if scale == 1.0 else out.mul_(scale)
+
+
+def fast_dropout(x: torch.Tensor, p: float, training: bool = True, *, rescale: bool = True) -> torch.Tensor:
+    """Dropout with the cheaper mask; rescale=False leaves out the 1 / (1 - p) (the caller applies it)."""
     if not training or p == 0.0:
         return x
     if p >= 1.0:
         return x * 0.0
-    return _Masked.apply(x, keep_mask(x.shape, p, x.device), 1.0 / keep_probability(p))
+    return _Masked.apply(x, keep_mask(x.shape, p, x.device), 1.0 / keep_probability(p) if rescale else 1.0)
 
 
 class FastDropout(nn.Dropout):
@@ -75,16 +83,23 @@ def attention(module, query, key, value, attention_mask, dropout: float = 0.0, s
     """transformers attention function: SDPA unless training with dropout on a bidirectional layer."""
     if not dropout or kwargs.get("is_causal") or getattr(module, "is_causal", False) or query.shape[1] != key.shape[1]:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
-    # (batch, heads, length, head_dim), as transformers hands them to SDPA
+    # (batch, heads, length, head_dim), as transformers hands them to SDPA. In-place steps on the
+    # (batch, heads, length, length) scores: matmul keeps its inputs for backward, not its output.
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
-    scores = torch.matmul(query, key.transpose(2, 3)) * scale
+    scores = torch.matmul(query, key.transpose(2, 3)).mul_(scale)
     if attention_mask is not None:
         if attention_mask.dtype == torch.bool:  # True = attend (sdpa_mask's convention)
-            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+            scores.masked_fill_(~attention_mask, torch.finfo(scores.dtype).min)
         else:
-            scores = scores + attention_mask
-    probs = fast_dropout(scores.softmax(-1), dropout)  # `dropout` is the rate (transformers' name)
-    return torch.matmul(probs, value).transpose(1, 2).contiguous(), None
+            scores.add_(attention_mask)
+    # `dropout` is the rate (transformers' name). Its 1 / (1 - p) goes on the output, a tensor
+    # length / head_dim times smaller than the probabilities: (P * keep / q) V = ((P * keep) V) / q.
+    probs = fast_dropout(scores.softmax(-1), dropout, rescale=False)
+    del scores  # softmax keeps its output for backward, not its input
+    out = torch.matmul(probs, value)
+    if dropout < 1.0:
+        out.mul_(1.0 / keep_probability(dropout))
+    return out.transpose(1, 2).contiguous(), None
 
 
 def _register() -> None:

@@ -143,6 +143,7 @@ class Recipe:
         self._write_run_header()  # every check has passed
         self.final_val_loader = self.acc.prepare(self.val_loader)  # always the full model's own path
         self.fast_dropout = self._setup_dropout()
+        self.trim_heap = self._setup_trim()
         self.prefix = self._setup_prefix()
         if cfg.train.compile:
             # dynamic: batches have different lengths (dynamic padding); without it every length recompiles
@@ -169,6 +170,21 @@ class Recipe:
             return False
         self.log(f"fast dropout: on ({install(self.model)}: masks from 16-bit uniforms, same distribution)")
         return True
+
+    def _setup_trim(self) -> Callable[[], object]:
+        """malloc_trim after each optimizer step when asked for, or on CPU with auto (see memory.py);
+        a no-op when off, so the training loops call it unconditionally."""
+        from .memory import heap_trimmer
+
+        choice, device = self.cfg.train.trim_heap, self.acc.device.type
+        trim = None if choice is False or (choice == "auto" and device != "cpu") else heap_trimmer()
+        if trim is None:
+            why = ("train.trim_heap: false" if choice is False else
+                   f"training on {device}" if choice == "auto" and device != "cpu" else "the C library has no malloc_trim")
+            self.log(f"heap trimming: off ({why})")
+            return lambda: None
+        self.log("heap trimming: on (freed memory goes back to the OS after each step: lower peak RSS)")
+        return trim
 
     def _setup_prefix(self):
         """Frozen-prefix caching when it applies (see prefix.py); says in the log why it is on or off."""
@@ -297,6 +313,8 @@ class Recipe:
                     self.scheduler.step()
                     self._after_step(st.step + 1)  # before zero_grad: AdaLoRA reads the gradients
                 self.optimizer.zero_grad(set_to_none=True)
+                if self.acc.sync_gradients:
+                    self.trim_heap()  # after zero_grad: the gradients' pages go back too
             n = labels.numel()
             sums += torch.stack([loss.detach() * n, (logits.argmax(-1) == labels).sum().float(),
                                  torch.tensor(float(n), device=sums.device)])
@@ -452,6 +470,8 @@ class Recipe:
                 if self.acc.sync_gradients:
                     sched.step()
                 self.optimizer.zero_grad(set_to_none=True)
+                if self.acc.sync_gradients:
+                    self.trim_heap()  # after zero_grad: the gradients' pages go back too
         self.record(type="final_on_val", loss=loss.item())
 
     def finish(self) -> dict:
