@@ -39,6 +39,32 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
 
 
+class PhasePeaks:
+    """Peak RSS per phase (setup, train, predict...), sampled every 10 ms from /proc/self/statm:
+    ru_maxrss gives only the process's overall peak, not which phase set it."""
+
+    def __init__(self):
+        import threading
+        self.phase, self.peaks, self._stop = "setup", {}, threading.Event()
+        self._page = os.sysconf("SC_PAGE_SIZE")
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self):
+        statm = Path("/proc/self/statm")
+        while not self._stop.wait(0.01):
+            mb = int(statm.read_text().split()[1]) * self._page / 2**20
+            self.peaks[self.phase] = max(self.peaks.get(self.phase, 0.0), mb)
+
+    def __call__(self, phase: str) -> None:
+        self.phase = phase
+
+    def result(self) -> dict:
+        self._stop.set()
+        self._thread.join()
+        return {k: round(v) for k, v in self.peaks.items()}
+
+
 # ---------------------------------------------------------------- the anchor: HF Trainer + PEFT
 def run_anchor(spec: dict) -> dict:
     import numpy as np
@@ -48,6 +74,7 @@ def run_anchor(spec: dict) -> dict:
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
 
+    phases = PhasePeaks()
     torch.manual_seed(RECIPE["seed"])
     tok = AutoTokenizer.from_pretrained(spec["model"])
     enc = lambda b: tok(b["text"], padding="max_length", truncation=True, max_length=RECIPE["max_length"])
@@ -65,16 +92,19 @@ def run_anchor(spec: dict) -> dict:
         fp16=torch.cuda.is_available(), disable_tqdm=True)
     trainer = Trainer(model=model, args=args, train_dataset=train,
                       compute_metrics=lambda p: {"accuracy": float((p.predictions.argmax(-1) == p.label_ids).mean())})
+    phases("train")
     t = time.perf_counter()
     trainer.train()
     train_s = time.perf_counter() - t
+    phases("predict")
     t = time.perf_counter()
     pred = trainer.predict(val)
     predict_s = time.perf_counter() - t
     acc = float((pred.predictions.argmax(-1) == np.asarray(val["label"])).mean())
     return {"name": "HF Trainer + PEFT", "train_samples": len(train) * spec["epochs"], "train_s": train_s,
             "time_to_target_s": train_s, "final_accuracy": acc, "predict_samples": len(val), "predict_s": predict_s,
-            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad), "peak_rss_mb": peak_rss_mb()}
+            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad), "peak_rss_mb": peak_rss_mb(),
+            "rss_phases_mb": phases.result()}
 
 
 # ---------------------------------------------------------------- lorafit
@@ -87,6 +117,7 @@ def run_lorafit(spec: dict) -> dict:
     from lorafit.runs import load_trained
     from lorafit.train import Recipe
 
+    phases = PhasePeaks()
     sets = [f"model.name={spec['model']}", f"data.train={spec['trainval']}", f"data.val_size={spec['val_size']}",
             f"data.label_names={json.dumps(LABELS)}", f"data.max_length={RECIPE['max_length']}",
             f"adapter.r={RECIPE['r']}", f"adapter.alpha={RECIPE['alpha']}", f"adapter.dropout={RECIPE['dropout']}",
@@ -99,9 +130,11 @@ def run_lorafit(spec: dict) -> dict:
     run_dir = Path(spec["workdir"]) / "lorafit"
     recipe = Recipe(cfg, run_dir, overwrite=True, log=lambda *a: None).setup()
     # the same split as the anchor's files (load_split is what wrote them)
+    phases("train")
     t = time.perf_counter()
     recipe.train()
     wall_with_evals = time.perf_counter() - t
+    phases("finish")
     result = recipe.finish()
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if r["type"] == "eval"]
@@ -111,11 +144,13 @@ def run_lorafit(spec: dict) -> dict:
     del recipe  # prediction starts from the saved run, as `lorafit predict` does
     gc.collect()
 
+    phases("predict")
     model, tok, _, _ = load_trained(run_dir, merge=True)
     texts = pd.read_csv(spec["val"])["text"].tolist()
     t = time.perf_counter()
     merged = predict_logits(model, tok, texts, RECIPE["max_length"], EVAL_BATCH).argmax(-1)
     predict_s = time.perf_counter() - t
+    phases("predict unmerged")
     unmerged_model, tok, _, _ = load_trained(run_dir, merge=False)
     unmerged = predict_logits(unmerged_model, tok, texts, RECIPE["max_length"], EVAL_BATCH).argmax(-1)
     return {"name": "lorafit", "train_samples": total_steps * RECIPE["batch_size"], "train_s": train_s,
@@ -123,7 +158,7 @@ def run_lorafit(spec: dict) -> dict:
             "target_step": hit["step"] if hit else None, "final_accuracy": result["validation"]["accuracy"],
             "predict_samples": len(texts), "predict_s": predict_s,
             "merged_equals_unmerged": bool(np.array_equal(merged, unmerged)), "trainable": result["trainable"],
-            "peak_rss_mb": peak_rss_mb(), "evals": [(r["step"], r["train_seconds"], r["accuracy"]) for r in evals]}
+            "peak_rss_mb": peak_rss_mb(), "rss_phases_mb": phases.result(), "evals": [(r["step"], r["train_seconds"], r["accuracy"]) for r in evals]}
 
 
 # ---------------------------------------------------------------- driver
@@ -229,8 +264,12 @@ def main() -> int:
             f"anchor pads to 128, lorafit pads per batch\n"
             f"- training time excludes evaluation on both sides; lorafit's merged predictions equal its unmerged "
             f"ones: {ours['merged_equals_unmerged']}\n\n{md}\n\n"
-            f"lorafit evaluations (step, training seconds, accuracy): {ours['evals']}\n")
-    Path(args.out).write_text(text)
+            f"lorafit evaluations (step, training seconds, accuracy): {ours['evals']}\n\n"
+            f"peak RSS by phase (MB): anchor {anchor['rss_phases_mb']}; lorafit {ours['rss_phases_mb']}\n")
+    out = Path(args.out)
+    old = out.read_text() if out.exists() else ""
+    kept = old[old.find("\n## "):] if "\n## " in old else ""  # sections bench/switches.py appended
+    out.write_text(text + kept)
     print(text)
     return 0
 

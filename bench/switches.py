@@ -22,9 +22,10 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 VARIANTS = {"default": [], "compile": ["train.compile=true"], "bf16": ["train.precision=bf16"],
-            "torch_dropout": ["train.fast_dropout=false"]}
+            "torch_dropout": ["train.fast_dropout=false"], "no_trim": ["train.trim_heap=false"]}
 LABELS = {"default": "default (fp32, eager)", "compile": "torch.compile (dynamic shapes)", "bf16": "bf16 autocast",
-          "torch_dropout": "torch's dropout (train.fast_dropout: false)"}
+          "torch_dropout": "torch's dropout (train.fast_dropout: false)",
+          "no_trim": "no heap trimming (train.trim_heap: false)"}
 
 
 def run_variant(spec: dict) -> dict:
@@ -44,7 +45,9 @@ def run_variant(spec: dict) -> dict:
     wall = time.perf_counter() - t
     evals = [json.loads(x) for x in (Path(spec["workdir"]) / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]
     (s0, t0), (s1, t1) = (evals[0]["step"], evals[0]["train_seconds"]), (evals[-1]["step"], evals[-1]["train_seconds"])
-    return {"steady_sps": (s1 - s0) * 32 / (t1 - t0), "wall_s": wall, "final_loss": evals[-1]["loss"]}
+    from compare import peak_rss_mb
+    return {"steady_sps": (s1 - s0) * 32 / (t1 - t0), "wall_s": wall, "final_loss": evals[-1]["loss"],
+            "peak_rss_mb": peak_rss_mb()}
 
 
 def main() -> int:
@@ -83,14 +86,14 @@ def main() -> int:
             continue
         rows.append((name, json.loads((work / f"v{i}.out").read_text())))
     base = rows[0][1]
-    lines = ["| variant | steady train samples/s | vs default | wall time incl. compile (s) | val loss at end |",
-             "|---|---|---|---|---|"]
+    lines = ["| variant | steady train samples/s | vs default | wall time incl. compile (s) | val loss at end | peak RSS (MB) |",
+             "|---|---|---|---|---|---|"]
     for name, r in rows:
         if r is None:
-            lines.append(f"| {LABELS[name]} | failed | | | |")
+            lines.append(f"| {LABELS[name]} | failed | | | | |")
             continue
         lines.append(f"| {LABELS[name]} | {r['steady_sps']:.1f} | {r['steady_sps'] / base['steady_sps']:.2f}x | "
-                     f"{r['wall_s']:.0f} | {r['final_loss']:.4f} |")
+                     f"{r['wall_s']:.0f} | {r['final_loss']:.4f} | {r['peak_rss_mb']:.0f} |")
     cmd = "python bench/switches.py " + " ".join(sys.argv[1:])
     text = (f"\n## Optional switches on this machine ({date.today()})\n\n- machine: {machine()}\n- command: `{cmd}`\n"
             f"- {args.steps} steps of batch 32 on {args.limit} rows; samples/s over the steps after the first third\n\n"

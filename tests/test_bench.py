@@ -8,6 +8,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_compare_runs_on_tiny_input(tiny_roberta, synth_csv, tmp_path):
     out = tmp_path / "RESULTS.md"
+    out.write_text("# Speed: an older table\n\n## Optional switches (appended by switches.py)\n\n| kept |\n")
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "compare.py"), "--model", str(tiny_roberta),
                            "--data", str(synth_csv), "--limit", "200", "--val-size", "40", "--max-length", "32",
                            "--eval-every", "2", "--out", str(out)], capture_output=True, text=True, timeout=600)
@@ -17,6 +18,8 @@ def test_compare_runs_on_tiny_input(tiny_roberta, synth_csv, tmp_path):
                 "peak RSS (MB)"):
         assert f"| {row}" in text
     assert "merged predictions equal its unmerged ones: True" in text
+    assert "peak RSS by phase (MB): anchor {'setup': " in text and "'predict unmerged': " in text
+    assert "older table" not in text and text.endswith("## Optional switches (appended by switches.py)\n\n| kept |\n")
 
 
 def test_switches_runs_on_tiny_input(tiny_roberta, synth_csv, tmp_path):
@@ -41,3 +44,11 @@ def test_quality_runs_on_tiny_input(tiny_bert, synth_csv, tmp_path):
     for row in ("| (a) | seeds' recipe", "| (b) | full fine-tuning", "| (c) | lorafit best layout"):
         assert row in text
     assert "lorafit train --config configs/agnews-minilm-best.yaml --seeds 0" in text
+
+
+def test_profile_step_runs_on_tiny_input(tiny_roberta, synth_csv):
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "profile_step.py"), "--model", str(tiny_roberta),
+                           "--data", str(synth_csv), "--steps", "3", "--warmup", "2", "--set", "data.max_length=32"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "aten::addmm" in proc.stdout and "minor page faults per step: " in proc.stdout
