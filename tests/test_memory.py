@@ -1,6 +1,7 @@
 """train.trim_heap: freed heap pages go back to the OS after each step; the numbers do not change."""
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -33,11 +34,11 @@ def test_trim_returns_the_holes_that_freed_tensors_leave_in_the_heap():
     assert all(float(t.sum()) == 16384 for t in kept)  # live tensors untouched
 
 
-def _run(tiny_roberta, synth_csv, run_dir, choice):
+def _run(tiny_roberta, synth_csv, run_dir, choice, **over):
     from lorafit.train import run_training
 
     lines = []
-    cfg = tiny_config(tiny_roberta, synth_csv, train__trim_heap=choice, adapter__dropout=0.1)
+    cfg = tiny_config(tiny_roberta, synth_csv, train__trim_heap=choice, adapter__dropout=0.1, **over)
     result = run_training(cfg, run_dir, log=lines.append)
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if r["type"] == "train"]
@@ -57,3 +58,13 @@ def test_trimming_changes_nothing_but_memory(tiny_roberta, synth_csv, tmp_path, 
     assert on["validation"]["loss"] == off["validation"]["loss"]
     assert any(x.startswith("heap trimming: on (") for x in on_log)
     assert "heap trimming: off (train.trim_heap: false)" in off_log
+
+
+@linux_glibc
+def test_the_final_epoch_on_train_and_validation_trims_too(tiny_roberta, synth_csv, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr("lorafit.memory.heap_trimmer", lambda: lambda: calls.append(1))
+    result, _, _, steps = _run(tiny_roberta, synth_csv, tmp_path / "run", "true", train__final_on_val="true")
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["type"] for r in records].count("final_on_val") == 1 and result["validation"]["seen_in_training"]
+    assert len(calls) == steps + math.ceil(400 / 16)  # every item of synth.csv once more, in batches of 16

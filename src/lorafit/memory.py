@@ -33,4 +33,3 @@ def heap_trimmer() -> Optional[Callable[[], int]]:
         return None
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     return lambda: trim(0)
-

@@ -177,10 +177,14 @@ class Recipe:
         from .memory import heap_trimmer
 
         choice, device = self.cfg.train.trim_heap, self.acc.device.type
-        trim = None if choice is False or (choice == "auto" and device != "cpu") else heap_trimmer()
-        if trim is None:
-            why = ("train.trim_heap: false" if choice is False else
-                   f"training on {device}" if choice == "auto" and device != "cpu" else "the C library has no malloc_trim")
+        trim = why = None
+        if choice is False:
+            why = "train.trim_heap: false"
+        elif choice == "auto" and device != "cpu":
+            why = f"training on {device}"
+        elif (trim := heap_trimmer()) is None:
+            why = "the C library has no malloc_trim"
+        if why:
             self.log(f"heap trimming: off ({why})")
             return lambda: None
         self.log("heap trimming: on (freed memory goes back to the OS after each step: lower peak RSS)")
@@ -306,15 +310,7 @@ class Recipe:
                     raise TrainingDiverged(f"loss became {loss.item()} at step {st.step + 1} (epoch {epoch + 1}); "
                                            f"{self.divergence_hint()}")
                 self.acc.backward(loss)
-                if self.acc.sync_gradients and cfg.max_grad_norm:
-                    self.acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
-                self.optimizer.step()
-                if self.acc.sync_gradients:
-                    self.scheduler.step()
-                    self._after_step(st.step + 1)  # before zero_grad: AdaLoRA reads the gradients
-                self.optimizer.zero_grad(set_to_none=True)
-                if self.acc.sync_gradients:
-                    self.trim_heap()  # after zero_grad: the gradients' pages go back too
+                self._optimizer_step(self.scheduler, st.step + 1)
             n = labels.numel()
             sums += torch.stack([loss.detach() * n, (logits.argmax(-1) == labels).sum().float(),
                                  torch.tensor(float(n), device=sums.device)])
@@ -370,6 +366,21 @@ class Recipe:
             inner.set_epoch(epoch)
         if hasattr(inner, "skip_next"):
             inner.skip_next(skip)
+
+    def _optimizer_step(self, scheduler, step: int | None = None) -> None:
+        """Inside acc.accumulate, after backward: clip, step, schedule, `_after_step(step)` (the main
+        loop's), zero the gradients, trim the heap; all but step and zero_grad only on syncing steps."""
+        sync = self.acc.sync_gradients
+        if sync and self.cfg.train.max_grad_norm:
+            self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.train.max_grad_norm)
+        self.optimizer.step()
+        if sync:
+            scheduler.step()
+            if step is not None:
+                self._after_step(step)  # before zero_grad: AdaLoRA reads the gradients
+        self.optimizer.zero_grad(set_to_none=True)
+        if sync:
+            self.trim_heap()  # after zero_grad: the gradients' pages go back too
 
     def _after_step(self, step: int) -> None:
         """AdaLoRA re-allocates ranks after each optimizer step (PEFT's documented loop)."""
@@ -464,14 +475,7 @@ class Recipe:
                 labels = batch.pop("labels")
                 loss = self.loss_fn(self.model(**batch).logits, labels)
                 self.acc.backward(loss)
-                if self.acc.sync_gradients and self.cfg.train.max_grad_norm:
-                    self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.train.max_grad_norm)
-                self.optimizer.step()
-                if self.acc.sync_gradients:
-                    sched.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                if self.acc.sync_gradients:
-                    self.trim_heap()  # after zero_grad: the gradients' pages go back too
+                self._optimizer_step(sched)
         self.record(type="final_on_val", loss=loss.item())
 
     def finish(self) -> dict:
