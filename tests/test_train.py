@@ -149,3 +149,27 @@ def test_early_stopping_stops(tiny_roberta, synth_csv, tmp_path):
     run_training(cfg, tmp_path / "r", log=lambda *x: None)
     evals = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]
     assert 2 <= len(evals) < 20
+
+
+def test_train_seconds_count_every_step_and_no_evaluation(tiny_roberta, synth_csv, tmp_path, monkeypatch):
+    # a fake clock: a training forward takes 1 s, an evaluation batch 1000 s; with 96 training items
+    # in batches of 16 an epoch is 6 steps, so the evaluation at step 8 sits after an epoch's end
+    import types
+
+    from lorafit.train import Recipe
+
+    now = [0.0]
+    monkeypatch.setattr("lorafit.train.time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    cfg = tiny_config(tiny_roberta, synth_csv, data__limit=120, train__max_steps=10, train__eval_every=4)
+    recipe = Recipe(cfg, tmp_path / "r", log=lambda *a: None).setup()
+    assert recipe.steps_per_epoch == 6
+    forward = recipe.forward
+
+    def timed(batch):
+        now[0] += 1.0 if recipe.model.training else 1000.0
+        return forward(batch)
+
+    recipe.forward = timed
+    recipe.train()
+    evals = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]
+    assert [(e["step"], e["train_seconds"]) for e in evals] == [(4, 4.0), (8, 8.0), (10, 10.0)]

@@ -65,7 +65,7 @@ class Recipe:
         self.cfg, self.run_dir, self.overwrite, self.resume, self.log = cfg, Path(run_dir), overwrite, resume, log
         self.on_eval, self.prefix, self.evals = on_eval, None, 0
         self.state, self.position = State(), Position()
-        self.train_seconds, self._segment = 0.0, time.perf_counter()
+        self.train_seconds, self._segment = 0.0, None   # see _clock
         self._saved_step: Optional[int] = None   # step of the last resumable checkpoint
         self._saved_kept: set[int] = set()       # top-k folders that checkpoint refers to: not deleted before the next
 
@@ -299,7 +299,7 @@ class Recipe:
         # loss*n, correct, n
         sums = pos.sums.to(self.acc.device) if pos.sums is not None else torch.zeros(3, device=self.acc.device)
         t0, seen, batches, stop = time.perf_counter(), pos.seen, pos.batches, False
-        self._segment = time.perf_counter()
+        self._clock(running=True)
         for batch in self.train_loader:
             batches += 1
             with self.acc.accumulate(self.model):
@@ -325,11 +325,13 @@ class Recipe:
                             samples_per_s=round(seen * self.acc.num_processes / (time.perf_counter() - t0), 2))
             if eval_steps and st.step % eval_steps == 0 and st.step < self.total_steps:
                 stop = self.evaluate_and_keep()
+                self._clock(running=True)
             if stop or st.step >= self.total_steps:
                 break
             if (cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0
                     and not self.acc.gradient_state.end_of_dataloader):  # the epoch's end saves its own
                 self.save_checkpoint(Position(epoch, batches, seen, sums))
+        self._clock(running=False)  # the steps since the last evaluation count; the epoch's end does not
         tot = self.acc.reduce(sums, reduction="sum")
         self.record(type="epoch", epoch=epoch + 1, step=st.step, train_loss=(tot[0] / tot[2]).item(),
                     train_accuracy=(tot[1] / tot[2]).item(),
@@ -340,6 +342,8 @@ class Recipe:
 
     def save_checkpoint(self, pos: Position) -> None:
         """A resumable checkpoint at `pos`; then the top-k folders it no longer refers to can go."""
+        if self._segment is not None:
+            self._clock(running=True)  # fold the running segment into train_seconds, which the checkpoint keeps
         checkpoint.save(self, pos)
         self._saved_step, self._saved_kept = self.state.step, {s for _, s in self.state.kept}
         if self.acc.is_main_process:
@@ -354,6 +358,14 @@ class Recipe:
         kept = (f"the last good checkpoint (step {self._saved_step}) is kept in {self.run_dir / checkpoint.RESUME}"
                 if self._saved_step is not None else "no checkpoint had been written yet")
         return f"likely cause: {' or '.join(causes)}; {kept}"
+
+    def _clock(self, running: bool) -> None:
+        """Start or stop the training clock: `train_seconds` (what time-to-accuracy and the benches
+        read) counts training steps and mid-epoch checkpoints, not evaluations or epoch ends."""
+        now = time.perf_counter()
+        if self._segment is not None:
+            self.train_seconds += now - self._segment
+        self._segment = now if running else None
 
     def _set_epoch(self, epoch: int, skip: int = 0) -> None:
         self.train_ds.epoch = epoch
@@ -413,11 +425,10 @@ class Recipe:
     def evaluate_and_keep(self) -> bool:
         """Evaluate, keep the top-k checkpoints by the chosen metric; True when early stopping fires."""
         cfg, st = self.cfg.train, self.state
-        self.train_seconds += time.perf_counter() - self._segment  # training time, evaluations excluded
+        self._clock(running=False)  # evaluations are not training time
         m = self.evaluate(self.val_loader)
         self.record(type="eval", step=st.step, epoch=round(st.step / self.steps_per_epoch, 4), loss=m["loss"],
                     accuracy=m["accuracy"], macro_f1=m["macro_f1"], n=m["n"], train_seconds=round(self.train_seconds, 3))
-        self._segment = time.perf_counter()
         self.log(f"step {st.step}: val loss {m['loss']:.4f} accuracy {m['accuracy']:.4f} macro-F1 {m['macro_f1']:.4f}")
         self.evals += 1
         if self.on_eval is not None:
