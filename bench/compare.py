@@ -108,6 +108,17 @@ def run_anchor(spec: dict) -> dict:
 
 
 # ---------------------------------------------------------------- lorafit
+def recipe_sets() -> list[str]:
+    """RECIPE as lorafit config overrides (labels, length, adapter, optimiser, batch, seed); also what
+    bench/profile_step.py profiles."""
+    return [f"data.label_names={json.dumps(LABELS)}", f"data.max_length={RECIPE['max_length']}",
+            f"adapter.r={RECIPE['r']}", f"adapter.alpha={RECIPE['alpha']}", f"adapter.dropout={RECIPE['dropout']}",
+            f"adapter.targets={json.dumps(RECIPE['targets'])}", f"optim.lr={RECIPE['lr']}",
+            f"optim.weight_decay={RECIPE['weight_decay']}", f"optim.warmup={RECIPE['warmup']}",
+            f"train.label_smoothing={RECIPE['label_smoothing']}", f"train.batch_size={RECIPE['batch_size']}",
+            f"seed={RECIPE['seed']}"]
+
+
 def run_lorafit(spec: dict) -> dict:
     import numpy as np
     import pandas as pd
@@ -119,12 +130,7 @@ def run_lorafit(spec: dict) -> dict:
 
     phases = PhasePeaks()
     sets = [f"model.name={spec['model']}", f"data.train={spec['trainval']}", f"data.val_size={spec['val_size']}",
-            f"data.label_names={json.dumps(LABELS)}", f"data.max_length={RECIPE['max_length']}",
-            f"adapter.r={RECIPE['r']}", f"adapter.alpha={RECIPE['alpha']}", f"adapter.dropout={RECIPE['dropout']}",
-            f"adapter.targets={json.dumps(RECIPE['targets'])}", f"optim.lr={RECIPE['lr']}",
-            f"optim.weight_decay={RECIPE['weight_decay']}", f"optim.warmup={RECIPE['warmup']}",
-            f"train.label_smoothing={RECIPE['label_smoothing']}", f"train.batch_size={RECIPE['batch_size']}",
-            f"train.epochs={spec['epochs']}", f"train.eval_every={spec['eval_every']}", f"seed={RECIPE['seed']}",
+            *recipe_sets(), f"train.epochs={spec['epochs']}", f"train.eval_every={spec['eval_every']}",
             "train.log_every=50", f"train.eval_batch_size={EVAL_BATCH}", *spec.get("lorafit_sets", [])]
     cfg = load_config(None, sets)
     run_dir = Path(spec["workdir"]) / "lorafit"

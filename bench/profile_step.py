@@ -8,7 +8,6 @@ operators by self CPU time and the page faults per step (what heap trimming cost
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import sys
 import tempfile
@@ -30,15 +29,13 @@ def main() -> int:
     args = ap.parse_args()
 
     import torch
-    from compare import LABELS, RECIPE
+    from compare import RECIPE, recipe_sets
     from lorafit.config import load_config
     from lorafit.train import Recipe
 
     n = args.warmup + args.steps
-    sets = [f"model.name={args.model}", f"data.train={args.data}", "data.val_size=200", f"data.limit={n * 32 + 200}",
-            f"data.label_names={json.dumps(LABELS)}", f"data.max_length={RECIPE['max_length']}",
-            f"adapter.r={RECIPE['r']}", f"adapter.alpha={RECIPE['alpha']}", f"adapter.dropout={RECIPE['dropout']}",
-            f"adapter.targets={json.dumps(RECIPE['targets'])}", f"train.batch_size={RECIPE['batch_size']}",
+    sets = [f"model.name={args.model}", f"data.train={args.data}", "data.val_size=200",
+            f"data.limit={n * RECIPE['batch_size'] + 200}", *recipe_sets(),
             f"train.max_steps={n}", f"train.eval_every={n + 1}", "train.log_every=1000", *args.sets]
     recipe = Recipe(load_config(None, sets), Path(tempfile.mkdtemp()), overwrite=True, log=print).setup()
     step, faults = [0], []
