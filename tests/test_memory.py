@@ -51,7 +51,7 @@ def test_trimming_changes_nothing_but_memory(tiny_roberta, synth_csv, tmp_path, 
     calls = []
     trim = heap_trimmer()
     monkeypatch.setattr("lorafit.memory.heap_trimmer", lambda: lambda: calls.append(trim()))
-    on, on_losses, on_log, steps = _run(tiny_roberta, synth_csv, tmp_path / "on", "auto")
+    on, on_losses, on_log, steps = _run(tiny_roberta, synth_csv, tmp_path / "on", "true")
     off, off_losses, off_log, _ = _run(tiny_roberta, synth_csv, tmp_path / "off", "false")
     assert len(calls) == steps > 0 and set(calls) <= {0, 1}  # once per optimizer step; malloc_trim's answers
     assert on_losses and on_losses == off_losses
@@ -68,3 +68,46 @@ def test_the_final_epoch_on_train_and_validation_trims_too(tiny_roberta, synth_c
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["type"] for r in records].count("final_on_val") == 1 and result["validation"]["seen_in_training"]
     assert len(calls) == steps + math.ceil(400 / 16)  # every item of synth.csv once more, in batches of 16
+
+
+def test_trim_when_grown_trims_only_past_the_first_steps_rss_plus_slack():
+    from lorafit.memory import trim_when_grown
+
+    trims, rss = [], iter([1000, 1100, 1199, 1201, 1000, 1250, None])
+    after_step = trim_when_grown(lambda: trims.append(1), 0.2, rss=lambda: next(rss))
+    for i in range(7):
+        after_step()
+        trims.append(f"step {i}")
+    # the first step sets the limit (1200); 1201 and 1250 pass it; no /proc (None): trim every step
+    assert trims == ["step 0", "step 1", "step 2", 1, "step 3", "step 4", 1, "step 5", 1, "step 6"]
+
+
+def test_auto_trims_when_grown_and_says_so(tiny_roberta, synth_csv, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr("lorafit.memory.heap_trimmer", lambda: lambda: calls.append(1))
+    steps = iter(range(1, 100))
+    monkeypatch.setattr("lorafit.memory.rss_bytes", lambda: 10**9 * next(steps))  # 1 GB more after every step
+    _, _, log, _ = _run(tiny_roberta, synth_csv, tmp_path / "auto", "auto", train__max_steps=3)
+    assert "heap trimming: when grown (freed memory goes back to the OS after a step that leaves RSS more than 20% " \
+           "above the first step's)" in log
+    assert len(calls) == 2  # steps 2 and 3 (step 1 sets the limit)
+    _, _, log, _ = _run(tiny_roberta, synth_csv, tmp_path / "0.5", "0.5", train__max_steps=3)
+    assert any("more than 50% above" in x for x in log)
+
+
+THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+@pytest.mark.skipif(not THP.is_file() or "[never]" in THP.read_text(), reason="no transparent huge pages here")
+@pytest.mark.parametrize("env,expect", [({}, "True"), ({"THP_MEM_ALLOC_ENABLE": "0"}, "False")])
+def test_huge_pages_are_requested_before_torch_loads(env, expect):
+    """What the lorafit command does first; an explicit environment value wins."""
+    import os
+    import subprocess
+
+    code = ("from lorafit.memory import request_huge_pages, huge_pages_active; request_huge_pages(); "
+            "print(huge_pages_active())")
+    clean = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**clean, **env, "PYTHONPATH": src})
+    assert out.stdout.strip() == expect, out.stderr[-2000:]

@@ -180,6 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         # them, and they would bury the one-line error or the run log.
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
+    if args.command != "budget":  # the commands that run a model; budget counts on the meta device
+        from .memory import request_huge_pages
+
+        request_huge_pages()
     try:
         return COMMANDS[args.command](args)
     except LorafitError as e:

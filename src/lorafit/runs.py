@@ -127,11 +127,14 @@ def read_run(run_dir: str | Path) -> tuple[RunConfig, list[str]]:
     return load_config(cfg_path), json.loads(labels_path.read_text(encoding="utf-8"))
 
 
-def load_trained(run_dir: str | Path, *, merge: bool = False, device: str | torch.device = "cpu"):
+def load_trained(run_dir: str | Path, *, merge: bool = False, device: str | torch.device = "cpu",
+                 first_token: bool | None = None):
     """(model in eval mode, tokenizer, cfg, label names) from a run directory.
 
     Adapters load through `PeftModel.from_pretrained` over the base model with the same head
-    surgery as in training; merge=True folds LoRA into the base weights (no adapter overhead)."""
+    surgery as in training; merge=True folds LoRA into the base weights (no adapter overhead).
+    first_token: run the last layer on the first token only where that applies (first_token.py);
+    None follows the run's train.last_layer_first_token, False gives the plain model."""
     from .model import head_plan
     from .model.load import load_base, load_tokenizer
 
@@ -157,4 +160,9 @@ def load_trained(run_dir: str | Path, *, merge: bool = False, device: str | torc
         model = PeftModel.from_pretrained(base, str(weights))
         if merge:
             model = model.merge_and_unload()
+    if cfg.train.last_layer_first_token if first_token is None else first_token:
+        from . import first_token as ft
+
+        if ft.why_off(model, cfg.head.type) is None:
+            ft.install(model)
     return model.to(device).eval(), tokenizer, cfg, names

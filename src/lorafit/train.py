@@ -145,6 +145,7 @@ class Recipe:
         self.fast_dropout = self._setup_dropout()
         self.trim_heap = self._setup_trim()
         self.prefix = self._setup_prefix()
+        self._setup_first_token()  # after the prefix cache: it computes its states with the full last layer
         if cfg.train.compile:
             # dynamic: batches have different lengths (dynamic padding); without it every length recompiles
             self.model = torch.compile(self.model, dynamic=True)
@@ -172,11 +173,15 @@ class Recipe:
         return True
 
     def _setup_trim(self) -> Callable[[], object]:
-        """malloc_trim after each optimizer step when asked for, or on CPU with auto (see memory.py);
-        a no-op when off, so the training loops call it unconditionally."""
-        from .memory import heap_trimmer
+        """malloc_trim after every optimizer step (true), or after steps that grew RSS past a limit
+        (a fraction; auto = memory.GROWTH_SLACK on CPU); a no-op when off, so the loops call it always."""
+        from .memory import GROWTH_SLACK, heap_trimmer, huge_pages_active, trim_when_grown
 
         choice, device = self.cfg.train.trim_heap, self.acc.device.type
+        huge = device == "cpu" and huge_pages_active()
+        if device == "cpu":
+            self.log("huge pages: on" if huge else "huge pages: off (THP_MEM_ALLOC_ENABLE=1 was not in the environment "
+                     "when torch loaded, or the kernel has THP off)")
         trim = why = None
         if choice is False:
             why = "train.trim_heap: false"
@@ -187,8 +192,13 @@ class Recipe:
         if why:
             self.log(f"heap trimming: off ({why})")
             return lambda: None
-        self.log("heap trimming: on (freed memory goes back to the OS after each step: lower peak RSS)")
-        return trim
+        if choice is True:
+            self.log("heap trimming: on (freed memory goes back to the OS after each step: lowest peak RSS)")
+            return trim
+        slack = GROWTH_SLACK if choice == "auto" else choice
+        self.log(f"heap trimming: when grown (freed memory goes back to the OS after a step that leaves RSS more than "
+                 f"{slack:.0%} above the first step's)")
+        return trim_when_grown(trim, slack)
 
     def _setup_prefix(self):
         """Frozen-prefix caching when it applies (see prefix.py); says in the log why it is on or off."""
@@ -215,6 +225,16 @@ class Recipe:
         self.log(f"prefix cache: on (nothing below layer {k} trains: {n} computed once for "
                  f"{len(self.train_ds) + len(self.val_ds)} items, {self.cfg.train.cache_dtype}; training runs layers {k}+)")
         return cache
+
+    def _setup_first_token(self) -> None:
+        """The last layer on the first token only, where the head reads nothing else (first_token.py)."""
+        from . import first_token
+
+        reason = ("train.last_layer_first_token: false" if not self.cfg.train.last_layer_first_token
+                  else first_token.why_off(self.model, self.cfg.head.type))
+        if reason is None:
+            first_token.install(self.model)
+        self.log("last layer on the first token only: " + ("on (the head reads nothing else)" if reason is None else f"off ({reason})"))
 
     def forward(self, batch: dict) -> torch.Tensor:
         """Logits of a batch; with the prefix cache, its states stand in for embeddings + frozen layers."""
