@@ -111,3 +111,13 @@ def test_huge_pages_are_requested_before_torch_loads(env, expect):
     src = str(Path(__file__).resolve().parents[1] / "src")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**clean, **env, "PYTHONPATH": src})
     assert out.stdout.strip() == expect, out.stderr[-2000:]
+
+
+def test_trim_heap_takes_a_growth_fraction_and_refuses_a_useless_one():
+    from lorafit.config import load_config
+    from lorafit.errors import LorafitError
+
+    assert load_config(None, ["train.trim_heap=0.35"]).train.trim_heap == 0.35
+    assert load_config(None, ["train.trim_heap=true"]).train.trim_heap is True
+    with pytest.raises(LorafitError, match=r"train\.trim_heap.*above 0"):
+        load_config(None, ["train.trim_heap=-0.1"])

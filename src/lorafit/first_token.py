@@ -23,10 +23,9 @@ from torch import nn
 
 from .model.heads import encoder_of
 
-# Classes whose head reads only the first token's final state (checked in their transformers code);
-# `head.type: cls_linear` keeps that true, mean_linear does not.
-FIRST_TOKEN_HEADS = {"BertForSequenceClassification", "RobertaForSequenceClassification",
-                     "XLMRobertaForSequenceClassification"}
+# Classes whose head reads only the first token's final state (checked in their transformers code,
+# and tested); `head.type: cls_linear` keeps that true, mean_linear does not.
+FIRST_TOKEN_HEADS = {"BertForSequenceClassification", "RobertaForSequenceClassification"}
 ATTENTION = {"sdpa", "eager", "lorafit_sdpa"}  # implementations that take a query shorter than the keys
 
 
