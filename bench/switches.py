@@ -31,7 +31,7 @@ LABELS = {"default": "default (fp32, eager)", "compile": "torch.compile (dynamic
           "torch_dropout": "torch's dropout (train.fast_dropout: false)",
           "no_trim": "no heap trimming (train.trim_heap: false)",
           "full_last_layer": "last layer on every token (train.last_layer_first_token: false)",
-          "no_huge_pages": "no huge pages (THP_MEM_ALLOC_ENABLE=0; trim_heap auto then trims)",
+          "no_huge_pages": "no huge pages (THP_MEM_ALLOC_ENABLE=0)",
           "no_huge_pages_no_trim": "no huge pages, no trimming"}
 
 

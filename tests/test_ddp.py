@@ -33,8 +33,9 @@ train: {{epochs: 2, batch_size: 16, eval_batch_size: 32, log_every: 5}}
 """)
     single = run_cli("train", "--config", cfg, "--out", tmp_path / "single")
     assert single.returncode == 0, single.stderr[-2000:]
-    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-    if thp.is_file() and "[never]" not in thp.read_text() and "THP_MEM_ALLOC_ENABLE" not in os.environ:
+    from lorafit.memory import THP_ENV, kernel_allows_huge_pages
+
+    if kernel_allows_huge_pages() and THP_ENV not in os.environ:
         assert "huge pages: on" in single.stdout  # the command asked torch for them before loading it
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     accel = str(Path(sys.executable).parent / "accelerate")

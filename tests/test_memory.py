@@ -1,4 +1,4 @@
-"""train.trim_heap: freed heap pages go back to the OS after each step; the numbers do not change."""
+"""train.trim_heap (every step or when RSS has grown) and huge pages: memory changes, the numbers do not."""
 
 import json
 import math
@@ -9,15 +9,10 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from lorafit.memory import heap_trimmer
+from lorafit.memory import heap_trimmer, kernel_allows_huge_pages, rss_bytes
 
 linux_glibc = pytest.mark.skipif(not sys.platform.startswith("linux") or heap_trimmer() is None,
                                  reason="malloc_trim is glibc's")
-
-
-def _rss_mb() -> float:
-    import os
-    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 @linux_glibc
@@ -27,9 +22,9 @@ def test_trim_returns_the_holes_that_freed_tensors_leave_in_the_heap():
     blocks = [torch.ones(16384) for _ in range(3000)]
     kept = blocks[49::50]
     del blocks
-    before = _rss_mb()
+    before = rss_bytes() / 2**20
     heap_trimmer()()
-    after = _rss_mb()
+    after = rss_bytes() / 2**20
     assert before - after > 100, (before, after)
     assert all(float(t.sum()) == 16384 for t in kept)  # live tensors untouched
 
@@ -95,10 +90,7 @@ def test_auto_trims_when_grown_and_says_so(tiny_roberta, synth_csv, tmp_path, mo
     assert any("more than 50% above" in x for x in log)
 
 
-THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-
-
-@pytest.mark.skipif(not THP.is_file() or "[never]" in THP.read_text(), reason="no transparent huge pages here")
+@pytest.mark.skipif(not kernel_allows_huge_pages(), reason="no transparent huge pages here")
 @pytest.mark.parametrize("env,expect", [({}, "True"), ({"THP_MEM_ALLOC_ENABLE": "0"}, "False")])
 def test_huge_pages_are_requested_before_torch_loads(env, expect):
     """What the lorafit command does first; an explicit environment value wins."""

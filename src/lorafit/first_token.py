@@ -80,6 +80,14 @@ def _forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | N
     return self.output(self.intermediate(attention_output), attention_output)
 
 
+def apply(model: nn.Module, head_type: str) -> str | None:
+    """Install where it applies; returns why it did not (None when installed)."""
+    reason = why_off(model, head_type)
+    if reason is None:
+        install(model)
+    return reason
+
+
 def install(model: nn.Module) -> None:
     layer = last_layer(model)
     layer.forward = types.MethodType(_forward, layer)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 GROWTH_SLACK = 0.2  # train.trim_heap: auto on CPU (see the measurements above)
-THP_ENV = "THP_MEM_ALLOC_ENABLE"  # torch's switch: 2 MB-aligned CPU tensors, madvise(MADV_HUGEPAGE)
+THP_ENV = "THP_MEM_ALLOC_ENABLE"  # torch's switch: page-aligned CPU tensors >= 2 MB, madvise(MADV_HUGEPAGE)
 THP_SYSFS = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 
@@ -87,16 +87,21 @@ def request_huge_pages() -> None:
         os.environ.setdefault(THP_ENV, "1")
 
 
+def kernel_allows_huge_pages() -> bool:
+    """The kernel offers transparent huge pages (not set to never; Linux only)."""
+    try:
+        return "[never]" not in THP_SYSFS.read_text()
+    except OSError:
+        return False
+
+
 def huge_pages_active() -> bool:
     """Whether tensors of 2 MB and more get huge pages: torch page-aligns them (and madvises them) only
     with its switch on; otherwise they sit 64 bytes into a mapping or anywhere in the heap (64-byte
     aligned: three page-aligned by chance is a 1 in 2^18 event). The kernel must not have THP off."""
     import torch
 
-    try:
-        if "[never]" in THP_SYSFS.read_text():
-            return False
-    except OSError:
-        return False  # no THP in this kernel (or not Linux)
+    if not kernel_allows_huge_pages():
+        return False
     blocks = [torch.empty(4 << 20, dtype=torch.uint8) for _ in range(3)]
     return all(b.data_ptr() % 4096 == 0 for b in blocks)

@@ -163,6 +163,5 @@ def load_trained(run_dir: str | Path, *, merge: bool = False, device: str | torc
     if cfg.train.last_layer_first_token if first_token is None else first_token:
         from . import first_token as ft
 
-        if ft.why_off(model, cfg.head.type) is None:
-            ft.install(model)
+        ft.apply(model, cfg.head.type)
     return model.to(device).eval(), tokenizer, cfg, names

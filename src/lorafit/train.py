@@ -144,6 +144,11 @@ class Recipe:
         self.final_val_loader = self.acc.prepare(self.val_loader)  # always the full model's own path
         self.fast_dropout = self._setup_dropout()
         self.trim_heap = self._setup_trim()
+        if self.acc.device.type == "cpu":
+            from .memory import huge_pages_active
+
+            self.log("huge pages: on" if huge_pages_active() else "huge pages: off (THP_MEM_ALLOC_ENABLE=1 was not in "
+                     "the environment when torch loaded, or the kernel has THP off)")
         self.prefix = self._setup_prefix()
         self._setup_first_token()  # after the prefix cache: it computes its states with the full last layer
         if cfg.train.compile:
@@ -175,13 +180,9 @@ class Recipe:
     def _setup_trim(self) -> Callable[[], object]:
         """malloc_trim after every optimizer step (true), or after steps that grew RSS past a limit
         (a fraction; auto = memory.GROWTH_SLACK on CPU); a no-op when off, so the loops call it always."""
-        from .memory import GROWTH_SLACK, heap_trimmer, huge_pages_active, trim_when_grown
+        from .memory import GROWTH_SLACK, heap_trimmer, trim_when_grown
 
         choice, device = self.cfg.train.trim_heap, self.acc.device.type
-        huge = device == "cpu" and huge_pages_active()
-        if device == "cpu":
-            self.log("huge pages: on" if huge else "huge pages: off (THP_MEM_ALLOC_ENABLE=1 was not in the environment "
-                     "when torch loaded, or the kernel has THP off)")
         trim = why = None
         if choice is False:
             why = "train.trim_heap: false"
@@ -230,10 +231,8 @@ class Recipe:
         """The last layer on the first token only, where the head reads nothing else (first_token.py)."""
         from . import first_token
 
-        reason = ("train.last_layer_first_token: false" if not self.cfg.train.last_layer_first_token
-                  else first_token.why_off(self.model, self.cfg.head.type))
-        if reason is None:
-            first_token.install(self.model)
+        reason = (first_token.apply(self.model, self.cfg.head.type) if self.cfg.train.last_layer_first_token
+                  else "train.last_layer_first_token: false")
         self.log("last layer on the first token only: " + ("on (the head reads nothing else)" if reason is None else f"off ({reason})"))
 
     def forward(self, batch: dict) -> torch.Tensor:
