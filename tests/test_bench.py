@@ -52,3 +52,14 @@ def test_profile_step_runs_on_tiny_input(tiny_roberta, synth_csv):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "aten::addmm" in proc.stdout and "minor page faults per step: " in proc.stdout
+
+
+def test_predict_speed_runs_on_a_finished_run(trained_run, synth_csv, tmp_path):
+    out = tmp_path / "RESULTS.md"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "predict_speed.py"), "--run", str(trained_run[0]),
+                           "--data", str(synth_csv), "--limit", "50", "--batch", "16", "--repeats", "1",
+                           "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [x for x in out.read_text().splitlines() if x.startswith("| ") and "samples/s" not in x]
+    assert len(rows) == 4 and rows[0].startswith("| default (as lorafit predict) |")
+    assert all(x.endswith("| True |") for x in rows), rows  # every variant gives the plain model's labels

@@ -128,13 +128,15 @@ def read_run(run_dir: str | Path) -> tuple[RunConfig, list[str]]:
 
 
 def load_trained(run_dir: str | Path, *, merge: bool = False, device: str | torch.device = "cpu",
-                 first_token: bool | None = None):
+                 first_token: bool | None = None, packed: bool | None = None):
     """(model in eval mode, tokenizer, cfg, label names) from a run directory.
 
     Adapters load through `PeftModel.from_pretrained` over the base model with the same head
     surgery as in training; merge=True folds LoRA into the base weights (no adapter overhead).
     first_token: run the last layer on the first token only where that applies (first_token.py);
-    None follows the run's train.last_layer_first_token, False gives the plain model."""
+    None follows the run's train.last_layer_first_token, False gives the plain model.
+    packed: Linear layers on prepacked oneDNN weights on CPU (packed.py; for inference only); None
+    follows the run's train.packed_inference."""
     from .model import head_plan
     from .model.load import load_base, load_tokenizer
 
@@ -164,4 +166,10 @@ def load_trained(run_dir: str | Path, *, merge: bool = False, device: str | torc
         from . import first_token as ft
 
         ft.apply(model, cfg.head.type)
-    return model.to(device).eval(), tokenizer, cfg, names
+    model = model.to(device).eval()
+    if cfg.train.packed_inference if packed is None else packed:
+        from . import packed as packing
+
+        if packing.why_off(device) is None:
+            packing.install(model)
+    return model, tokenizer, cfg, names
