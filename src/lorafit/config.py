@@ -155,7 +155,7 @@ class TrainConfig(_Section):
         "6 layers; also used by predict.")
     packed_inference: bool = Field(
         True, description="predict/evaluate run the Linear layers on weights prepacked once for oneDNN (CPU only): "
-        "same fp32 math, ~1.35x faster prediction on CPU.")
+        "same fp32 math, 1.2-1.35x faster prediction on CPU.")
     compile: bool = Field(False, description="torch.compile the model (measure first: slower on small CPU runs).")
     checkpoint_every: Optional[int] = Field(None, ge=1, description="Also write a resumable checkpoint every N optimizer steps.")
     deterministic: bool = Field(True, description="Deterministic kernels and seeded data order.")

@@ -3,8 +3,10 @@
 nn.Linear on CPU hands the weight to MKL's sgemm in its plain row-major layout on every call.
 oneDNN's matmul with the weight reordered once into its own blocked layout (what torch.compile's CPU
 freezing pass does) ran the same fp32 products 1.2-1.5x faster on this project's 2-core AMD EPYC
-(AVX-512), and whole-model prediction ~1.35x faster (bench/RESULTS.md). Same math in fp32; only the order of float sums differs (tests/test_packed.py:
-logits equal to 1e-5, labels identical).
+(AVX-512), and MiniLM's prediction 1.2-1.35x faster (bench/predict_speed.py). Same math in fp32;
+only the order of float sums differs (tests/test_packed.py: logits equal to 1e-5, labels identical).
+The cost is a second copy of the Linear weights while predicting (43 MB for MiniLM-L6, 340 MB for
+roberta-base).
 
 Inference only: the packed copy is made once, after loading, and is not updated if the weight
 changes. The weight parameter stays, so state_dict and saving see nothing new, and a call with
