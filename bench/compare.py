@@ -197,6 +197,17 @@ def machine() -> str:
             f"{transformers.__version__}, peft {peft.__version__}, accelerate {accelerate.__version__}")
 
 
+def append_section(out: str, title: str, detail: str, lines: list[str]) -> str:
+    """Append a '## title (date)' section (machine, the command that ran, one detail line, a table) to the
+    file `out`, below the compare table (which keeps such sections); returns the section's text."""
+    cmd = f"python bench/{Path(sys.argv[0]).name} " + " ".join(sys.argv[1:])
+    text = (f"\n## {title} ({date.today()})\n\n- machine: {machine()}\n- command: `{cmd}`\n- {detail}\n\n"
+            + "\n".join(lines) + "\n")
+    path = Path(out)
+    path.write_text((path.read_text() if path.exists() else "") + text)
+    return text
+
+
 def table(a: dict, b: dict) -> str:
     def ratio(x, y, invert=False):
         if x is None or y is None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +43,7 @@ def main() -> int:
     request_huge_pages()  # as the lorafit command does, before torch loads
     import numpy as np
 
-    from compare import machine
+    from compare import append_section
     from lorafit.predict import predict_logits, read_inputs
     from lorafit.runs import load_trained, read_run
 
@@ -66,13 +65,8 @@ def main() -> int:
         sps = len(texts) / best[name]
         lines.append(f"| {name} | {sps:.1f} | {best[default] / best[name]:.2f}x | "
                      f"{bool(np.array_equal(labels[name], labels[plain]))} |")
-    cmd = "python bench/predict_speed.py " + " ".join(sys.argv[1:])
-    text = (f"\n## Prediction switches on this machine ({date.today()})\n\n- machine: {machine()}\n- command: `{cmd}`\n"
-            f"- {len(texts)} texts, batches of {args.batch} sorted by length; best of {args.repeats} turns per variant\n\n"
-            + "\n".join(lines) + "\n")
-    out = Path(args.out)
-    out.write_text((out.read_text() if out.exists() else "") + text)
-    print(text)
+    print(append_section(args.out, "Prediction switches on this machine", f"{len(texts)} texts, batches of "
+                         f"{args.batch} sorted by length; best of {args.repeats} turns per variant", lines))
     return 0
 
 

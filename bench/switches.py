@@ -15,7 +15,6 @@ import os
 import subprocess
 import sys
 import tempfile
-from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,7 +76,7 @@ def main() -> int:
         return 0
     if not args.model or not args.data:
         ap.error("--model and --data are required")
-    from compare import machine  # same machine line as the main table
+    from compare import append_section  # same machine line as the main table
 
     work = Path(tempfile.mkdtemp(prefix="lorafit-switches-"))
     rows = []
@@ -105,13 +104,8 @@ def main() -> int:
             continue
         lines.append(f"| {LABELS[name]} | {r['steady_sps']:.1f} | {r['steady_sps'] / base['steady_sps']:.2f}x | "
                      f"{r['wall_s']:.0f} | {r['final_loss']:.4f} | {r['peak_rss_mb']:.0f} |")
-    cmd = "python bench/switches.py " + " ".join(sys.argv[1:])
-    text = (f"\n## Optional switches on this machine ({date.today()})\n\n- machine: {machine()}\n- command: `{cmd}`\n"
-            f"- {args.steps} steps of batch 32 on {args.limit} rows; samples/s over the steps after the first third\n\n"
-            + "\n".join(lines) + "\n")
-    out = Path(args.out)
-    out.write_text((out.read_text() if out.exists() else "") + text)
-    print(text)
+    print(append_section(args.out, "Optional switches on this machine", f"{args.steps} steps of batch 32 on "
+                         f"{args.limit} rows; samples/s over the steps after the first third", lines))
     return 0
 
 
