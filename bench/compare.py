@@ -46,14 +46,14 @@ class PhasePeaks:
     def __init__(self):
         import threading
         self.phase, self.peaks, self._stop = "setup", {}, threading.Event()
-        self._page = os.sysconf("SC_PAGE_SIZE")
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()
 
     def _watch(self):
-        statm = Path("/proc/self/statm")
+        from lorafit.memory import rss_bytes  # stdlib only: importing it loads neither torch nor lorafit's model code
+
         while not self._stop.wait(0.01):
-            mb = int(statm.read_text().split()[1]) * self._page / 2**20
+            mb = (rss_bytes() or 0) / 2**20
             self.peaks[self.phase] = max(self.peaks.get(self.phase, 0.0), mb)
 
     def __call__(self, phase: str) -> None:

@@ -46,6 +46,14 @@ def _packable(m: nn.Module) -> bool:
     return type(m) is nn.Linear and m.weight.dtype == torch.float32 and m.weight.device.type == "cpu"
 
 
+def apply(model: nn.Module, device: torch.device | str) -> str | None:
+    """Install where it applies; returns why it did not (None when installed)."""
+    reason = why_off(device)
+    if reason is None:
+        install(model)
+    return reason
+
+
 def install(model: nn.Module) -> int:
     """Pack every plain fp32 CPU nn.Linear of the model; returns how many."""
     n = 0

@@ -170,6 +170,5 @@ def load_trained(run_dir: str | Path, *, merge: bool = False, device: str | torc
     if cfg.train.packed_inference if packed is None else packed:
         from . import packed as packing
 
-        if packing.why_off(device) is None:
-            packing.install(model)
+        packing.apply(model, device)
     return model, tokenizer, cfg, names
