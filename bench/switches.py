@@ -46,7 +46,7 @@ def run_variant(spec: dict) -> dict:
 
     every = spec["steps"] // 3
     sets = [f"model.name={spec['model']}", f"data.train={spec['data']}", f"data.limit={spec['limit']}",
-            "data.val_size=200", "data.max_length=128", "adapter.targets=[query, value]", "adapter.r=8",
+            "data.val_size=200", f"data.max_length={spec['max_length']}", "adapter.targets=[query, value]", "adapter.r=8",
             "train.batch_size=32", f"train.max_steps={spec['steps']}", f"train.eval_every={every}", "seed=42",
             *spec["sets"]]
     recipe = Recipe(load_config(None, sets), Path(spec["workdir"]), overwrite=True, log=lambda *a: None).setup()
@@ -66,6 +66,7 @@ def main() -> int:
     ap.add_argument("--data", required=False)
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--limit", type=int, default=3000)
+    ap.add_argument("--max-length", type=int, default=128, help="tokens per item (at most what the model reads)")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ", ".join(VARIANTS))
     ap.add_argument("--out", default=str(ROOT / "bench" / "RESULTS.md"))
     ap.add_argument("--spec", help=argparse.SUPPRESS)
@@ -86,6 +87,7 @@ def main() -> int:
     for i, name in enumerate(chosen):
         sets = VARIANTS[name]
         spec = {"model": args.model, "data": args.data, "limit": args.limit, "steps": args.steps, "sets": sets,
+                "max_length": args.max_length,
                 "workdir": str(work / f"v{i}")}
         (work / f"v{i}.json").write_text(json.dumps(spec))
         print(f"switches: {name}", flush=True)

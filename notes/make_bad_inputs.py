@@ -21,6 +21,45 @@ sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+# (name, what happened, the message, the test that checks it)
+ELSEWHERE = [
+    ("interrupted-while-training", "Ctrl-C or SIGTERM during training (exit 130): the step finishes, a resumable "
+     "checkpoint is written", "interrupted at step N; resume with: lorafit train --resume RUN",
+     "tests/test_run_dir_safety.py::test_sigint_in_a_real_process_then_resume_matches_uninterrupted"),
+    ("interrupted-during-setup", "Ctrl-C before training started (exit 130)",
+     "interrupted during setup, before training started: nothing to resume and nothing kept; to start over, run the "
+     "same command again", "tests/test_run_dir_safety.py::test_interrupt_during_setup_says_nothing_can_be_resumed"),
+    ("read-only-out", "--out on a read-only file system, refused before the model loads",
+     "error: RUN: cannot write in DIR (Read-only file system); choose another --out",
+     "tests/test_run_dir_safety.py::test_real_read_only_out_is_one_line_before_the_model_loads"),
+    ("full-disk-while-saving", "the disk fills while the final weights are written: no half-written finished run, "
+     "resume/ kept", "error: PATH: No space left on device; the last checkpoint (step N) is kept in RUN/resume: free "
+     "space, then run: lorafit train --resume RUN",
+     "tests/test_run_dir_safety.py::test_full_disk_while_saving_weights_leaves_a_resumable_run"),
+    ("oserror-in-main", "any other I/O error reaching the command line", "error: PATH: strerror",
+     "tests/test_run_dir_safety.py::test_oserror_reaching_main_is_one_line_and_debug_shows_it"),
+    ("closed-pipe", "`lorafit budget ... | head -1`", "(nothing on stderr; exit 141)",
+     "tests/test_run_dir_safety.py::test_budget_into_a_closed_pipe_exits_quietly"),
+    ("predict-output-not-writable", "`predict --output` in a folder that takes no file, before the model loads",
+     "error: --output: cannot write in folder DIR (Permission denied); choose another --output",
+     "tests/test_predict_inputs.py::test_output_folder_not_writable_is_refused_before_the_model_loads"),
+    ("predict-output-full-disk", "the disk fills while predictions are written; no file is left",
+     "error: --output: could not write FILE (No space left on device); nothing was written",
+     "tests/test_predict_inputs.py::test_full_disk_leaves_no_file"),
+    ("solver-nothing-fits", "`lorafit budget --solve` when no layout fits even one layer (stdout, exit 2)",
+     "no layout fits N trainable parameters: the smallest, LoRA r=1 on ..., needs M; raise budget.max_trainable to M",
+     "tests/test_solver_advice.py::test_nothing_fits_says_the_budget_that_would"),
+    ("hub-unreachable", "a hub id not in the cache while the hub cannot be reached (2 s probe, no retries)",
+     "error: model.name: 'org/x' is not a local folder, is not in the Hugging Face cache, and the hub (ENDPOINT) cannot "
+     "be reached; point model.name at a model folder",
+     "tests/test_model_checks.py::test_hub_id_fails_fast_when_the_hub_cannot_be_reached"),
+    ("class-never-predicted", "a trained model that never predicts a class on validation (a warning, the run "
+     "finishes; also in eval.json and report.md)", "warning: the model never predicts 'rare' on validation (1 of 2 "
+     "classes): accuracy 0.9000 but macro-F1 0.4737; try train.metric: macro_f1, ...",
+     "tests/test_run_log.py::test_a_class_never_predicted_is_warned"),
+]
+
+
 def main() -> int:
     from conftest import make_tiny_model, synthetic_rows
     from test_bad_input import CASES, Env
@@ -47,13 +86,14 @@ def main() -> int:
             tmp.mkdir()
             argv, _ = build(Env(tmp, model, data))
             argv = [str(a) for a in argv]
+            # each case runs inside its own folder: a case about `--out .` must never point at the repo
             if sub:
                 proc = subprocess.run([sys.executable, "-m", "lorafit", *argv], capture_output=True, text=True,
-                                      env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+                                      env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, cwd=tmp)
                 code, err = proc.returncode, proc.stderr
             else:
                 buf = io.StringIO()
-                with contextlib.redirect_stderr(buf), contextlib.redirect_stdout(io.StringIO()):
+                with contextlib.redirect_stderr(buf), contextlib.redirect_stdout(io.StringIO()), contextlib.chdir(tmp):
                     code = cli(argv)
                 err = buf.getvalue()
             if code != 2 or err.count("\n") != 1:
@@ -63,6 +103,10 @@ def main() -> int:
             msg = err.strip().replace(str(tmp), "<tmp>").replace(str(base), "<tmp>")
             lines += [f"- **{name}**: {what}", f"  - command: `lorafit {shown}`", "  - stderr:", "    ```", f"    {msg}", "    ```"]
     if not only:
+        lines += ["", "## Cases tested elsewhere", "",
+                  "Signals, full or read-only disks and closed pipes are not one-line CLI cases a folder can build; each",
+                  "message below is checked by the named test.", ""]
+        lines += [f"- **{name}** ({test}): {what}\n  ```\n  {msg}\n  ```" for name, what, msg, test in ELSEWHERE]
         (ROOT / "notes" / "bad-inputs.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(f"{bad} case(s) not one line with exit code 2", file=sys.stderr)
     return 1 if bad else 0

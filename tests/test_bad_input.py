@@ -76,10 +76,35 @@ def _stopped_run_with_edited_config(env: Env):
 
 
 def _existing_run(env: Env):
+    """A finished-looking run (config.yaml + labels.json, as older runs have) with a file of its own."""
     argv, run = env.train()
     run.mkdir()
+    (run / "config.yaml").write_text(tiny_config(env.model, env.data).to_yaml())
+    (run / "labels.json").write_text('["0", "1", "2", "3"]')
     (run / "notes.txt").write_text("an earlier run")
     return argv, None
+
+
+def _users_folder(env: Env, *extra):
+    """--out names a folder of the user's own files: not a lorafit run."""
+    argv, run = env.train()
+    run.mkdir()
+    (run / "precious.txt").write_text("mine")
+    return [*argv, *extra], None
+
+
+def _named_run(env: Env) -> Path:
+    run = env.finished_run()
+    (run / "labels.json").write_text('["business", "scitech", "sports", "world"]')
+    return run
+
+
+def _no_tokenizer(env: Env) -> Path:
+    folder = env.tmp / "no-tokenizer"
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(env.model / name, folder / name)
+    return folder
 
 
 # name -> (what is wrong, build(env) -> (argv, path that must not exist afterwards), pattern of the one error line)
@@ -112,10 +137,6 @@ CASES = {
         "`evaluate --data` holds a label name the run never saw",
         lambda e: (["evaluate", e.finished_run(), "--data", e.file("val.csv", "text,label\ngoal,Sports\n")], None),
         r"val\.csv: row 1: label 'Sports' in column 'label' is not in the label set"),
-    "label-not-an-id": (
-        "an integer label far beyond the number of rows (not an id 0..K-1)",
-        lambda e: e.train(data__train=e.file("ids.csv", "text,label\ngoal match,0\nwar vote,1\nchip,1000000\n")),
-        r"ids\.csv: row 3: integer label 1000000 in column 'label' is not an id 0..K-1"),
     "empty-texts-refused": (
         "empty / whitespace-only texts with data.empty_texts: error (the default, drop, drops them and logs the count)",
         lambda e: e.train(data__empty_texts="error",
@@ -173,6 +194,103 @@ CASES = {
         "`--resume` after RUN/config.yaml was edited (optim.lr)",
         _stopped_run_with_edited_config,
         r"stopped/config.yaml: differs from the config the checkpoint was written with \(optim.lr\); restore it to resume"),
+    # ---- issue 19: what a new user hit
+    "overwrite-not-a-run": (
+        "--overwrite on a folder of the user's own files (not a lorafit run: no .lorafit-run, no config.yaml + labels.json)",
+        lambda e: _users_folder(e, "--overwrite"),
+        r"run: not a lorafit run directory \(no \.lorafit-run, no config\.yaml \+ labels\.json\); --overwrite replaces only "
+        r"a run: choose another --out, or empty the folder yourself"),
+    "out-is-not-a-run": (
+        "--out names a folder of the user's own files, without --overwrite",
+        _users_folder,
+        r"run: folder exists and is not a lorafit run directory \(no \.lorafit-run, no config\.yaml \+ labels\.json\); "
+        r"choose another --out \(--overwrite replaces only a run\)"),
+    "overwrite-the-working-directory": (
+        "--out . --overwrite (the working directory; it once emptied it, training data included)",
+        lambda e: (["train", "--config", e.config(), "--out", ".", "--overwrite"], None),
+        r"^error: \.: is the current directory; --overwrite never replaces it: choose another --out$"),
+    "out-under-a-file": (
+        "--out is a path below an existing file",
+        lambda e: (["train", "--config", e.config(), "--out", e.file("f.txt", "x") / "run"], None),
+        r"f\.txt/run: .*f\.txt is a file, not a folder; choose another --out"),
+    "empty-labels": (
+        "a CSV row with an empty label cell (data.empty_labels: error, the default; drop drops them and logs the count)",
+        lambda e: e.train(data__train=e.file("nolabel.csv", "text,label\ngoal match,1\nwar vote,\nchip data,3\n")),
+        r"nolabel\.csv: 1 row\(s\) with no label in column 'label', first at row 2; fill them in or set data.empty_labels: drop"),
+    "empty-labels-evaluate": (
+        "`evaluate --data` with an empty label cell",
+        lambda e: (["evaluate", e.finished_run(), "--data", e.file("val.csv", "text,label\ngoal,1\nwar,\n")], None),
+        r"val\.csv: 1 row\(s\) with no label in column 'label', first at row 2; fill them in or remove those rows"),
+    "integer-labels-on-named-run": (
+        "`evaluate --data` with integer labels on a run trained on label names",
+        lambda e: (["evaluate", _named_run(e), "--data", e.file("val.csv", "text,label\ngoal,sports\nwar,2\n")], None),
+        r"val\.csv: row 2: label '2' in column 'label' is not in the label set \['business', 'scitech', 'sports', 'world'\] "
+        r"\(1 of 2 rows are not\); the run's labels are names, so integers are not read as ids: write the names"),
+    "predict-text-column-missing": (
+        "`predict --input` whose text column has another name (sentence), no --text-column",
+        lambda e: e.predict(e.file("in.csv", "ID,sentence\na,goal match\n")),
+        r"in\.csv: column 'text' not found \(set --text-column\); columns present: ID, sentence"),
+    "predict-text-column-count": (
+        "`predict --text-column a,b` for a run trained on one text column",
+        lambda e: e.predict(e.file("in.csv", "a,b\ngoal,match\n"), "--text-column", "a,b"),
+        r"--text-column: 2 columns given \(a, b\), but the run was trained on 1 \(text\); give 1, in that order"),
+    "predict-id-column-missing": (
+        "`predict --id-column doc_id` on a file without that column",
+        lambda e: e.predict(e.file("in.csv", "ID,text\na,goal match\n"), "--id-column", "doc_id"),
+        r"in\.csv: column 'doc_id' not found \(set --id-column\); columns present: ID, text"),
+    "evaluate-label-column-missing": (
+        "`evaluate --label-column topic` on a file without that column",
+        lambda e: (["evaluate", e.finished_run(), "--data", e.file("val.csv", "text,label\ngoal,1\n"), "--label-column",
+                    "topic"], None),
+        r"val\.csv: column 'topic' not found \(set --label-column\); columns present: text, label"),
+    "bad-delimiter-flag": (
+        "`predict --delimiter ::` (two characters)",
+        lambda e: e.predict(e.file("in.csv", "text\ngoal\n"), "--delimiter", "::"),
+        r"--delimiter: '::' is not one character; give one, e.g. ';', or tab"),
+    "bad-delimiter-config": (
+        "data.delimiter: ';;' (two characters)",
+        lambda e: (["train", "--config", e.file("c.yaml", "data:\n  delimiter: ';;'\n"), "--out", e.tmp / "run"], e.tmp / "run"),
+        r"c\.yaml: 'data.delimiter': ';;' is not one character; give one, e.g. ';', or tab"),
+    "corrupt-gzip": (
+        "a .csv.gz that is not gzip data",
+        lambda e: e.train(data__train=e.file("bad.csv.gz", b"not gzip at all")),
+        r"bad\.csv\.gz: not a readable gzip file \(BadGzipFile: .*\); check that it was fully written, or decompress it yourself"),
+    "zstd-input": (
+        "a .csv.zst (zstandard is not a dependency)",
+        lambda e: e.predict(e.file("in.csv.zst", b"\x28\xb5\x2f\xfd")),
+        r"in\.csv\.zst: \.zst needs the zstandard package, which lorafit does not install; decompress it \(zstd -d\) or use "
+        r"\.gz, \.bz2 or \.xz"),
+    "predict-output-is-a-folder": (
+        "`predict --output` naming an existing folder",
+        lambda e: (["predict", e.finished_run(), "--input", e.file("in.csv", "text\ngoal\n"), "--output", e.tmp], None),
+        r"--output: .* is a folder; give a file name, e\.g\. .*predictions\.csv"),
+    "model-folder-without-tokenizer": (
+        "model.name is a folder with config.json and model.safetensors but no tokenizer files",
+        lambda e: e.train(model__name=_no_tokenizer(e)),
+        r"model\.name: no tokenizer files in .*no-tokenizer \(tokenizer\.json, vocab\.txt, vocab\.json \+ merges\.txt "
+        r"or a sentencepiece \.model\); copy the tokenizer of the checkpoint into it"),
+    "max-length-beyond-the-model": (
+        "data.max_length: 2048 on a RoBERTa with 80 positions (78 readable: positions start after the pad id)",
+        lambda e: e.train(data__max_length=2048),
+        r"data\.max_length: 2048 exceeds what .*tiny-roberta can read \(78 tokens\); set data\.max_length <= 78"),
+    "model-folder-missing": (
+        "model.name is a path that does not exist",
+        lambda e: e.train(model__name=e.tmp / "no-such-model"),
+        r"model\.name: .*/no-such-model does not exist; point it at a Hugging Face model folder, or give a hub id "
+        r"\(e\.g\. roberta-base\)"),
+    "hub-model-offline-not-cached": (
+        "model.name is a hub id not in the Hugging Face cache, with HF_HUB_OFFLINE=1 (as in the tests)",
+        lambda e: e.train(model__name="someorg/not-a-cached-model"),
+        r"model\.name: 'someorg/not-a-cached-model' is not a local folder, is not in the Hugging Face cache, and "
+        r"HF_HUB_OFFLINE is set; point model\.name at a model folder"),
+    "set-value-invalid": (
+        "`--set optim.lr=abc` on a good config file: the flag is named, not the file",
+        lambda e: ([*e.train()[0], "--set", "optim.lr=abc"], e.tmp / "run"),
+        r"^error: --set optim\.lr: Input should be a valid number, unable to parse string as a number$"),
+    "set-list-as-one-word": (
+        "`--set adapter.targets=query` (a list field given one word)",
+        lambda e: ([*e.train()[0], "--set", "adapter.targets=query"], e.tmp / "run"),
+        r"^error: --set adapter\.targets: Input should be a valid list \(write a list: --set adapter\.targets=\[query\]\)$"),
     "resume-with-config": (
         "`--resume` combined with --config (a resumed run uses its own config.yaml)",
         lambda e: (["train", "--resume", e.finished_run(), "--config", e.config()], None),
@@ -190,8 +308,9 @@ def env(tmp_path, tiny_roberta, synth_csv) -> Env:
 
 
 @pytest.mark.parametrize("case", CASES, ids=list(CASES))
-def test_bad_input_one_line_exit_2_nothing_written(case, env, capsys):
+def test_bad_input_one_line_exit_2_nothing_written(case, env, capsys, monkeypatch):
     _, build, pattern = CASES[case]
+    monkeypatch.chdir(env.tmp)  # a case about `--out .` must never point at the repository
     argv, absent = build(env)
     before = listing(env.tmp)
     capsys.readouterr()
@@ -224,7 +343,7 @@ def test_overwrite_replaces_an_existing_run_dir_only_when_asked(env, capsys):
     argv, _ = _existing_run(env)
     run = env.tmp / "run"
     assert main([*map(str, argv), "--overwrite", "--set", "train.max_steps=2"]) == 0
-    assert not (run / "notes.txt").exists() and (run / "eval.json").is_file()
+    assert not (run / "notes.txt").exists() and (run / "eval.json").is_file() and (run / ".lorafit-run").is_file()
 
 
 def test_empty_texts_dropped_with_a_count(env, capsys):

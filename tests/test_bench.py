@@ -25,7 +25,7 @@ def test_compare_runs_on_tiny_input(tiny_roberta, synth_csv, tmp_path):
 def test_switches_runs_on_tiny_input(tiny_roberta, synth_csv, tmp_path):
     out = tmp_path / "RESULTS.md"
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "switches.py"), "--model", str(tiny_roberta),
-                           "--data", str(synth_csv), "--limit", "300", "--steps", "6", "--variants", "default,bf16",
+                           "--data", str(synth_csv), "--limit", "300", "--steps", "6", "--max-length", "32", "--variants", "default,bf16",
                            "--out", str(out)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()

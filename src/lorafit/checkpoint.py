@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .errors import LorafitError, TrainingDiverged
-from .runs import atomic_write_text, trainable_state
+from .runs import atomic_write_text, default_mode, io_failure, trainable_state
 
 RESUME, LATEST, FORMAT = "resume", "LATEST", 1
 DEVICES = ("cuda", "xpu", "mps")  # accelerators whose RNG (one state per device) is saved when present
@@ -56,8 +56,13 @@ def save_tensors_durably(tensors: dict[str, torch.Tensor], path: Path) -> None:
     from safetensors.torch import save_file
 
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-    fsync_path(tmp)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+        os.chmod(tmp, default_mode())  # safetensors writes its file 0600
+        fsync_path(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk: the partial file goes, and frees its space
+        raise
     os.replace(tmp, path)
     fsync_path(path.parent)
 
@@ -167,19 +172,12 @@ def save(recipe, pos: Position) -> Path | None:
     if final.exists() and latest(recipe.run_dir) != final:
         shutil.rmtree(final)  # left by a crash between its rename and LATEST: never pointed at, so written anew
     if not final.exists():  # the same position saved twice holds the same state
-        tmp.mkdir()
-        save_tensors_durably(weights, tmp / "trainable.safetensors")
-        save_tensors_durably(tensors, tmp / "tensors.safetensors")
-        for fname, obj in (("optimizer.pt", recipe.optimizer.state_dict()), ("scheduler.pt", recipe.scheduler.state_dict())):
-            with open(tmp / fname, "wb") as f:
-                torch.save(obj, f)
-                f.flush()
-                os.fsync(f.fileno())
-        with open(tmp / "state.json", "w", encoding="utf-8") as f:
-            json.dump(meta, f)
-            f.flush()
-            os.fsync(f.fileno())
-        fsync_path(tmp)
+        try:
+            _write_folder(tmp, weights, tensors, meta, recipe)
+        except Exception as e:
+            if io_failure(e, tmp) is not None:  # a full disk: free what the partial checkpoint took
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
         os.replace(tmp, final)
         fsync_path(root)
     atomic_write_text(root / LATEST, name + "\n")
@@ -189,6 +187,22 @@ def save(recipe, pos: Position) -> Path | None:
             shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
     acc.wait_for_everyone()
     return final
+
+
+def _write_folder(tmp: Path, weights: dict, tensors: dict, meta: dict, recipe) -> None:
+    tmp.mkdir()
+    save_tensors_durably(weights, tmp / "trainable.safetensors")
+    save_tensors_durably(tensors, tmp / "tensors.safetensors")
+    for fname, obj in (("optimizer.pt", recipe.optimizer.state_dict()), ("scheduler.pt", recipe.scheduler.state_dict())):
+        with open(tmp / fname, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+    with open(tmp / "state.json", "w", encoding="utf-8") as f:
+        json.dump(meta, f)
+        f.flush()
+        os.fsync(f.fileno())
+    fsync_path(tmp)
 
 
 # ---------------------------------------------------------------- load
@@ -253,8 +267,12 @@ def _flat(d: dict, prefix: str = "") -> dict:
 def load(run_dir: Path, cfg) -> Saved:
     """Read every file of the latest checkpoint (no code runs: safetensors, JSON, weights-only torch
     files) and check it was written with this config; before any heavy work."""
+    from .config import resolve_paths
+
     folder, meta = read_meta(run_dir)
-    saved, now = _flat(meta["config"]), _flat(cfg.model_dump(mode="json"))
+    # runs written before paths were recorded absolute: read their relative paths as config.yaml's are
+    saved = _flat(resolve_paths(meta["config"], [Path(run_dir), Path.cwd()]))
+    now = _flat(cfg.model_dump(mode="json"))
     diff = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
     if diff:
         raise LorafitError(f"{Path(run_dir) / 'config.yaml'}: differs from the config the checkpoint was written with "

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
 
-from .errors import LorafitError
+from . import __version__
+from .errors import Interrupted, LorafitError
 
 
 def _config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -19,6 +21,7 @@ def _config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lorafit", description="LoRA-family fine-tuning of text classifiers under a parameter budget.")
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
+    ap.add_argument("--version", action="version", version=f"lorafit {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train and write a run directory")
@@ -46,22 +49,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="metrics of a finished run on a labelled file")
     e.add_argument("run_dir")
-    e.add_argument("--data", required=True, help="labelled file with the run's text and label columns")
-    e.add_argument("--allow-pickle", action="store_true", help="accept .pkl input (unpickling runs code)")
+    e.add_argument("--data", required=True, help="labelled file with the run's text and label columns; its labels are "
+                                                 "checked against the run's by value")
+    e.add_argument("--label-column", help="column holding the labels (default: the run's data.label_column)")
+    _input_args(e)
 
     pr = sub.add_parser("predict", help="write ID,label predictions for an unlabelled file")
     pr.add_argument("run_dir")
-    pr.add_argument("--input", required=True, help="csv / tsv / jsonl / parquet (pickle only with --allow-pickle)")
-    pr.add_argument("--output", required=True, help="CSV to write: ID,label in input order")
-    pr.add_argument("--allow-pickle", action="store_true", help="accept .pkl input (unpickling runs code)")
+    pr.add_argument("--input", required=True, help="csv / tsv / jsonl / json / txt (one text per line), optionally "
+                                                    ".gz / .bz2 / .xz; parquet; pickle only with --allow-pickle")
+    pr.add_argument("--output", required=True, help="CSV to write: ID,label in input order, label as in the training data")
+    pr.add_argument("--id-column", help="column of IDs kept in the output (default: ID, id or Id if present, else the "
+                                        "row index)")
+    _input_args(pr)
     pr.add_argument("--batch-size", type=int, default=128)
     pr.add_argument("--with-logits", action="store_true", help="add one logit_<label> column per class")
     return ap
 
 
+def _input_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--text-column", action="append", metavar="NAME[,NAME...]",
+                   help="column(s) holding the text, as many as the run's data.text_columns, in that order "
+                        "(repeatable or comma-separated; default: the run's)")
+    p.add_argument("--delimiter", help="field separator of a .csv/.tsv file: one character, or tab (default: a tab for "
+                                       ".tsv; for .csv a comma, unless the header line has none, then sniffed among ; tab |)")
+    p.add_argument("--allow-pickle", action="store_true", help="accept .pkl input (unpickling runs code)")
+
+
 def cmd_train(args) -> int:
-    from .config import load_config
-    from .train import run_training
+    from .config import load_config  # torch loads with .train, after the config is read: a typo fails at once
 
     if args.resume:
         # the run's own config only: anything else would not continue the same run
@@ -73,6 +89,8 @@ def cmd_train(args) -> int:
         from .runs import check_run_dir
 
         check_run_dir(run_dir, overwrite=False, resume=True)
+        from .train import run_training
+
         run_training(load_config(run_dir / "config.yaml"), run_dir, resume=True)
         return 0
     if not args.config:
@@ -84,6 +102,8 @@ def cmd_train(args) -> int:
 
         run_seeds(cfg, parse_seeds(args.seeds), out, overwrite=args.overwrite, command="lorafit " + shlex.join(args.argv))
         return 0
+    from .train import run_training
+
     run_training(cfg, out, overwrite=args.overwrite)
     return 0
 
@@ -131,30 +151,49 @@ def cmd_budget(args) -> int:
 
 
 def solve_budget(cfg, names: list[str], args) -> int:
-    from .model.solver import count_exact, format_layouts, pick, solve
+    from .model.solver import count_exact, format_layouts, pick, smallest, solve
 
     layouts, notes = solve(cfg, names)
     budget = cfg.budget.max_trainable
+    if not layouts:
+        # a budget below every usual layout: offer LoRA on one kind of linear, or on the last layer only
+        need = smallest(cfg, names)
+        layouts, notes = solve(cfg, names, wide=True)
+        if layouts and need is not None:
+            notes.append(f"nothing in the standard space fits {budget:,} trainable parameters: its smallest layout, "
+                         f"{need.describe()}, needs {need.trainable:,}; listed instead: LoRA on one kind of linear "
+                         "layer, or on the last layer only")
     print("\n".join(format_layouts(layouts, notes, budget)))
     best = pick(layouts)
     if best is None:
-        print(f"no layout fits {budget:,} trainable parameters")
+        need = smallest(cfg, names, wide=True)
+        print(f"no layout fits {budget:,} trainable parameters" + ("" if need is None else
+              f": the smallest, {need.describe()}, needs {need.trainable:,}; raise budget.max_trainable to {need.trainable:,}"))
         return 2
     exact = count_exact(best.apply(cfg), names)
     if exact != best.trainable:
         raise RuntimeError(f"solver: closed form {best.trainable:,} != PEFT count {exact:,} for {best}")
-    sets = " ".join(f"--set {o}" for o in best.overrides())
-    print(f"pick: LoRA r={best.r} on {best.target_set} [{','.join(best.targets)}], layers {best.layer_text}, "
-          f"head {best.head}, layernorm {'trained' if best.layernorm else 'frozen'}")
-    print(f"  lorafit train --config {args.config} {sets}")
+    print(f"pick: {best.describe()}")
+    print(f"  {pick_command(args.config, args.overrides, best.overrides())}")
     print(f"trainable: {exact} / budget: {budget} (pick, counted by PEFT on the meta device)")
     return 0
+
+
+def pick_command(config: str, user_sets: list[str], pick_sets: list[str]) -> str:
+    """`lorafit train` with the user's own --set flags (budget, data, model...) and the pick's, which
+    replace the user's for the keys it sets; quoted for a POSIX shell."""
+    picked = {s.split("=", 1)[0] for s in pick_sets}
+    kept = [s for s in user_sets if s.split("=", 1)[0].strip() not in picked]
+    return shlex.join(["lorafit", "train", "--config", str(config), *[w for s in kept + pick_sets for w in ("--set", s)]])
 
 
 def cmd_evaluate(args) -> int:
     from .predict import evaluate_file
 
-    print(json.dumps(evaluate_file(args.run_dir, args.data, allow_pickle=args.allow_pickle), indent=2))
+    metrics = evaluate_file(args.run_dir, args.data, allow_pickle=args.allow_pickle, text_columns=args.text_column,
+                            label_column=args.label_column, delimiter=args.delimiter,
+                            log=lambda line: print(line, file=sys.stderr))
+    print(json.dumps(metrics, indent=2))
     return 0
 
 
@@ -162,7 +201,8 @@ def cmd_predict(args) -> int:
     from .predict import predict_file
 
     n = predict_file(args.run_dir, args.input, args.output, allow_pickle=args.allow_pickle,
-                     batch_size=args.batch_size, with_logits=args.with_logits)
+                     batch_size=args.batch_size, with_logits=args.with_logits, text_columns=args.text_column,
+                     id_column=args.id_column, delimiter=args.delimiter)
     print(f"wrote {n} predictions to {args.output}", file=sys.stderr)
     return 0
 
@@ -185,7 +225,12 @@ def main(argv: list[str] | None = None) -> int:
 
         request_huge_pages()
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a reader that has gone (`| head -1`) shows here, not at interpreter exit
+        return code
+    except Interrupted as e:  # what was kept and what to run: a message, not an error
+        print(e, file=sys.stderr)
+        return e.exit_code
     except LorafitError as e:
         if args.debug:
             raise
@@ -194,3 +239,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the Python docs' recipe: nothing more can reach the reader, and the exit flush must not fail either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader left
+    except OSError as e:  # the disk, not the input: still one line (the traceback with --debug)
+        if args.debug:
+            raise
+        print(f"error: {_os_error(e)}", file=sys.stderr)
+        return 2
+
+
+def _os_error(e: OSError) -> str:
+    if e.strerror and e.filename:
+        to = f" -> {e.filename2}" if e.filename2 else ""
+        return f"{e.filename}{to}: {e.strerror}"
+    return " ".join(str(e).split()) or type(e).__name__

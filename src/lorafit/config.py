@@ -7,8 +7,9 @@ directory so that ``lorafit train --config RUN/config.yaml`` reproduces the run.
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional, Sequence, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -44,6 +45,12 @@ class DataConfig(_Section):
     min_words: int = Field(0, ge=0, description="Drop items with fewer words (length filter; 0 keeps all).")
     max_words: Optional[int] = Field(None, ge=1, description="Drop items with more words (length filter).")
     empty_texts: Literal["drop", "error"] = Field("drop", description="Empty/whitespace-only texts: drop them (with a count) or stop.")
+    empty_labels: Literal["drop", "error"] = Field(
+        "error", description="Rows whose label is empty (blank, whitespace, null, NaN): stop, naming the rows, or drop "
+        "them with a count. Applies to data.train, data.test and `evaluate --data`.")
+    delimiter: str = Field(
+        "auto", description="Field separator of .csv/.tsv files (data.train, data.test): one character ('tab' or '\\t' "
+        "for a tab), or auto: a tab for .tsv; for .csv a comma, unless the header line has none, then sniffed among ; tab |.")
     shuffle_sentences_p: float = Field(0.0, ge=0, le=1, description="Augmentation: probability of shuffling an item's sentences each epoch.")
     allow_pickle: bool = Field(False, description="Accept pickled inputs (.pkl); unpickling runs code from the file.")
     split_seed: Optional[int] = Field(
@@ -56,6 +63,21 @@ class DataConfig(_Section):
         if v >= 1 and v != int(v):
             raise ValueError("a count of rows must be a whole number (or use a fraction < 1)")
         return v
+
+    @staticmethod
+    def delimiter_char(v: str) -> str:
+        """'auto' or the one character a delimiter setting or flag stands for (shells pass a tab as \\t)."""
+        v = {"tab": "\t", "\\t": "\t"}.get(v, v)
+        if v != "auto" and len(v) != 1:
+            raise ValueError(f"{v!r} is not one character; give one, e.g. ';', or tab")
+        if v in ('"', "\r", "\n"):
+            raise ValueError(f"{v!r} cannot separate fields (it quotes them or ends a line); give another, e.g. ';'")
+        return v
+
+    @field_validator("delimiter")
+    @classmethod
+    def _delimiter(cls, v: str) -> str:
+        return cls.delimiter_char(v)
 
 
 class AdapterConfig(_Section):
@@ -298,21 +320,38 @@ def suggest(word: str, options: list[str]) -> str | None:
     return close[0] if close else None
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
-    msgs = []
+def _format_errors(err: ValidationError, source: str, set_keys: Sequence[str] = ()) -> str:
+    """One line: the config file's problems under its name, each `--set` flag's under that flag (so a
+    bad `--set optim.lr=abc` is not blamed on the file)."""
+    from_file, from_set = [], []
     for e in err.errors():
         loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         key = ".".join(str(p) for p in loc)
+        flag = max((k for k in set_keys if key == k or key.startswith(k + ".")), key=len, default=None)
+        where = "" if not key or key == flag else f"'{key}': "
         if e["type"] == "extra_forbidden":
             parent = _section_model(loc[:-1])
             guess = suggest(str(loc[-1]), _known_keys(parent))
             hint = f" (did you mean '{'.'.join(map(str, loc[:-1] + (guess,)))}'?)" if guess else \
                 f" (known: {', '.join(_known_keys(parent))})"
-            msgs.append(f"unknown key '{key}'{hint}")
+            msg = f"unknown key{'' if key == flag else f' {key!r}'}{hint}"
         else:
-            where = f"'{key}': " if key else ""
-            msgs.append(f"{where}{e['msg'].removeprefix('Value error, ')}")
-    return f"{source}: " + "; ".join(msgs)
+            msg = f"{where}{e['msg'].removeprefix('Value error, ')}{_list_hint(e, key, flag)}"
+        if flag is None:
+            from_file.append(msg)
+        else:
+            from_set.append(f"--set {flag}: {msg}")
+    return "; ".join(([f"{source}: " + "; ".join(from_file)] if from_file else []) + from_set)
+
+
+def _list_hint(e: dict, key: str, flag: str | None) -> str:
+    """A scalar where a list belongs is the usual slip (`--set adapter.targets=query`): show the list form."""
+    value = e.get("input")
+    if e["type"] != "list_type" or not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        return ""
+    if flag == key:
+        return f" (write a list: --set {key}=[{value}])"
+    return f" (write a list: {key.rsplit('.', 1)[-1]}: [{value}])"
 
 
 def parse_value(text: str) -> Any:
@@ -340,7 +379,9 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Read YAML (or start from defaults), apply dotted overrides, validate everything at once."""
+    """Read YAML (or start from defaults), apply dotted overrides, validate everything at once.
+    Paths (PATH_FIELDS) come out absolute: the file's are read against its folder, `--set`'s against
+    the working directory (resolve_paths)."""
     raw: dict = {}
     source = "config"
     if path is not None:
@@ -355,12 +396,58 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise LorafitError(f"{p}: not valid YAML ({first})") from None
         if not isinstance(raw, dict):
             raise LorafitError(f"{p}: the top level must be a mapping of sections (model:, data:, ...)")
+        raw = resolve_paths(raw, [p.parent, Path.cwd()])
     raw = apply_overrides(raw, overrides or [])
-    return validate_config(raw, source)
+    set_keys = [item.split("=", 1)[0].strip() for item in overrides or []]
+    fields = [f for f in PATH_FIELDS if any(f == k or f.startswith(k + ".") for k in set_keys)]
+    raw = resolve_paths(raw, [Path.cwd()], fields)
+    return validate_config(raw, source, set_keys)
 
 
-def validate_config(raw: dict, source: str = "config") -> RunConfig:
+def validate_config(raw: dict, source: str = "config", set_keys: Sequence[str] = ()) -> RunConfig:
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as e:
-        raise LorafitError(_format_errors(e, source)) from None
+        raise LorafitError(_format_errors(e, source, set_keys)) from None
+
+
+# ---------------------------------------------------------------- paths
+
+PATH_FIELDS = ("model.name", "data.train", "data.test")  # a local path or a hub id
+DATA_FIELDS = ("data.train", "data.test")
+
+
+def looks_like_path(value: str, data: bool = False) -> bool:
+    """Whether a string that names nothing on disk was meant as a path rather than a hub id. Hub ids
+    (roberta-base, FacebookAI/roberta-base, ag_news) have at most one '/' and never start with '/', '.'
+    or '~'; a data file also has its format's suffix."""
+    from .tables import LOCAL_SUFFIXES
+
+    if value.startswith(("/", ".", "~")) or value.count("/") > 1 or "\\" in value:
+        return True
+    return data and any(s.lower() in LOCAL_SUFFIXES for s in Path(value).suffixes)  # also train.csv.gz
+
+
+def resolve_path(value: str, bases: Sequence[Path], data: bool = False) -> str:
+    """Absolute form of a path in a config: the first base folder where it exists, else the first base
+    when it looks like a path (so a missing file is reported where it was expected); a hub id unchanged."""
+    p = Path(value).expanduser()
+    if p.is_absolute():
+        return os.path.normpath(p)
+    for base in bases:
+        if (base / p).exists():
+            return os.path.abspath(base / p)
+    return os.path.abspath(bases[0] / p) if looks_like_path(value, data) else value
+
+
+def resolve_paths(raw: dict, bases: Sequence[Path], fields: Sequence[str] = PATH_FIELDS) -> dict:
+    """raw with the path fields absolute (see resolve_path). Relative paths in a config file are read
+    against its folder first, then the working directory (where configs written before this rule, and
+    the shipped ones, meant them); `--set` values against the working directory only. Also applied to
+    an old run's recorded config, so that it compares equal to its config.yaml read today."""
+    for dotted in fields:
+        section, key = dotted.split(".")
+        node = raw.get(section)
+        if isinstance(node, dict) and isinstance(node.get(key), str):
+            raw = {**raw, section: {**node, key: resolve_path(node[key], bases, dotted in DATA_FIELDS)}}
+    return raw

@@ -19,10 +19,10 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from .config import DataConfig
 from .errors import LorafitError
+from .progress import progress
 from .tables import read_table
 
 
@@ -35,8 +35,8 @@ def require_columns(df: pd.DataFrame, columns: Sequence[str], source: str, field
                            f"columns present: {', '.join(map(str, df.columns))}")
 
 
-def join_texts(df: pd.DataFrame, cfg: DataConfig, source: str) -> list[str]:
-    require_columns(df, cfg.text_columns, source, "data.text_columns")
+def join_texts(df: pd.DataFrame, cfg: DataConfig, source: str, field_name: str = "data.text_columns") -> list[str]:
+    require_columns(df, cfg.text_columns, source, field_name)
     cols = [df[c].fillna("").astype(str).str.strip() for c in cfg.text_columns]
     if len(cols) == 1:
         return cols[0].tolist()
@@ -44,48 +44,88 @@ def join_texts(df: pd.DataFrame, cfg: DataConfig, source: str) -> list[str]:
     return [cfg.text_separator.join(p for p in parts if p) for parts in zip(*cols)]
 
 
+# Labels are compared by value: an integer-valued label (3, 3.0, "3", " 3 ", "3.0": a CSV cell, or a
+# JSON/Parquet column widened to floats by a NaN) is that integer, anything else its stripped text.
+# Integers are read as ids 0..K-1 only where names for the ids were given (data.label_names, a hub
+# ClassLabel); otherwise the label set is the data's own values and predictions write them back.
+
 def _as_int(v) -> Optional[int]:
     if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
         return int(v)
     if isinstance(v, (float, np.floating)) and float(v).is_integer():
         return int(v)
-    if isinstance(v, str) and re.fullmatch(r"\s*-?\d+\s*", v):
-        return int(v)
+    if isinstance(v, str) and re.fullmatch(r"\s*-?\d+(\.0*)?\s*", v):
+        return int(v.strip().split(".")[0])
     return None
 
 
-def infer_label_names(values: Sequence, configured: Optional[list[str]], hub_names: Optional[list[str]],
-                      source: str = "data", column: str = "label") -> list[str]:
-    """The label set, in id order: configured names, else the hub's, else from the data."""
+def label_key(v) -> str:
+    """A label value as the label set holds it: '3' for 3, 3.0, '3.0'; else the stripped text."""
+    i = _as_int(v)
+    return str(i) if i is not None else str(v).strip()
+
+
+def is_empty_label(v) -> bool:
+    if isinstance(v, str):
+        return not v.strip()
+    return v is None or (pd.api.types.is_scalar(v) and bool(pd.isna(v)))
+
+
+def infer_label_names(values: Sequence, configured: Optional[list[str]], hub_names: Optional[list[str]]) -> list[str]:
+    """The label set, in id order: configured names, else the hub's, else the distinct values of the
+    data: integers in numeric order (1..4 gives four classes, {0, 5} two), other labels sorted as text."""
     if configured:
         return list(configured)
     if hub_names:
         return list(hub_names)
     ints = [_as_int(v) for v in values]
     if all(i is not None for i in ints):
-        # ids 0..K-1; an id beyond the row count is a typo or not an id at all (and would make K huge)
-        bad = next((r for r, i in enumerate(ints) if not 0 <= i < len(ints)), None)
-        if bad is not None:
-            raise LorafitError(f"{source}: row {bad + 1}: integer label {ints[bad]} in column '{column}' is not an id "
-                               f"0..K-1 (the file has {len(ints)} rows); use ids from 0, label names, or set data.label_names")
-        return [str(i) for i in range(max(ints) + 1)] if ints else []
-    return sorted({str(v).strip() for v in values})
+        return [str(i) for i in sorted(set(ints))]
+    return sorted({label_key(v) for v in values})
 
 
-def encode_labels(values: Sequence, names: list[str], source: str, column: str) -> np.ndarray:
-    """Map label values (ids or names) to ids 0..K-1; anything outside the label set is an error."""
-    index = {n: i for i, n in enumerate(names)}
+def encode_labels(values: Sequence, names: list[str], source: str, column: str, *, ids: bool = False,
+                  rows: Optional[Sequence[int]] = None, cli: bool = False) -> np.ndarray:
+    """Map label values to ids 0..K-1 by value; with ids, integers are ids (names given for them).
+    Anything outside the label set is an error naming the first such row (rows: each value's row in
+    the file, 0-based; default its position) and how many there are; cli: checked against a run's labels."""
+    index = {label_key(n): i for i, n in enumerate(names)}
     out = np.empty(len(values), dtype=np.int64)
-    for row, v in enumerate(values):
-        i = _as_int(v)
+    bad = []
+    for j, v in enumerate(values):
+        i = _as_int(v) if ids else None
         if i is None:
-            i = index.get(str(v).strip())
+            i = index.get(label_key(v))
         if i is None or not 0 <= i < len(names):
-            shown = "empty" if str(v).strip() == "" else repr(v)
-            raise LorafitError(f"{source}: row {row + 1}: label {shown} in column '{column}' is not in the label set "
-                               f"{names} (ids 0..{len(names) - 1}); fix the row or set data.label_names")
-        out[row] = i
+            bad.append(j)
+        else:
+            out[j] = i
+    if bad:
+        raise LorafitError(_not_in_set(values, bad, names, source, column, ids, rows, cli))
     return out
+
+
+def _not_in_set(values, bad: list[int], names: list[str], source: str, column: str, ids: bool,
+                rows: Optional[Sequence[int]], cli: bool) -> str:
+    j = bad[0]
+    v = values[j]
+    if is_empty_label(v):
+        shown = "empty"
+    elif isinstance(v, (float, np.floating)) and _as_int(v) is not None:
+        shown = str(_as_int(v))  # 2.0 in a column a NaN widened: the file says 2
+    else:
+        shown = repr(v)
+    extra = [f"{len(bad)} of {len(values)} rows are not"] if len(values) > 1 else []
+    fix = "fix the row: the run knows only these labels" if cli else "fix the row or set data.label_names"
+    if ids:
+        extra.append(f"ids 0..{len(names) - 1}")
+    elif _as_int(v) is not None and any(_as_int(n) is None for n in names):
+        fix = ("the run's labels are names, so integers are not read as ids: write the names" if cli
+               else "the labels are names, so integers are not read as ids: write the names, or set data.label_names "
+                    "to name ids 0..K-1")
+    extra = f" ({'; '.join(extra)})" if extra else ""
+    return (f"{source}: row {(j if rows is None else rows[j]) + 1}: label {shown} in column '{column}' "
+            f"is not in the label set {names}{extra}; {fix}")
 
 
 @dataclass
@@ -108,10 +148,13 @@ class SplitData:
     notes: list[str] = field(default_factory=list)  # what was dropped and why, for the run log
 
 
-def filter_texts(ex: Examples, cfg: DataConfig, source: str, notes: list[str]) -> Examples:
+def filter_texts(ex: Examples, cfg: DataConfig, source: str, notes: list[str],
+                 rows: Optional[Sequence[int]] = None) -> Examples:
+    """rows: each example's row in the file (0-based), for messages; default its position."""
     empty = [i for i, t in enumerate(ex.texts) if not t.strip()]
     if empty and cfg.empty_texts == "error":
-        raise LorafitError(f"{source}: {len(empty)} empty or whitespace-only text(s), first at row {empty[0] + 1}; "
+        first = empty[0] if rows is None else rows[empty[0]]
+        raise LorafitError(f"{source}: {len(empty)} empty or whitespace-only text(s), first at row {first + 1}; "
                            "remove them or set data.empty_texts: drop")
     words = [len(t.split()) for t in ex.texts]
     keep = [i for i, n in enumerate(words)
@@ -128,17 +171,29 @@ def filter_texts(ex: Examples, cfg: DataConfig, source: str, notes: list[str]) -
 
 def load_labelled(name: str, cfg: DataConfig, split: str, label_names: Optional[list[str]], field_name: str
                   ) -> tuple[Examples, list[str], list[str]]:
-    df = read_table(name, split=split, allow_pickle=cfg.allow_pickle, field=field_name)
-    require_columns(df, [cfg.label_column], name, "data.label_column")
-    texts = join_texts(df, cfg, name)
+    """Texts and label ids of a labelled table. label_names: a fixed label set (a run's, the training
+    set's) the labels must belong to; None infers it. field_name '--data' (a CLI flag) makes messages
+    name the flags (--text-column, --label-column) rather than the config keys."""
+    cli = field_name.startswith("--")
+    df = read_table(name, split=split, allow_pickle=cfg.allow_pickle, field=field_name, delimiter=cfg.delimiter)
+    require_columns(df, [cfg.label_column], name, "--label-column" if cli else "data.label_column")
+    texts = join_texts(df, cfg, name, "--text-column" if cli else "data.text_columns")
     values = df[cfg.label_column].tolist()
+    notes: list[str] = []
+    rows = [r for r, v in enumerate(values) if not is_empty_label(v)]
+    if len(rows) < len(values):
+        n, first = len(values) - len(rows), next(r for r, v in enumerate(values) if is_empty_label(v))
+        if cfg.empty_labels == "error":
+            fix = "fill them in or remove those rows" if cli else "fill them in or set data.empty_labels: drop"
+            raise LorafitError(f"{name}: {n} row(s) with no label in column '{cfg.label_column}', first at row {first + 1}; {fix}")
+        notes.append(f"dropped {n} row(s) with no label from {name}")
+        texts, values = [texts[r] for r in rows], [values[r] for r in rows]
     hub_names = df.attrs.get("label_names", {}).get(cfg.label_column)
-    names = label_names or infer_label_names(values, cfg.label_names, hub_names, name, cfg.label_column)
+    names = label_names or infer_label_names(values, cfg.label_names, hub_names)
     if len(names) < 2:
         raise LorafitError(f"{name}: found {len(names)} label(s) in '{cfg.label_column}'; classification needs at least 2")
-    labels = encode_labels(values, names, name, cfg.label_column)
-    notes: list[str] = []
-    return filter_texts(Examples(texts, labels), cfg, name, notes), names, notes
+    labels = encode_labels(values, names, name, cfg.label_column, ids=bool(cfg.label_names or hub_names), rows=rows, cli=cli)
+    return filter_texts(Examples(texts, labels), cfg, name, notes, rows), names, notes
 
 
 def stratified_split(labels: np.ndarray, val_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -228,7 +283,7 @@ def tokenize(tokenizer, texts: Sequence[str], max_length: int, desc: str = "toke
         if hit is not None:
             return hit
     out: list[list[int]] = []
-    with tqdm(total=len(texts), desc=desc, unit=" items", unit_scale=True, leave=False, disable=len(texts) < chunk) as bar:
+    with progress(total=len(texts), desc=desc, unit=" items", leave=False, disable=len(texts) < chunk) as bar:
         for s in range(0, len(texts), chunk):
             part = list(texts[s:s + chunk])
             out.extend(tokenizer(part, truncation=True, max_length=max_length, add_special_tokens=True)["input_ids"])

@@ -16,3 +16,10 @@ class BudgetError(LorafitError):
 
 class TrainingDiverged(LorafitError):
     """Loss became NaN/inf; the last good checkpoint is kept."""
+
+
+class Interrupted(LorafitError):
+    """SIGINT/SIGTERM stopped a run; the message says what was kept and what to run next. The CLI
+    prints it as it is (not as an error) and exits 130, as a shell does for Ctrl-C."""
+
+    exit_code = 130

@@ -19,3 +19,30 @@ def classification_metrics(labels: np.ndarray, preds: np.ndarray, names: list[st
 
 def higher_is_better(metric: str) -> bool:
     return metric != "loss"
+
+
+IMBALANCE = 4  # largest class >= 4x the smallest: accuracy starts to reward ignoring the small ones
+
+
+def imbalance_note(labels: np.ndarray, names: list[str], metric: str) -> str | None:
+    """A run-log note when classes are imbalanced and the best checkpoint is picked by accuracy."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(names))
+    big, small = int(counts.argmax()), int(counts.argmin())
+    if metric != "accuracy" or counts[big] < IMBALANCE * counts[small]:
+        return None
+    n = counts.sum()
+    return (f"classes are imbalanced (largest '{names[big]}' {counts[big] / n:.0%}, smallest '{names[small]}' "
+            f"{counts[small] / n:.0%} of the training rows); train.metric: accuracy can keep a model that ignores "
+            "the small classes: consider train.metric: macro_f1")
+
+
+def never_predicted(m: dict, names: list[str], split: str = "validation") -> str | None:
+    """A warning when classes that have items in `split` are never predicted (the model collapsed onto the others)."""
+    cm = np.asarray(m["confusion"])
+    missing = [names[i] for i in range(len(names)) if cm[i].sum() > 0 and cm[:, i].sum() == 0]
+    if not missing:
+        return None
+    shown = ", ".join(f"'{x}'" for x in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    return (f"the model never predicts {shown} on {split} ({len(missing)} of {len(names)} classes): accuracy "
+            f"{m['accuracy']:.4f} but macro-F1 {m['macro_f1']:.4f}; try train.metric: macro_f1, more epochs or a "
+            "higher optim.lr, or more rows of those classes")

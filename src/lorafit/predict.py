@@ -1,17 +1,24 @@
-"""Load a finished run, classify texts in length-sorted batches, restore input order, write CSV."""
+"""Load a finished run, classify texts in length-sorted batches, restore input order, write CSV.
+
+The label column holds the run's labels (labels.json) as the user wrote them: names, or integers
+for integer labels; inputs are checked, and --output probed, before the model loads."""
 from __future__ import annotations
 
 import io
+import os
+import tempfile
 from pathlib import Path
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
-from .data import Collator, LengthGroupedBatches, TokenDataset, join_texts, load_labelled, tokenize
+from .config import DataConfig
+from .data import Collator, LengthGroupedBatches, TokenDataset, join_texts, load_labelled, require_columns, tokenize
 from .errors import LorafitError
 from .metrics import classification_metrics
+from .progress import progress
 from .runs import atomic_write_text, load_trained, read_run
 from .tables import read_table
 
@@ -31,7 +38,7 @@ def predict_logits(model, tokenizer, texts: list[str], max_length: int, batch_si
     sampler = LengthGroupedBatches(ds.lengths(), batch_size, shuffle=False)
     collate = Collator(tokenizer.pad_token_id)
     out = np.zeros((len(ds), model.config.num_labels), dtype=np.float32)
-    with tqdm(total=len(ds), desc="predicting", unit=" samples", unit_scale=True, disable=len(ds) < batch_size) as bar:
+    with progress(total=len(ds), desc="predicting", unit=" samples", disable=len(ds) < batch_size) as bar:
         for idx in sampler:
             batch = collate([ds[i] for i in idx])
             logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
@@ -40,11 +47,37 @@ def predict_logits(model, tokenizer, texts: list[str], max_length: int, batch_si
     return out
 
 
-def read_inputs(path: str, text_cfg, allow_pickle: bool) -> tuple[str, list, list[str]]:
-    """(id column name, ids, texts) of an unlabelled input; ids are the row index when no ID column."""
-    df = read_table(path, allow_pickle=allow_pickle, field="--input")
-    texts = join_texts(df, text_cfg, path)
-    col = next((c for c in ID_COLUMNS if c in df.columns), None)
+def input_config(data: DataConfig, text_columns: Optional[Sequence[str]] = None, label_column: Optional[str] = None,
+                 delimiter: Optional[str] = None, **update) -> DataConfig:
+    """The run's data settings with the --text-column / --label-column / --delimiter flags applied.
+    --text-column is repeatable or comma-separated and must give as many columns as the run joined."""
+    if text_columns:
+        cols = [c.strip() for flag in text_columns for c in flag.split(",") if c.strip()]
+        if len(cols) != len(data.text_columns):
+            n = len(data.text_columns)
+            raise LorafitError(f"--text-column: {len(cols)} column{'s' * (len(cols) != 1)} given ({', '.join(cols)}), but "
+                               f"the run was trained on {n} ({', '.join(data.text_columns)}); give {n}, in that order")
+        update["text_columns"] = cols
+    if label_column:
+        update["label_column"] = label_column
+    try:
+        # the run's data.delimiter was for its training files; other files are sniffed unless told
+        update["delimiter"] = DataConfig.delimiter_char(delimiter or "auto")
+    except ValueError as e:
+        raise LorafitError(f"--delimiter: {e}") from None
+    return data.model_copy(update=update)
+
+
+def read_inputs(path: str, text_cfg: DataConfig, allow_pickle: bool, *, text_columns: Optional[Sequence[str]] = None,
+                id_column: Optional[str] = None, delimiter: Optional[str] = None) -> tuple[str, list, list[str]]:
+    """(id column name, ids, texts) of an unlabelled input; ids are the row index when there is no
+    --id-column and no ID/id/Id column."""
+    text_cfg = input_config(text_cfg, text_columns, delimiter=delimiter)
+    df = read_table(path, allow_pickle=allow_pickle, field="--input", delimiter=text_cfg.delimiter)
+    texts = join_texts(df, text_cfg, path, "--text-column")
+    if id_column:
+        require_columns(df, [id_column], path, "--id-column")
+    col = id_column or next((c for c in ID_COLUMNS if c in df.columns), None)
     if col is None:
         return "ID", list(range(len(df))), texts
     ids = df[col].tolist()
@@ -54,29 +87,56 @@ def read_inputs(path: str, text_cfg, allow_pickle: bool) -> tuple[str, list, lis
     return col, ids, texts
 
 
-def predict_file(run_dir: str, input_path: str, output_path: str, *, allow_pickle: bool = False,
-                 batch_size: int = 128, with_logits: bool = False) -> int:
-    out = Path(output_path)
+def check_output(out: Path) -> None:
+    """Refuse an --output that cannot be written, by writing (and removing) a probe file beside it."""
+    if out.is_dir():
+        raise LorafitError(f"--output: {out} is a folder; give a file name, e.g. {out / 'predictions.csv'}")
     if not out.parent.exists():
         raise LorafitError(f"--output: folder {out.parent} does not exist")
+    if not out.parent.is_dir():
+        raise LorafitError(f"--output: {out.parent} is a file, not a folder; choose another --output")
+    try:
+        fd, probe = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
+    except OSError as e:
+        raise LorafitError(f"--output: cannot write in folder {out.parent} ({e.strerror or e}); choose another --output") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def predict_file(run_dir: str, input_path: str, output_path: str, *, allow_pickle: bool = False,
+                 batch_size: int = 128, with_logits: bool = False, text_columns: Optional[Sequence[str]] = None,
+                 id_column: Optional[str] = None, delimiter: Optional[str] = None) -> int:
+    out = Path(output_path)
+    check_output(out)
     cfg, _ = read_run(run_dir)
-    col, ids, texts = read_inputs(input_path, cfg.data, allow_pickle)  # bad input: refused before the model loads
+    # bad input: refused before the model loads
+    col, ids, texts = read_inputs(input_path, cfg.data, allow_pickle, text_columns=text_columns, id_column=id_column,
+                                  delimiter=delimiter)
     model, tokenizer, cfg, names = load_trained(run_dir, merge=True, device=default_device())
     logits = predict_logits(model, tokenizer, texts, cfg.data.max_length, batch_size)
-    frame = pd.DataFrame({col: ids, "label": logits.argmax(-1).astype(int)})
+    frame = pd.DataFrame({col: ids, "label": [names[k] for k in logits.argmax(-1)]})
     if with_logits:
         for k, name in enumerate(names):
             frame[f"logit_{name}"] = logits[:, k]
     buf = io.StringIO()
     frame.to_csv(buf, index=False, float_format="%.7g")
-    atomic_write_text(out, buf.getvalue())
+    try:
+        atomic_write_text(out, buf.getvalue())
+    except OSError as e:  # a full disk, a folder that went away: atomic_write_text leaves nothing behind
+        raise LorafitError(f"--output: could not write {out} ({e.strerror or e}); nothing was written") from None
     return len(ids)
 
 
-def evaluate_file(run_dir: str, data_path: str, *, allow_pickle: bool = False, batch_size: int = 128) -> dict:
+def evaluate_file(run_dir: str, data_path: str, *, allow_pickle: bool = False, batch_size: int = 128,
+                  text_columns: Optional[Sequence[str]] = None, label_column: Optional[str] = None,
+                  delimiter: Optional[str] = None, log: Optional[Callable[[str], None]] = None) -> dict:
+    """Metrics of a run on a labelled file, whose labels are checked against the run's by value."""
     cfg, names = read_run(run_dir)
-    data_cfg = cfg.data.model_copy(update={"allow_pickle": allow_pickle or cfg.data.allow_pickle})
-    ex, _, _ = load_labelled(data_path, data_cfg, cfg.data.test_split, names, "--data")  # checked before the model loads
+    data_cfg = input_config(cfg.data, text_columns, label_column, delimiter,
+                            allow_pickle=allow_pickle or cfg.data.allow_pickle)
+    ex, _, notes = load_labelled(data_path, data_cfg, cfg.data.test_split, names, "--data")  # checked before the model loads
+    for note in notes if log else ():
+        log(f"data: {note}")
     model, tokenizer, cfg, names = load_trained(run_dir, merge=True, device=default_device())
     logits = predict_logits(model, tokenizer, ex.texts, cfg.data.max_length, batch_size)
     return classification_metrics(ex.labels, logits.argmax(-1), names)

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .model.adapters import layer_of
 from .model.heads import encoder_of
+from .progress import progress
 
 def encoder_layers(model: nn.Module) -> nn.ModuleList | None:
     _, enc = encoder_of(model)
@@ -124,7 +124,8 @@ class PrefixCache:
         # the original list object goes back afterwards, since install() edits that very object.
         self.encoder.encoder.layer = nn.ModuleList(list(self.layers)[: self.k])
         try:
-            for idx in tqdm(LengthGroupedBatches(ds.lengths(), batch_size, shuffle=False), desc=desc, leave=False):
+            for idx in progress(LengthGroupedBatches(ds.lengths(), batch_size, shuffle=False), desc=desc, unit=" batches",
+                                leave=False):
                 batch = collate([ds[i] for i in idx])
                 out = self.encoder(input_ids=batch["input_ids"].to(device),
                                    attention_mask=batch["attention_mask"].to(device)).last_hidden_state

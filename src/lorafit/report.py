@@ -79,6 +79,7 @@ def write_report(run_dir: Path, result: dict, names: list[str]) -> None:
     if "test" in result:
         t = result["test"]
         md.append(f"- test: accuracy **{t['accuracy']:.4f}**, macro-F1 {t['macro_f1']:.4f} (n={t['n']})")
+    md += [f"- **warning**: {w}" for w in result.get("warnings", [])]
     md += ["", "## Curves", "", "![loss and accuracy per epoch](curves.png)", "",
            f"## {which.capitalize()} per class", ""] + _class_table(main)
     md += ["", "![confusion matrix](confusion.png)", "", "## Files", "",

@@ -78,13 +78,18 @@ def format_summary(summary: dict) -> str:
 
 def run_seeds(cfg: RunConfig, seeds: list[int], out: str | Path, *, overwrite: bool = False,
               log: Callable = print, command: str | None = None) -> dict:
-    """Train each seed into OUT/seed-N; write OUT/seeds.json and OUT/seeds.md; return the summary."""
+    """Train each seed into OUT/seed-N; write OUT/seeds.json and OUT/seeds.md; return the summary.
+    OUT is a folder of runs, not a run: overwrite replaces each OUT/seed-N that is a run (refusing,
+    before any training, one that is not) and rewrites seeds.json/seeds.md; nothing else in OUT is touched."""
+    from .runs import check_run_dir, is_run_dir
     from .train import run_training
 
     out = Path(out)
-    taken = [out / f"seed-{s}" for s in seeds if (out / f"seed-{s}").exists() and any((out / f"seed-{s}").iterdir())]
+    taken = [out / f"seed-{s}" for s in seeds if is_run_dir(out / f"seed-{s}")]
     if taken and not overwrite:  # checked before the first seed trains, not when the second one starts
         raise LorafitError(f"{taken[0]}: run directory already exists; pass --overwrite or choose another --out")
+    for s in seeds:
+        check_run_dir(out / f"seed-{s}", overwrite=overwrite, resume=False)
     runs: dict[int, dict] = {}
     for s in seeds:
         log(f"seed {s}: training into {out / f'seed-{s}'}")

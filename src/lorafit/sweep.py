@@ -19,7 +19,7 @@ from typing import Any, Callable, get_args
 from .config import RunConfig, field_at, validate_config
 from .errors import LorafitError
 from .metrics import higher_is_better
-from .runs import atomic_write_text
+from .runs import atomic_write_text, check_writable
 
 
 # ---------------------------------------------------------------- the search space
@@ -168,6 +168,7 @@ def run_sweep(cfg: RunConfig, trials: int, out: str | Path, *, storage: str | No
 
     check_space(cfg)
     out = Path(out)
+    check_writable(out)  # before the study and the first trial's model
     out.mkdir(parents=True, exist_ok=True)
     storage = storage or default_storage(out)
     optuna.logging.set_verbosity(optuna.logging.WARNING)

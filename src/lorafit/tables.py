@@ -1,37 +1,71 @@
 """Read a table of examples from a local file or the Hugging Face hub into a pandas frame.
 
 Every failure becomes one LorafitError line naming the file, the line where known, and the fix.
-Pickle runs code when loaded, so it is refused unless the caller opted in.
+Pickle runs code when loaded, so it is refused unless the caller opted in. Text formats may be
+compressed (.gz, .bz2, .xz: the standard library's); lines are counted in the decompressed text.
 """
 from __future__ import annotations
 
+import bz2
 import csv
+import gzip
 import io
 import json
+import lzma
+import re
 from pathlib import Path
 
 import pandas as pd
 
 from .errors import LorafitError
 
-LOCAL_SUFFIXES = {".csv", ".tsv", ".jsonl", ".json", ".parquet", ".pkl", ".pickle"}
+TEXT_SUFFIXES = {".csv", ".tsv", ".jsonl", ".json", ".txt"}
+LOCAL_SUFFIXES = TEXT_SUFFIXES | {".parquet", ".pkl", ".pickle"}
 PICKLE_SUFFIXES = {".pkl", ".pickle"}
+COMPRESSION = {".gz": ("gzip", gzip), ".bz2": ("bzip2", bz2), ".xz": ("xz", lzma), ".zst": ("zstandard", None)}
+SNIFFED = ";\t|"  # tried when a .csv header line has no comma
 
 
-def read_table(name: str, *, split: str = "train", allow_pickle: bool = False, field: str = "data.train") -> pd.DataFrame:
-    """A local file (csv, tsv, jsonl, json, parquet, a `save_to_disk` folder; pickle with opt-in) or a hub dataset."""
+def read_table(name: str, *, split: str = "train", allow_pickle: bool = False, field: str = "data.train",
+               delimiter: str = "auto") -> pd.DataFrame:
+    """A local file (csv, tsv, jsonl, json, txt (one text per line), any of these compressed, parquet, a
+    `save_to_disk` folder; pickle with opt-in) or a hub dataset. delimiter: of csv/tsv, 'auto' or one character."""
     path = Path(name)
     if path.is_dir():
         return _read_arrow_dir(path)
-    if path.suffix.lower() in LOCAL_SUFFIXES:
+    suffix, compression = _kind(path)
+    if suffix in LOCAL_SUFFIXES:
         if not path.is_file():
             raise LorafitError(f"{field}: file not found: {path}")
-        return _read_local(path, allow_pickle, field)
+        return _read_local(path, suffix, compression, allow_pickle, field, delimiter)
     return _read_hub(name, split, field)
 
 
-def _decode(path: Path) -> str:
-    raw = path.read_bytes()
+def _kind(path: Path) -> tuple[str, str | None]:
+    """(format suffix, compression suffix or None): data.csv.gz -> ('.csv', '.gz')."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if len(suffixes) >= 2 and suffixes[-1] in COMPRESSION and suffixes[-2] in TEXT_SUFFIXES:
+        return suffixes[-2], suffixes[-1]
+    return path.suffix.lower(), None
+
+
+def _read_bytes(path: Path, compression: str | None) -> bytes:
+    if compression is None:
+        return path.read_bytes()
+    name, module = COMPRESSION[compression]
+    if module is None:
+        raise LorafitError(f"{path}: {compression} needs the {name} package, which lorafit does not install; "
+                           "decompress it (zstd -d) or use .gz, .bz2 or .xz")
+    try:
+        return module.decompress(path.read_bytes())
+    except (OSError, EOFError, ValueError, lzma.LZMAError) as e:
+        first = (str(e).splitlines() or [""])[0]
+        raise LorafitError(f"{path}: not a readable {name} file ({type(e).__name__}: {first}); "
+                           f"check that it was fully written, or decompress it yourself") from None
+
+
+def _decode(path: Path, compression: str | None = None) -> str:
+    raw = _read_bytes(path, compression)
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -41,8 +75,8 @@ def _decode(path: Path) -> str:
             "re-save the file as UTF-8, e.g. `iconv -f latin1 -t utf-8`") from None
 
 
-def _read_local(path: Path, allow_pickle: bool, field: str) -> pd.DataFrame:
-    suffix = path.suffix.lower()
+def _read_local(path: Path, suffix: str, compression: str | None, allow_pickle: bool, field: str,
+                delimiter: str) -> pd.DataFrame:
     if suffix in PICKLE_SUFFIXES:
         return _read_pickle(path, allow_pickle, field)
     if suffix == ".parquet":
@@ -50,18 +84,49 @@ def _read_local(path: Path, allow_pickle: bool, field: str) -> pd.DataFrame:
             return pd.read_parquet(path)
         except Exception as e:  # pyarrow raises several unrelated types for a corrupt file
             raise LorafitError(f"{path}: not a readable Parquet file ({type(e).__name__}: {str(e).splitlines()[0]})") from None
-    text = _decode(path)
+    text = _decode(path, compression)
     if suffix in (".jsonl", ".json"):
-        return _read_json(path, text)
-    return _read_delimited(path, text, "\t" if suffix == ".tsv" else ",")
+        return _read_json(path, text, suffix)
+    if suffix == ".txt":
+        return _read_lines(path, text)
+    if delimiter == "auto":
+        delimiter = "\t" if suffix == ".tsv" else _sniff(text)
+    return _read_delimited(path, text, delimiter, "TSV" if suffix == ".tsv" else "CSV")
 
 
-def _read_delimited(path: Path, text: str, sep: str) -> pd.DataFrame:
+def _sniff(text: str) -> str:
+    """',' unless the header line has none; then the one of SNIFFED that csv.Sniffer finds in the first
+    lines, provided the header holds it (a one-column file with '|' in its texts stays one column)."""
+    sample = text[:65536]
+    if len(sample) < len(text) and "\n" in sample:
+        sample = sample[: sample.rindex("\n")]  # whole lines only
+    header = next((line for line in sample.splitlines() if line.strip()), "")
+    if "," in header:
+        return ","
+    try:
+        found = csv.Sniffer().sniff(sample, delimiters=SNIFFED).delimiter
+    except csv.Error:
+        return ","
+    return found if found in header else ","
+
+
+def _read_lines(path: Path, text: str) -> pd.DataFrame:
+    """One text per line, column 'text'. A blank line inside the file stays a row (empty text), so row k
+    is line k+1 of the file; blank lines at the end are not rows."""
+    lines = re.split(r"\r\n|\r|\n", text)
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not lines:
+        raise LorafitError(f"{path}: file is empty; expected one text per line")
+    return pd.DataFrame({"text": lines})
+
+
+def _read_delimited(path: Path, text: str, sep: str, kind: str = "CSV") -> pd.DataFrame:
     """Python's csv module rather than pandas: it gives the line of a bad record, and a row with an
     extra field is an error here, where pandas would silently make its first field the index."""
     if not text.strip():
         raise LorafitError(f"{path}: file is empty; expected a header line and rows")
-    kind, sep_name = ("TSV", "a tab") if sep == "\t" else ("CSV", "','")
+    sep_name = "a tab" if sep == "\t" else repr(sep)
     csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))  # one text may be a whole document
     # strict: a stray quote or an unclosed quoted field is an error, not silently merged rows
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep, strict=True)
@@ -98,9 +163,9 @@ def _check_header(path: Path, header: list[str]) -> None:
         seen.add(c)
 
 
-def _read_json(path: Path, text: str) -> pd.DataFrame:
+def _read_json(path: Path, text: str, suffix: str) -> pd.DataFrame:
     stripped = text.lstrip()
-    if path.suffix.lower() == ".json" and stripped.startswith("["):
+    if suffix == ".json" and stripped.startswith("["):
         try:
             rows = json.loads(text)
         except json.JSONDecodeError as e:
@@ -164,7 +229,8 @@ def _read_hub(name: str, split: str, field: str) -> pd.DataFrame:
     except Exception as e:
         first = (str(e).splitlines() or [type(e).__name__])[0][:200]
         raise LorafitError(f"{field}: '{name}' is not a local file and could not be loaded from the Hugging Face hub "
-                           f"({first}); give a path to a .csv/.tsv/.jsonl/.parquet file") from None
+                           f"({first}); give a path to a .csv/.tsv/.jsonl/.json/.txt (optionally .gz/.bz2/.xz) "
+                           "or .parquet file") from None
     df = ds.to_pandas()
     # keep the hub's class names (ag_news: World, Sports, ...) for id2label
     names = {c: f.names for c, f in ds.features.items() if hasattr(f, "names")}

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import shutil
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -18,20 +22,21 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from . import checkpoint
 from .checkpoint import Position
 from .config import RunConfig
 from .data import TokenDataset, load_labelled, load_split, make_loader, split_seed, tokenize
-from .errors import LorafitError, TrainingDiverged
-from .metrics import classification_metrics, higher_is_better
+from .errors import Interrupted, LorafitError, TrainingDiverged
+from .metrics import classification_metrics, higher_is_better, imbalance_note, never_predicted
 from .model import build_model, check_budget, format_table, load_tokenizer, trainable_rows
 from .model.budget import count_all
-from .model.load import check_local_folder
+from .model.load import check_local_folder, check_max_length
 from .model.solver import resolve_rank
 from .optim import build_optimizer, build_scheduler
-from .runs import atomic_write_text, check_run_dir, initial_lora, prepare_run_dir, save_weights, trainable_state
+from .progress import progress
+from .runs import (atomic_write_text, check_run_dir, initial_lora, io_failure, prepare_run_dir, save_weights,
+                   trainable_state)
 
 
 def resolve_precision(choice: str) -> str:
@@ -68,18 +73,26 @@ class Recipe:
         self.train_seconds, self._segment = 0.0, None   # see _clock
         self._saved_step: Optional[int] = None   # step of the last resumable checkpoint
         self._saved_kept: set[int] = set()       # top-k folders that checkpoint refers to: not deleted before the next
+        self._new_dir = None                     # runs.NewRunDir: what a failed setup puts back
+        self.set_up = False
+        # a signal number set (by run_training's handler) while training: stop at the next step boundary
+        self.stop_signal: Optional[int] = None
+        self.training = False
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> "Recipe":
         check_run_dir(self.run_dir, overwrite=self.overwrite, resume=self.resume)  # before anything slow
-        existed = self.run_dir.exists()
         try:
-            return self._setup()
+            self._setup()
         except BaseException:
-            # a failed setup leaves no run directory behind (one that existed before stays)
-            if not existed and not self.resume and getattr(self, "acc", None) is not None and self.acc.is_main_process:
-                shutil.rmtree(self.run_dir, ignore_errors=True)
+            # a failed setup leaves the run directory as it found it: absent, empty, or the run --overwrite replaces
+            if self._new_dir is not None:
+                self._new_dir.undo()
             raise
+        if self._new_dir is not None:
+            self._new_dir.commit()  # only now is the replaced run deleted
+        self.set_up = True
+        return self
 
     def _setup(self) -> "Recipe":
         from accelerate import Accelerator
@@ -106,7 +119,8 @@ class Recipe:
             # ...without its debugging aid of NaN-filling every new tensor (6% of a CPU LoRA step in
             # fill_): results do not depend on it, as every kernel here writes what it allocates
             torch.utils.deterministic.fill_uninitialized_memory = False
-        check_local_folder(cfg.model, need_weights=True)  # a folder without weights: say so before any work
+        # a folder without weights or tokenizer: say so before any work
+        check_local_folder(cfg.model, need_weights=True, need_tokenizer=True)
         # a resumed run reads and checks its checkpoint first; it is applied once everything is built
         saved = checkpoint.load(self.run_dir, cfg) if self.resume else None
 
@@ -125,6 +139,7 @@ class Recipe:
         self.tokenizer = load_tokenizer(cfg.model)
         if self.tokenizer.pad_token_id is None:
             raise LorafitError(f"model.name: the tokenizer of {cfg.model.name} has no pad token")
+        check_max_length(cfg.model, cfg.data.max_length, self.tokenizer)  # before tokenising, before the run dir
         self.train_ds = self._dataset(self.data.train, augment=True)
         self.val_ds = self._dataset(self.data.val)
         self.train_loader = self._loader(self.train_ds, cfg.train.batch_size, shuffle=True)
@@ -267,12 +282,13 @@ class Recipe:
             return
         table = format_table(self.rows, self.n_params, self.cfg.budget.max_trainable)
         if not self.resume:  # a resumed run keeps its files; checkpoint.restore truncates metrics.jsonl
-            prepare_run_dir(self.run_dir, overwrite=self.overwrite, resume=False)
+            self._new_dir = prepare_run_dir(self.run_dir, overwrite=self.overwrite, resume=False)
             atomic_write_text(self.run_dir / "config.yaml", self.cfg.to_yaml())
             atomic_write_text(self.run_dir / "labels.json", json.dumps(self.data.label_names))
             atomic_write_text(self.run_dir / "params.txt", table + "\n")
             (self.run_dir / "metrics.jsonl").write_text("", encoding="utf-8")
-        for note in self.data.notes:
+        imbalance = imbalance_note(self.data.train.labels, self.data.label_names, self.cfg.train.metric)
+        for note in self.data.notes + ([imbalance] if imbalance else []):
             self.log(f"data: {note}")
         self.log(f"train {len(self.train_ds)} / val {len(self.val_ds)} items, {len(self.data.label_names)} labels; "
                  f"{self.total_steps} optimizer steps ({self.steps_per_epoch}/epoch) on {self.acc.device} "
@@ -293,20 +309,45 @@ class Recipe:
         if st.finished:
             return self  # resumed after the loop had ended (a crash in finish): only finish() remains
         n_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
-        per_step = cfg.batch_size * cfg.grad_accum
-        bar = tqdm(total=self.total_steps * per_step, initial=st.step * per_step,
-                   desc="training", unit=" samples", unit_scale=True, disable=not self.acc.is_main_process)
+        bar = progress(total=self._samples(self.total_steps), initial=self._samples(st.step), desc="training",
+                       unit=" samples", disable=not self.acc.is_main_process)
+        self.training = True
         try:  # closed on error too, so an error message starts on a line of its own
             pos = self.position
             for epoch in range(pos.epoch, n_epochs):
                 stop = self.train_epoch(pos if pos.epoch == epoch else Position(epoch), bar)
                 st.finished = stop or st.step >= self.total_steps
                 self.save_checkpoint(Position(epoch + 1))
+                if self._stop_requested(epoch_end=True):
+                    raise self._interrupted()
                 if st.finished:
                     break
         finally:
+            self.training = False
             bar.close()
         return self
+
+    def _samples(self, steps: int) -> int:
+        """Training items in the first `steps` optimizer steps: an epoch's last batch may be short, so the
+        progress total is not steps x batch size (that ended at 300/320)."""
+        per_step = self.cfg.train.batch_size * self.cfg.train.grad_accum
+        full, rest = divmod(steps, self.steps_per_epoch)
+        return full * len(self.train_ds) + min(rest * per_step, len(self.train_ds))
+
+    def _stop_requested(self, epoch_end: bool = False) -> bool:
+        """A signal arrived. Under DDP every process must stop at the same step (the checkpoint is
+        collective), so they agree by an all-reduce, only at log steps and epoch ends: the device
+        sync of one per step would cost more than a prompt stop is worth."""
+        if self.acc.num_processes == 1:
+            return self.stop_signal is not None
+        if not epoch_end and self.state.step % self.cfg.train.log_every:
+            return False
+        flag = torch.tensor(float(self.stop_signal is not None), device=self.acc.device)
+        return bool(self.acc.reduce(flag, reduction="sum").item())
+
+    def _interrupted(self) -> Interrupted:
+        return Interrupted(f"interrupted at step {self.state.step}; resume with: "
+                           f"lorafit train --resume {shlex.quote(str(self.run_dir))}")
 
     def train_epoch(self, pos: Position, bar) -> bool:
         """One epoch from `pos` (its start, or where a resumed run stopped); True when early stopping fires."""
@@ -347,6 +388,9 @@ class Recipe:
                 self._clock(running=True)
             if stop or st.step >= self.total_steps:
                 break
+            if not self.acc.gradient_state.end_of_dataloader and self._stop_requested():  # else the epoch's end does it
+                self.save_checkpoint(Position(epoch, batches, seen, sums))
+                raise self._interrupted()
             if (cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0
                     and not self.acc.gradient_state.end_of_dataloader):  # the epoch's end saves its own
                 self.save_checkpoint(Position(epoch, batches, seen, sums))
@@ -424,7 +468,7 @@ class Recipe:
         """Logits and labels of every item exactly once (duplicates from DDP padding dropped)."""
         self.model.eval()
         outs, labs = [], []
-        for batch in tqdm(loader, desc="evaluating", leave=False, disable=not self.acc.is_main_process):
+        for batch in progress(loader, desc="evaluating", unit=" batches", leave=False, disable=not self.acc.is_main_process):
             labels = batch.pop("labels")
             logits = self.forward(batch).float()
             logits, labels = self.acc.gather_for_metrics((logits, labels))
@@ -500,7 +544,7 @@ class Recipe:
             g["lr"] = g.get("initial_lr", g["lr"]) * 0.1
         sched = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: max(0.0, 1 - s / steps))
         self.model.train()
-        for batch in tqdm(loader, desc="final epoch (train+val)", disable=not self.acc.is_main_process):
+        for batch in progress(loader, desc="final epoch (train+val)", unit=" batches", disable=not self.acc.is_main_process):
             with self.acc.accumulate(self.model):
                 labels = batch.pop("labels")
                 loss = self.loss_fn(self.model(**batch).logits, labels)
@@ -522,20 +566,41 @@ class Recipe:
         if self.test is not None:
             loader = self.acc.prepare(self._loader(self._dataset(self.test), cfg.train.eval_batch_size, shuffle=False))
             result["test"] = self.evaluate(loader)
+        warnings = [w for split in ("validation", "test") if split in result
+                    for w in [never_predicted(result[split], self.data.label_names, split)] if w]
+        if warnings:
+            result["warnings"] = warnings  # in eval.json and report.md too: a good accuracy can hide them
         if self.acc.is_main_process:
             model = self.acc.unwrap_model(self.model)
             if self.fast_dropout:
                 from .dropout import remove
                 remove(model)  # torch's modules and SDPA again: nothing of ours reaches saved configs
-            save_weights(model, self.tokenizer, self.run_dir, cfg, self.lora_init)
-            atomic_write_text(self.run_dir / "eval.json", json.dumps(result, indent=2))
-            write_report(self.run_dir, result, self.data.label_names)
+            try:
+                save_weights(model, self.tokenizer, self.run_dir, cfg, self.lora_init)
+                atomic_write_text(self.run_dir / "eval.json", json.dumps(result, indent=2))
+                write_report(self.run_dir, result, self.data.label_names)
+            except BaseException:
+                self._unfinish()
+                raise
             shutil.rmtree(self.run_dir / checkpoint.RESUME, ignore_errors=True)  # finished: nothing left to resume
-            v = result["validation"]
-            self.log(f"validation accuracy {v['accuracy']:.4f}, macro-F1 {v['macro_f1']:.4f} (n={v['n']}); "
-                     f"run saved in {self.run_dir}")
+            for w in warnings:
+                self.log(f"warning: {w}")
+            for split in ("validation", "test"):
+                if split in result:
+                    m = result[split]
+                    self.log(f"{split} accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f} (n={m['n']})")
+            self.log(f"run saved in {self.run_dir}")
         self.acc.wait_for_everyone()
         return result
+
+    def _unfinish(self) -> None:
+        """A failed finish (full disk, Ctrl-C) leaves no half-written finished run: the final outputs
+        go, and resume/ (its loop-ended checkpoint) finishes the run again with --resume."""
+        name = "model" if self.cfg.adapter.method == "full" else "adapter"
+        for d in (name, f".{name}.tmp"):
+            shutil.rmtree(self.run_dir / d, ignore_errors=True)
+        for f in ("eval.json", "report.md", "curves.png", "confusion.png"):
+            (self.run_dir / f).unlink(missing_ok=True)
 
     def cleanup(self) -> None:
         """Drop the prefix cache's temporary files; safe to call after an interrupted run."""
@@ -546,9 +611,64 @@ class Recipe:
 def run_training(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resume: bool = False,
                  log: Callable = print) -> dict:
     recipe = Recipe(cfg, run_dir, overwrite=overwrite, resume=resume, log=log)
+    with _stop_on_signals(recipe):
+        try:
+            recipe.setup()
+            recipe.train()
+            return recipe.finish()
+        except KeyboardInterrupt:
+            raise Interrupted(_interrupted_outside_the_loop(recipe)) from None
+        except LorafitError:
+            raise
+        except Exception as e:
+            reason = io_failure(e, recipe.run_dir)
+            if reason is None:
+                raise
+            raise LorafitError(f"{reason}; {_what_is_kept(recipe, 'free space')}") from e
+        finally:
+            recipe.cleanup()
+
+
+@contextmanager
+def _stop_on_signals(recipe: Recipe):
+    """SIGINT/SIGTERM while training: the current optimizer step ends, a checkpoint is written,
+    training stops (Recipe.stop_signal). A second signal, or one during setup or finish, stops at
+    once (KeyboardInterrupt); run_training then says what is left."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may handle signals
+        return
+
+    def handler(signum, frame):
+        if recipe.training and recipe.stop_signal is None:
+            recipe.stop_signal = signum  # no printing here: a handler may interrupt a print
+            return
+        raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        recipe.setup()
-        recipe.train()
-        return recipe.finish()
+        yield
     finally:
-        recipe.cleanup()
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _what_is_kept(recipe: Recipe, fix: str | None = None) -> str:
+    """What is left of the run after a failure or an interrupt, and the command that goes on from there."""
+    run = shlex.quote(str(recipe.run_dir))
+    then = f": {fix}, then run: " if fix else "; resume with: "
+    if not recipe.set_up:
+        return f"the run is as it was{then}lorafit train --resume {run}" if recipe.resume else "nothing was kept"
+    folder = checkpoint.latest(recipe.run_dir)
+    if folder is not None:
+        step = int(folder.name.split("-")[1])
+        return f"the last checkpoint (step {step}) is kept in {recipe.run_dir / checkpoint.RESUME}{then}lorafit train --resume {run}"
+    again = f": {fix}, then start over with: " if fix else "; start over with: "
+    return (f"no checkpoint had been written yet{again}lorafit train --config "
+            f"{shlex.quote(str(recipe.run_dir / 'config.yaml'))} --out {run} --overwrite")
+
+
+def _interrupted_outside_the_loop(recipe: Recipe) -> str:
+    if not recipe.set_up and not recipe.resume:
+        return ("interrupted during setup, before training started: nothing to resume and nothing kept; "
+                "to start over, run the same command again")
+    return f"interrupted; {_what_is_kept(recipe)}"

@@ -6,11 +6,13 @@ transformers' torch.load runs with weights_only=True). `trust_remote_code` is of
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 from pathlib import Path
 
 import torch
 
-from ..config import ModelConfig
+from ..config import ModelConfig, looks_like_path
 from ..errors import LorafitError
 from .heads import NEW_WEIGHTS_ATTR
 
@@ -18,15 +20,27 @@ SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
-def check_local_folder(cfg: ModelConfig, need_weights: bool) -> None:
-    """A local model folder must hold config.json and, when weights are needed, safetensors weights."""
-    p = Path(cfg.name)
+def check_local_folder(cfg: ModelConfig, need_weights: bool, need_tokenizer: bool = False) -> None:
+    """A local model folder must hold config.json and, when weights are needed, safetensors weights;
+    when a tokenizer is needed, its files (without them AutoTokenizer builds one that knows only the
+    special tokens, and training runs to chance on [UNK]s). A hub id is checked for reachability."""
+    p = Path(cfg.name).expanduser()
     if not p.exists():
-        return  # a hub id: transformers reports its own errors, wrapped below
+        if looks_like_path(cfg.name):
+            raise LorafitError(f"model.name: {os.path.abspath(p)} does not exist; point it at a Hugging Face model folder, "
+                               "or give a hub id (e.g. roberta-base)")
+        check_hub(cfg.name)
+        return
     if not (p / "config.json").is_file():
         raise LorafitError(f"model.name: {p} has no config.json; point it at a Hugging Face model folder")
-    if not need_weights:
-        return
+    if need_weights:
+        _check_weights(cfg, p)
+    if need_tokenizer and not has_tokenizer_files(p):
+        raise LorafitError(f"model.name: no tokenizer files in {p} (tokenizer.json, vocab.txt, vocab.json + merges.txt "
+                           "or a sentencepiece .model); copy the tokenizer of the checkpoint into it")
+
+
+def _check_weights(cfg: ModelConfig, p: Path) -> None:
     if any((p / f).is_file() for f in SAFE_WEIGHTS):
         return
     if any((p / f).is_file() for f in PICKLE_WEIGHTS):
@@ -38,6 +52,60 @@ def check_local_folder(cfg: ModelConfig, need_weights: bool) -> None:
                        f"{', '.join(sorted(x.name for x in p.iterdir())) or 'nothing'}")
 
 
+def has_tokenizer_files(p: Path) -> bool:
+    """A vocabulary in any format AutoTokenizer reads; tokenizer_config.json alone only names a class."""
+    return ((p / "tokenizer.json").is_file() or (p / "vocab.txt").is_file()
+            or ((p / "vocab.json").is_file() and (p / "merges.txt").is_file()) or any(p.glob("*.model")))
+
+
+def check_hub(name: str) -> None:
+    """A hub id not in the local cache, while the hub is out of reach, fails now in one line instead of
+    after ~30 s of download retries. A cached one is left to transformers, which falls back to the cache."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    try:
+        cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # not a valid repo id: transformers says why
+        return
+    if cached:
+        return
+    why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else \
+        None if hub_reachable(constants.ENDPOINT) else f"the hub ({constants.ENDPOINT}) cannot be reached"
+    if why:
+        raise LorafitError(f"model.name: '{name}' is not a local folder, is not in the Hugging Face cache, and {why}; "
+                           "point model.name at a model folder")
+
+
+@functools.lru_cache(maxsize=None)
+def hub_reachable(endpoint: str, timeout: float = 2.0) -> bool:
+    """A TCP connection to the endpoint (or to the proxy that requests to it go through) within
+    `timeout` seconds. Run in a thread because name resolution ignores socket timeouts and can hang
+    for much longer on a machine without network."""
+    import socket
+    import threading
+    from urllib.parse import urlsplit
+    from urllib.request import getproxies, proxy_bypass
+
+    url = urlsplit(endpoint)
+    proxy = getproxies().get(url.scheme)
+    if proxy and not proxy_bypass(url.hostname or ""):
+        url = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    ok: list[bool] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((url.hostname, port), timeout=timeout).close()
+            ok.append(True)
+        except OSError:
+            pass
+
+    t = threading.Thread(target=connect, daemon=True)
+    t.start()
+    t.join(timeout + 0.5)
+    return bool(ok)
+
+
 def _wrap(what: str, name: str, e: Exception) -> LorafitError:
     first = (str(e).strip().splitlines() or [type(e).__name__])[0][:240]
     return LorafitError(f"model.name: could not load {what} '{name}' ({first})")
@@ -47,6 +115,8 @@ def load_tokenizer(cfg: ModelConfig, source: str | None = None):
     from transformers import AutoTokenizer
 
     name = source or cfg.name
+    if source is None and Path(name).is_dir():
+        check_local_folder(cfg, need_weights=False, need_tokenizer=True)
     try:
         return AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.trust_remote_code)
     except Exception as e:
@@ -63,6 +133,55 @@ def load_model_config(cfg: ModelConfig, num_labels: int, label_names: list[str])
             label2id={n: i for i, n in enumerate(label_names)}, trust_remote_code=cfg.trust_remote_code)
     except Exception as e:
         raise _wrap("the config of", cfg.name, e) from None
+
+
+# Position ids start after the padding index in these (transformers' create_position_ids_from_input_ids):
+# roberta-base has 514 positions and reads 512 tokens.
+PADDING_OFFSET_TYPES = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "roberta-prelayernorm", "data2vec-text",
+                        "longformer", "ibert", "luke", "mpnet", "xmod", "markuplm", "layoutlmv3", "lilt"}
+NO_LIMIT = 10**6  # a tokenizer's model_max_length above this is transformers' "unset" (int(1e30)), not a limit
+
+
+def model_token_limit(mcfg, tokenizer=None) -> int | None:
+    """The most tokens the model reads: its absolute position embeddings (less RoBERTa's padding offset)
+    and the tokenizer's model_max_length when set. Longer inputs crash in the embeddings."""
+    limits = []
+    n = getattr(mcfg, "max_position_embeddings", None)
+    if isinstance(n, int) and getattr(mcfg, "position_biased_input", True) is not False:  # DeBERTa: relative only
+        if getattr(mcfg, "model_type", None) in PADDING_OFFSET_TYPES:
+            n -= (getattr(mcfg, "pad_token_id", None) or 0) + 1
+        limits.append(n)
+    m = getattr(tokenizer, "model_max_length", None)
+    if isinstance(m, int) and 0 < m < NO_LIMIT:
+        limits.append(m)
+    return min(limits) if limits else None
+
+
+def check_max_length(cfg: ModelConfig, max_length: int, tokenizer) -> None:
+    """data.max_length within model_token_limit, before any text is tokenised."""
+    from transformers import AutoConfig
+
+    try:
+        mcfg = AutoConfig.from_pretrained(cfg.name, trust_remote_code=cfg.trust_remote_code)
+    except Exception as e:
+        raise _wrap("the config of", cfg.name, e) from None
+    limit = model_token_limit(mcfg, tokenizer)
+    if limit is not None and max_length > limit:
+        raise LorafitError(f"data.max_length: {max_length} exceeds what {cfg.name} can read ({limit} tokens); "
+                           f"set data.max_length <= {limit}")
+
+
+def cap_max_length(cfg, mcfg, tokenizer):
+    """A run trained before check_max_length may record a data.max_length its model cannot read; predicting
+    with it would crash on the first long input, so truncate at the model's limit instead, and say so."""
+    import sys
+
+    limit = model_token_limit(mcfg, tokenizer)
+    if limit is None or cfg.data.max_length <= limit:
+        return cfg
+    print(f"note: data.max_length {cfg.data.max_length} exceeds what {cfg.model.name} can read; inputs are "
+          f"truncated at {limit} tokens", file=sys.stderr)
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"max_length": limit})})
 
 
 @contextlib.contextmanager

@@ -41,6 +41,10 @@ class Layout:
     def layer_text(self) -> str:
         return "all" if self.layers is None else f"{self.layers[0]}-{self.layers[-1]}"
 
+    def describe(self) -> str:
+        return (f"LoRA r={self.r} on {self.target_set} [{','.join(self.targets)}], layers {self.layer_text}, "
+                f"head {self.head}, layernorm {'trained' if self.layernorm else 'frozen'}")
+
     def overrides(self) -> list[str]:
         # no spaces: each item must survive a shell as one word
         layers = "null" if self.layers is None else f"[{','.join(map(str, self.layers))}]"
@@ -73,9 +77,10 @@ def _suffixes(chosen: list[str], everything: list[str]) -> list[str]:
     return out
 
 
-def target_sets(model: nn.Module) -> dict[str, tuple[str, ...]]:
+def target_sets(model: nn.Module, wide: bool = False) -> dict[str, tuple[str, ...]]:
     """qv: PEFT's default for the model type; attn: every attention linear; all: every linear in
-    the encoder layers. Sets that adapt the same modules are listed once."""
+    the encoder layers; wide adds each kind of linear alone (named by its suffix, e.g. query), for
+    budgets too small for two. Sets that adapt the same modules are listed once."""
     first: dict[str, str] = {}
     for name in linear_layer_modules(model):
         m = LAYER_INDEX.search(name + ".")
@@ -87,15 +92,20 @@ def target_sets(model: nn.Module) -> dict[str, tuple[str, ...]]:
         sets["qv"] = default_targets(model)
     except LorafitError:
         pass
+    singles = [s for path in rel for s in _suffixes([path], rel)] if wide else []
     out: dict[str, tuple[str, ...]] = {}
     seen: set[frozenset] = set()
-    for name in TARGET_SETS:
-        if not sets.get(name):
+    for name in (*TARGET_SETS, *singles):
+        targets = sets.get(name) or ([name] if name in singles else None)
+        if not targets:
             continue
-        hit = frozenset(resolve_targets(model, AdapterConfig(targets=list(sets[name]))))
+        hit = frozenset(resolve_targets(model, AdapterConfig(targets=list(targets))))
+        # a suffix that also names another kind (BERT's FFN `output.dense` ends attention's too) is not one kind
+        if name in singles and len(hit) > num_layers(model):
+            continue
         if hit not in seen:
             seen.add(hit)
-            out[name] = tuple(sets[name])
+            out[name] = tuple(targets)
     return out
 
 
@@ -139,16 +149,29 @@ def _head_weights_known(cfg: RunConfig, model: nn.Module, lora_modules: list[str
     return None
 
 
-def solve(cfg: RunConfig, label_names: list[str]) -> tuple[list[Layout], list[str]]:
-    """Every layout within budget.max_trainable at its largest rank, largest count first; plus notes
-    on options left out and why."""
-    budget = cfg.budget.max_trainable
+@dataclass(frozen=True)
+class _Option:
+    """A layout before its rank is chosen: trainable(r) = fixed + r * per_rank, for 1 <= r <= cap."""
+    target_set: str
+    targets: tuple[str, ...]
+    layers: tuple[int, ...] | None
+    head: str
+    layernorm: bool
+    fixed: int
+    per_rank: int
+    cap: int
+
+    def at(self, r: int) -> Layout:
+        return Layout(self.target_set, self.targets, self.layers, self.head, self.layernorm, r, self.fixed + r * self.per_rank)
+
+
+def _space(cfg: RunConfig, label_names: list[str], wide: bool) -> tuple[list[_Option], list[str]]:
+    """Every layout of the solver's space (wide: also each kind of linear alone, and the last layer
+    alone), with notes on heads left out and why."""
     a = cfg.adapter
-    if budget is None:
-        raise LorafitError("budget --solve: set budget.max_trainable (e.g. --set budget.max_trainable=1000000)")
     if a.method != "lora" or a.bias != "none":
         raise LorafitError("budget --solve: lays out LoRA with adapter.bias: none; set adapter.method: lora, adapter.bias: none")
-    layouts: list[Layout] = []
+    options: list[_Option] = []
     notes: list[str] = []
     for head in HEADS:
         base = load_base(cfg.model, label_names, weights=False)
@@ -166,21 +189,40 @@ def solve(cfg: RunConfig, label_names: list[str]) -> tuple[list[Layout], list[st
         norm_params = params_in(base, _norm_names(base, plan.train_full))
         n = num_layers(base)
         layer_options = [None] + ([tuple(range(n // 2, n))] if n >= 2 else [])
-        for set_name, targets in target_sets(base).items():
+        if wide and n > 2:
+            layer_options.append((n - 1,))
+        for set_name, targets in target_sets(base, wide).items():
             for layers in layer_options:
                 chosen = AdapterConfig(targets=list(targets), layers=None if layers is None else list(layers))
                 per_rank, magnitudes, cap = lora_costs(base, resolve_targets(base, chosen) + plan.lora, a.dora)
                 for layernorm in (True, False):
                     fixed = head_params + magnitudes + (norm_params if layernorm else 0)
-                    r = min(cap, (budget - fixed) // per_rank)
-                    if r >= 1:
-                        layouts.append(Layout(set_name, targets, layers, head, layernorm, r, fixed + r * per_rank))
+                    options.append(_Option(set_name, targets, layers, head, layernorm, fixed, per_rank, cap))
+    return options, notes
+
+
+def solve(cfg: RunConfig, label_names: list[str], wide: bool = False) -> tuple[list[Layout], list[str]]:
+    """Every layout within budget.max_trainable at its largest rank, largest count first; plus notes
+    on options left out and why. wide: see _space (for budgets the usual space does not fit)."""
+    budget = cfg.budget.max_trainable
+    if budget is None:
+        raise LorafitError("budget --solve: set budget.max_trainable (e.g. --set budget.max_trainable=1000000)")
+    options, notes = _space(cfg, label_names, wide)
+    layouts = [o.at(min(o.cap, (budget - o.fixed) // o.per_rank)) for o in options if o.fixed + o.per_rank <= budget]
     layouts.sort(key=lambda x: (-x.trainable, _preference(x)))
     return layouts, notes
 
 
+def smallest(cfg: RunConfig, label_names: list[str], wide: bool = False) -> Layout | None:
+    """The layout of the space with the fewest trainable parameters (rank 1): what a budget must allow."""
+    layouts = [o.at(1) for o in _space(cfg, label_names, wide)[0]]
+    return min(layouts, key=lambda x: (x.trainable, _preference(x))) if layouts else None
+
+
 def _preference(x: Layout) -> tuple:
-    return TARGET_SETS.index(x.target_set), x.layers is not None, HEADS.index(x.head), not x.layernorm
+    # every layer first, then more layers; named sets before single kinds of linear
+    rank = TARGET_SETS.index(x.target_set) if x.target_set in TARGET_SETS else len(TARGET_SETS)
+    return rank, x.layers is not None, -len(x.layers or ()), HEADS.index(x.head), not x.layernorm
 
 
 def pick(layouts: list[Layout]) -> Layout | None:
