@@ -37,13 +37,16 @@ train: {{epochs: 2, batch_size: 16, eval_batch_size: 32, log_every: 5}}
 
     if kernel_allows_huge_pages() and THP_ENV not in os.environ:
         assert "huge pages: on" in single.stdout  # the command asked torch for them before loading it
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    # accelerate 1.x runs `launch --cpu --num_processes 2` as ONE process (its simple launcher); torchrun via
+    # --multi_gpu with ACCELERATE_USE_CPU starts two CPU processes on gloo
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
     accel = str(Path(sys.executable).parent / "accelerate")
-    ddp = subprocess.run([accel, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+    ddp = subprocess.run([accel, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
                           "-m", "lorafit", "train", "--config", str(cfg), "--out", str(tmp_path / "ddp")],
                          capture_output=True, text=True, env=env, timeout=900)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert " x2, precision" in ddp.stdout, ddp.stdout[-2000:]  # two processes trained, not one
     a = json.loads((tmp_path / "single" / "eval.json").read_text())["validation"]
     b = json.loads((tmp_path / "ddp" / "eval.json").read_text())["validation"]
     assert a["n"] == b["n"] == 90
