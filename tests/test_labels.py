@@ -225,3 +225,30 @@ def test_full_fine_tuning_model_config_has_the_names(tmp_path, tiny_roberta):
 
     run, _ = _train(tmp_path, tiny_roberta, NAMES, adapter__method="full", optim__lr=1e-3)
     assert AutoConfig.from_pretrained(run / "model").id2label == dict(enumerate(["business", "scitech", "sports", "world"]))
+
+
+def test_class_label_names_are_recorded_and_read_back_as_ids(tiny_roberta, tmp_path):
+    """A dataset whose ClassLabel names its integer ids (as the hub's ag_news does; here a
+    save_to_disk folder): config.yaml records the names, so `evaluate` on a file with those integer
+    ids reads them as ids (it refused them before), and predictions are the names."""
+    import datasets
+    import yaml
+
+    from lorafit.predict import evaluate_file, predict_file
+    from lorafit.train import run_training
+
+    rows = synthetic_rows(240)
+    names = ["World", "Sports", "Business", "Sci/Tech"]
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=names)})
+    datasets.Dataset.from_pandas(rows, features=features, preserve_index=False).save_to_disk(str(tmp_path / "ds"))
+    run = tmp_path / "run"
+    run_training(tiny_config(tiny_roberta, tmp_path / "ds", train__max_steps=4), run, log=lambda *a: None)
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["label_names"] == names
+    assert json.loads((run / "labels.json").read_text()) == names
+    ids = tmp_path / "ids.csv"
+    rows.head(40).to_csv(ids, index=False)  # integer labels 0..3
+    by_name = tmp_path / "names.csv"
+    rows.head(40).assign(label=[names[i] for i in rows.head(40)["label"]]).to_csv(by_name, index=False)
+    assert evaluate_file(str(run), str(ids)) == evaluate_file(str(run), str(by_name))
+    predict_file(str(run), str(ids), str(tmp_path / "pred.csv"))
+    assert set(pd.read_csv(tmp_path / "pred.csv")["label"]) <= set(names)

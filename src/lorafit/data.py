@@ -146,6 +146,7 @@ class SplitData:
     val: Examples
     label_names: list[str]
     notes: list[str] = field(default_factory=list)  # what was dropped and why, for the run log
+    named_ids: bool = False  # the table named its integer ids (a ClassLabel) and data.label_names did not
 
 
 def filter_texts(ex: Examples, cfg: DataConfig, source: str, notes: list[str],
@@ -169,11 +170,12 @@ def filter_texts(ex: Examples, cfg: DataConfig, source: str, notes: list[str],
     return ex.subset(keep) if len(keep) < len(ex) else ex
 
 
-def load_labelled(name: str, cfg: DataConfig, split: str, label_names: Optional[list[str]], field_name: str
-                  ) -> tuple[Examples, list[str], list[str]]:
+def load_labelled(name: str, cfg: DataConfig, split: str, label_names: Optional[list[str]], field_name: str,
+                  *, table_names: Optional[list] = None) -> tuple[Examples, list[str], list[str]]:
     """Texts and label ids of a labelled table. label_names: a fixed label set (a run's, the training
     set's) the labels must belong to; None infers it. field_name '--data' (a CLI flag) makes messages
-    name the flags (--text-column, --label-column) rather than the config keys."""
+    name the flags (--text-column, --label-column) rather than the config keys. table_names: a list
+    that receives the table's own names for integer ids (a ClassLabel), when it has them."""
     cli = field_name.startswith("--")
     df = read_table(name, split=split, allow_pickle=cfg.allow_pickle, field=field_name, delimiter=cfg.delimiter)
     require_columns(df, [cfg.label_column], name, "--label-column" if cli else "data.label_column")
@@ -189,6 +191,8 @@ def load_labelled(name: str, cfg: DataConfig, split: str, label_names: Optional[
         notes.append(f"dropped {n} row(s) with no label from {name}")
         texts, values = [texts[r] for r in rows], [values[r] for r in rows]
     hub_names = df.attrs.get("label_names", {}).get(cfg.label_column)
+    if table_names is not None and hub_names:
+        table_names.extend(hub_names)
     names = label_names or infer_label_names(values, cfg.label_names, hub_names)
     if len(names) < 2:
         raise LorafitError(f"{name}: found {len(names)} label(s) in '{cfg.label_column}'; classification needs at least 2")
@@ -219,13 +223,14 @@ def split_seed(cfg: DataConfig, seed: int) -> int:
 
 def load_split(cfg: DataConfig, seed: int) -> SplitData:
     """Training data → shuffled, optionally limited → stratified train/validation split."""
-    ex, names, notes = load_labelled(cfg.train, cfg, cfg.train_split, None, "data.train")
+    named: list = []
+    ex, names, notes = load_labelled(cfg.train, cfg, cfg.train_split, None, "data.train", table_names=named)
     order = np.random.default_rng(seed).permutation(len(ex))
     if cfg.limit is not None:
         order = order[: cfg.limit]
     ex = ex.subset(order)
     tr, va = stratified_split(ex.labels, cfg.val_size, seed)
-    return SplitData(ex.subset(tr), ex.subset(va), names, notes)
+    return SplitData(ex.subset(tr), ex.subset(va), names, notes, named_ids=bool(named) and not cfg.label_names)
 
 
 # ---------------------------------------------------------------- tokenise once, batch by length

@@ -218,7 +218,14 @@ def _read_arrow_dir(path: Path) -> pd.DataFrame:
     if isinstance(ds, datasets.DatasetDict):
         key = "train" if "train" in ds else next(iter(ds))
         ds = ds[key]
-    return ds.to_pandas()
+    return _with_class_names(ds)
+
+
+def _with_class_names(ds) -> pd.DataFrame:
+    """The frame, keeping a ClassLabel's names (ag_news: World, Sports, ...) for id2label."""
+    df = ds.to_pandas()
+    df.attrs["label_names"] = {c: f.names for c, f in ds.features.items() if hasattr(f, "names")}
+    return df
 
 
 def _read_hub(name: str, split: str, field: str) -> pd.DataFrame:
@@ -231,8 +238,4 @@ def _read_hub(name: str, split: str, field: str) -> pd.DataFrame:
         raise LorafitError(f"{field}: '{name}' is not a local file and could not be loaded from the Hugging Face hub "
                            f"({first}); give a path to a .csv/.tsv/.jsonl/.json/.txt (optionally .gz/.bz2/.xz) "
                            "or .parquet file") from None
-    df = ds.to_pandas()
-    # keep the hub's class names (ag_news: World, Sports, ...) for id2label
-    names = {c: f.names for c, f in ds.features.items() if hasattr(f, "names")}
-    df.attrs["label_names"] = names
-    return df
+    return _with_class_names(ds)

@@ -126,6 +126,10 @@ class Recipe:
 
         self.data = load_split(cfg.data, split_seed(cfg.data, cfg.seed))
         names = self.data.label_names
+        if self.data.named_ids:
+            # the dataset's ClassLabel named the ids: config.yaml records them, so that evaluate reads a
+            # file's integer labels as those ids, and the run reproduces without the dataset's metadata
+            cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"label_names": list(names)})})
         # adapter.r: auto becomes a number here, so config.yaml records the rank that trained
         self.cfg, note = resolve_rank(cfg, names)
         cfg = self.cfg
