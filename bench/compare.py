@@ -50,7 +50,7 @@ class PhasePeaks:
         self._thread.start()
 
     def _watch(self):
-        from lorafit.memory import rss_bytes  # stdlib only: importing it loads neither torch nor lorafit's model code
+        from lorafit.speed.memory import rss_bytes  # stdlib only: importing it loads neither torch nor lorafit's model code
 
         while not self._stop.wait(0.01):
             mb = (rss_bytes() or 0) / 2**20
@@ -120,16 +120,16 @@ def recipe_sets() -> list[str]:
 
 
 def run_lorafit(spec: dict) -> dict:
-    from lorafit.memory import request_huge_pages
+    from lorafit.speed.memory import request_huge_pages
 
     request_huge_pages()  # as the lorafit command does, before torch loads
     import numpy as np
     import pandas as pd
     import torch
     from lorafit.config import load_config
-    from lorafit.predict import predict_logits
-    from lorafit.runs import load_trained
-    from lorafit.train import Recipe
+    from lorafit.runs.predict import predict_logits
+    from lorafit.runs.weights import load_trained
+    from lorafit.train.recipe import Recipe
 
     phases = PhasePeaks()
     sets = [f"model.name={spec['model']}", f"data.train={spec['trainval']}", f"data.val_size={spec['val_size']}",
@@ -258,7 +258,7 @@ def main() -> int:
 
     import pandas as pd
     from lorafit.config import DataConfig
-    from lorafit.data import load_split
+    from lorafit.data.examples import load_split
 
     work = Path(tempfile.mkdtemp(prefix="lorafit-bench-"))
     df = pd.read_csv(args.data)

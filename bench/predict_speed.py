@@ -38,14 +38,15 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "RESULTS.md"))
     args = ap.parse_args()
 
-    from lorafit.memory import request_huge_pages
+    from lorafit.speed.memory import request_huge_pages
 
     request_huge_pages()  # as the lorafit command does, before torch loads
     import numpy as np
 
     from compare import append_section
-    from lorafit.predict import predict_logits, read_inputs
-    from lorafit.runs import load_trained, read_run
+    from lorafit.runs.predict import predict_logits, read_inputs
+    from lorafit.runs.weights import load_trained
+    from lorafit.runs.directory import read_run
 
     cfg, _ = read_run(args.run)
     texts = read_inputs(args.data, cfg.data, allow_pickle=False)[2][: args.limit]

@@ -31,7 +31,7 @@ def main() -> int:
     import torch
     from compare import RECIPE, recipe_sets
     from lorafit.config import load_config
-    from lorafit.train import Recipe
+    from lorafit.train.recipe import Recipe
 
     n = args.warmup + args.steps
     sets = [f"model.name={args.model}", f"data.train={args.data}", "data.val_size=200",

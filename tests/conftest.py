@@ -105,8 +105,8 @@ def train_briefly(model, data, run_dir, **over):
     """Two optimizer steps; returns the recipe and the names of trainable tensors that changed."""
     import torch
 
-    from lorafit.runs import trainable_state
-    from lorafit.train import Recipe
+    from lorafit.model.budget import trainable_state
+    from lorafit.train.recipe import Recipe
 
     cfg = tiny_config(model, data, **{"train__max_steps": 2, "data__limit": 120, **over})
     recipe = Recipe(cfg, run_dir, log=lambda *a: None).setup()
@@ -121,8 +121,8 @@ def assert_reload_exact(recipe, run_dir, merges=(False, True)):
     """load_trained (unmerged and merged) gives the end-of-training logits; returns (texts, logits)."""
     import numpy as np
 
-    from lorafit.predict import predict_logits
-    from lorafit.runs import load_trained
+    from lorafit.runs.predict import predict_logits
+    from lorafit.runs.weights import load_trained
 
     texts = recipe.data.val.texts[:16]
     ref = predict_logits(recipe.acc.unwrap_model(recipe.model).eval(), recipe.tokenizer, texts, 32)
@@ -153,7 +153,7 @@ def synth1k_csv(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, tiny_roberta, synth1k_csv):
     """One LoRA run on the tiny RoBERTa, shared by the tests that read a finished run."""
-    from lorafit.train import Recipe
+    from lorafit.train.recipe import Recipe
 
     cfg = tiny_config(tiny_roberta, synth1k_csv, optim__lr=2e-2, train__epochs=6, adapter__r=8,
                       budget__max_trainable=100000)

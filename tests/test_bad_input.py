@@ -66,7 +66,7 @@ def _no_weights(env: Env) -> Path:
 
 def _stopped_run_with_edited_config(env: Env):
     """A run stopped after its first checkpoint, whose config.yaml was then edited."""
-    from lorafit.train import Recipe
+    from lorafit.train.recipe import Recipe
 
     run = env.tmp / "stopped"
     cfg = tiny_config(env.model, env.data, data__limit=100, train__max_steps=2)
@@ -355,7 +355,7 @@ def test_empty_texts_dropped_with_a_count(env, capsys):
 
 def test_failure_after_the_run_dir_was_made_removes_it(env, monkeypatch, capsys):
     """Setup fails after writing the run header (here: the prefix cache): no half-made run is left."""
-    from lorafit.train import Recipe
+    from lorafit.train.recipe import Recipe
 
     def broken(self):
         raise LorafitError("train.cache_prefix: simulated failure")

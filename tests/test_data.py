@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 
 from lorafit.config import DataConfig
-from lorafit.data import (Collator, LengthGroupedBatches, TokenDataset, encode_labels, join_texts, load_labelled,
-                          load_split, shuffle_sentences)
+from lorafit.data.batches import Collator, LengthGroupedBatches, TokenDataset, shuffle_sentences
+from lorafit.data.examples import encode_labels, join_texts, load_labelled, load_split
 from lorafit.errors import LorafitError
-from lorafit.tables import read_table
+from lorafit.data.tables import read_table
 
 FRAME = pd.DataFrame({"title": ["A", "B", "C", "D"], "text": ["one two", "three", "four five six", "seven"],
                       "label": [0, 1, 0, 1]})

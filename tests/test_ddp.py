@@ -33,7 +33,7 @@ train: {{epochs: 2, batch_size: 16, eval_batch_size: 32, log_every: 5}}
 """)
     single = run_cli("train", "--config", cfg, "--out", tmp_path / "single")
     assert single.returncode == 0, single.stderr[-2000:]
-    from lorafit.memory import THP_ENV, kernel_allows_huge_pages
+    from lorafit.speed.memory import THP_ENV, kernel_allows_huge_pages
 
     if kernel_allows_huge_pages() and THP_ENV not in os.environ:
         assert "huge pages: on" in single.stdout  # the command asked torch for them before loading it

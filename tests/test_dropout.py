@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from lorafit import dropout as fd
+from lorafit.speed import dropout as fd
 from lorafit.model import build_model
 
 
@@ -98,7 +98,7 @@ def test_attention_dropout_is_the_masked_scaled_probabilities_and_so_is_its_grad
 @pytest.mark.parametrize("fixture", ["tiny_roberta", "tiny_bert"])
 def test_install_keeps_evaluation_identical_and_remove_restores(fixture, synth_csv, request):
     from transformers import AutoTokenizer
-    from lorafit.predict import predict_logits
+    from lorafit.runs.predict import predict_logits
 
     path = request.getfixturevalue(fixture)
     tok = AutoTokenizer.from_pretrained(str(path))
@@ -122,7 +122,7 @@ def test_install_keeps_evaluation_identical_and_remove_restores(fixture, synth_c
 
 
 def test_train_switch_logs_and_saved_run_has_no_trace(tiny_roberta, synth_csv, tmp_path):
-    from lorafit.train import run_training
+    from lorafit.train.run import run_training
 
     logs = {}
     for choice in ("auto", "false"):
@@ -140,7 +140,7 @@ def test_train_switch_logs_and_saved_run_has_no_trace(tiny_roberta, synth_csv, t
 def test_fast_dropout_trains_like_torchs(tiny_roberta, synth_csv, tmp_path):
     """Same data, same recipe, different masks: the runs end at validation losses within seed noise
     (the torch-dropout runs over three seeds set the scale)."""
-    from lorafit.train import run_training
+    from lorafit.train.run import run_training
 
     def loss(choice, seed):
         cfg = tiny_config(tiny_roberta, synth_csv, train__fast_dropout=choice, adapter__dropout=0.1, seed=seed)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from conftest import synthetic_rows, tiny_config
-from lorafit import first_token
-from lorafit.data import Collator
+from lorafit.speed import first_token
+from lorafit.data.batches import Collator
 from lorafit.model import build_model
 
 
@@ -70,9 +70,9 @@ def test_says_why_it_is_off(tiny_bert, tiny_roberta, synth_csv):
 
 
 def test_training_and_prediction_match_the_full_last_layer(tiny_bert, synth_csv, tmp_path):
-    from lorafit.predict import predict_logits
-    from lorafit.runs import load_trained
-    from lorafit.train import run_training
+    from lorafit.runs.predict import predict_logits
+    from lorafit.runs.weights import load_trained
+    from lorafit.train.run import run_training
 
     out, logs = {}, {}
     for on in (True, False):

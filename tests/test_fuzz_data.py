@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lorafit.config import DataConfig
-from lorafit.data import load_labelled, load_split
+from lorafit.data.examples import load_labelled, load_split
 from lorafit.errors import LorafitError
 
 # Pieces that break parsers: separators, quotes, line ends, NUL, BOM, non-ASCII, numbers, JSON syntax

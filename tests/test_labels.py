@@ -14,7 +14,7 @@ import pytest
 from conftest import synthetic_rows, tiny_config
 from lorafit.cli import main
 from lorafit.config import DataConfig
-from lorafit.data import load_labelled
+from lorafit.data.examples import load_labelled
 from lorafit.errors import LorafitError
 
 NAMES = {0: "world", 1: "sports", 2: "business", 3: "scitech"}
@@ -150,7 +150,7 @@ def test_evaluate_refuses_empty_labels(tmp_path, tiny_roberta, synth_csv, capsys
 # ---------------------------------------------------------------- trained runs: predict writes the values back
 
 def _train(tmp_path, tiny_roberta, mapping: dict, **over):
-    from lorafit.train import Recipe
+    from lorafit.train.recipe import Recipe
 
     frame = synthetic_rows(160)
     frame["label"] = frame["label"].map(mapping)
@@ -191,8 +191,8 @@ def test_adapter_ships_id2label_for_plain_transformers(tmp_path, tiny_roberta):
     from peft import AutoPeftModelForSequenceClassification, PeftModel
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-    from lorafit.predict import predict_logits
-    from lorafit.runs import load_trained
+    from lorafit.runs.predict import predict_logits
+    from lorafit.runs.weights import load_trained
 
     run, frame = _train(tmp_path, tiny_roberta, NAMES)
     names = ["business", "scitech", "sports", "world"]
@@ -234,8 +234,9 @@ def test_class_label_names_are_recorded_and_read_back_as_ids(tiny_roberta, tmp_p
     import datasets
     import yaml
 
-    from lorafit.predict import evaluate_file, predict_file
-    from lorafit.train import run_training
+    from lorafit.runs.evaluate import evaluate_file
+    from lorafit.runs.predict import predict_file
+    from lorafit.train.run import run_training
 
     rows = synthetic_rows(240)
     names = ["World", "Sports", "Business", "Sci/Tech"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from lorafit.memory import heap_trimmer, kernel_allows_huge_pages, rss_bytes
+from lorafit.speed.memory import heap_trimmer, kernel_allows_huge_pages, rss_bytes
 
 linux_glibc = pytest.mark.skipif(not sys.platform.startswith("linux") or heap_trimmer() is None,
                                  reason="malloc_trim is glibc's")
@@ -30,7 +30,7 @@ def test_trim_returns_the_holes_that_freed_tensors_leave_in_the_heap():
 
 
 def _run(tiny_roberta, synth_csv, run_dir, choice, **over):
-    from lorafit.train import run_training
+    from lorafit.train.run import run_training
 
     lines = []
     cfg = tiny_config(tiny_roberta, synth_csv, train__trim_heap=choice, adapter__dropout=0.1, **over)
@@ -45,7 +45,7 @@ def _run(tiny_roberta, synth_csv, run_dir, choice, **over):
 def test_trimming_changes_nothing_but_memory(tiny_roberta, synth_csv, tmp_path, monkeypatch):
     calls = []
     trim = heap_trimmer()
-    monkeypatch.setattr("lorafit.memory.heap_trimmer", lambda: lambda: calls.append(trim()))
+    monkeypatch.setattr("lorafit.speed.memory.heap_trimmer", lambda: lambda: calls.append(trim()))
     on, on_losses, on_log, steps = _run(tiny_roberta, synth_csv, tmp_path / "on", "true")
     off, off_losses, off_log, _ = _run(tiny_roberta, synth_csv, tmp_path / "off", "false")
     assert len(calls) == steps > 0 and set(calls) <= {0, 1}  # once per optimizer step; malloc_trim's answers
@@ -58,7 +58,7 @@ def test_trimming_changes_nothing_but_memory(tiny_roberta, synth_csv, tmp_path, 
 @linux_glibc
 def test_the_final_epoch_on_train_and_validation_trims_too(tiny_roberta, synth_csv, tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr("lorafit.memory.heap_trimmer", lambda: lambda: calls.append(1))
+    monkeypatch.setattr("lorafit.speed.memory.heap_trimmer", lambda: lambda: calls.append(1))
     result, _, _, steps = _run(tiny_roberta, synth_csv, tmp_path / "run", "true", train__final_on_val="true")
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["type"] for r in records].count("final_on_val") == 1 and result["validation"]["seen_in_training"]
@@ -66,7 +66,7 @@ def test_the_final_epoch_on_train_and_validation_trims_too(tiny_roberta, synth_c
 
 
 def test_trim_when_grown_trims_only_past_the_first_steps_rss_plus_slack():
-    from lorafit.memory import trim_when_grown
+    from lorafit.speed.memory import trim_when_grown
 
     trims, rss = [], iter([1000, 1100, 1199, 1201, 1000, 1250, None])
     after_step = trim_when_grown(lambda: trims.append(1), 0.2, rss=lambda: next(rss))
@@ -79,9 +79,9 @@ def test_trim_when_grown_trims_only_past_the_first_steps_rss_plus_slack():
 
 def test_auto_trims_when_grown_and_says_so(tiny_roberta, synth_csv, tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr("lorafit.memory.heap_trimmer", lambda: lambda: calls.append(1))
+    monkeypatch.setattr("lorafit.speed.memory.heap_trimmer", lambda: lambda: calls.append(1))
     steps = iter(range(1, 100))
-    monkeypatch.setattr("lorafit.memory.rss_bytes", lambda: 10**9 * next(steps))  # 1 GB more after every step
+    monkeypatch.setattr("lorafit.speed.memory.rss_bytes", lambda: 10**9 * next(steps))  # 1 GB more after every step
     _, _, log, _ = _run(tiny_roberta, synth_csv, tmp_path / "auto", "auto", train__max_steps=3)
     assert "heap trimming: when grown (freed memory goes back to the OS after a step that leaves RSS more than 20% " \
            "above the first step's)" in log

@@ -105,7 +105,7 @@ def test_max_length_beyond_the_model_is_refused_at_setup(tiny_roberta, synth_csv
 
 def test_max_length_at_the_limit_trains(tiny_roberta, synth_csv, tmp_path):
     """78 on the tiny RoBERTa (80 positions, pad 1) with an item longer than that: it trains."""
-    from lorafit.train import Recipe
+    from lorafit.train.recipe import Recipe
 
     data = tmp_path / "long.csv"
     df = pd.read_csv(synth_csv).head(60)
@@ -122,7 +122,7 @@ def test_old_run_with_too_long_max_length_predicts_capped(trained_run, tmp_path,
     with a note, instead of crashing in the position embeddings."""
     import yaml
 
-    from lorafit.predict import predict_file
+    from lorafit.runs.predict import predict_file
 
     src, _, _ = trained_run
     run = tmp_path / "old"

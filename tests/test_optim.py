@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from lorafit.config import load_config
-from lorafit.optim import build_optimizer, build_scheduler, lr_for
+from lorafit.train.optim import build_optimizer, build_scheduler, lr_for
 
 
 def test_tiered_layer_lrs_and_head_lr():

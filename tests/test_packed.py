@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import synthetic_rows, tiny_config
-from lorafit import packed
+from lorafit.speed import packed
 from lorafit.model import build_model
 
 pytestmark = pytest.mark.skipif(packed.why_off("cpu") is not None, reason=str(packed.why_off("cpu")))
@@ -30,7 +30,7 @@ def test_one_layer_same_output_any_shape_and_stride():
 def test_model_same_logits_state_and_gradients(kind, request, synth_csv):
     from transformers import AutoTokenizer
 
-    from lorafit.data import Collator
+    from lorafit.data.batches import Collator
 
     model_dir = request.getfixturevalue(kind)
     torch.manual_seed(0)
@@ -60,8 +60,8 @@ def test_model_same_logits_state_and_gradients(kind, request, synth_csv):
 
 
 def test_load_trained_packs_unless_switched_off(trained_run):
-    from lorafit.predict import predict_logits
-    from lorafit.runs import load_trained
+    from lorafit.runs.predict import predict_logits
+    from lorafit.runs.weights import load_trained
 
     run_dir, recipe, _ = trained_run
     texts = synthetic_rows(40, seed=11)["text"].tolist()

@@ -91,7 +91,7 @@ def test_resume_of_a_run_that_recorded_relative_paths(tiny_roberta, synth_csv, t
     checkpoint's copy of the config; --resume from the original folder still accepts them."""
     import json
 
-    from lorafit import checkpoint
+    from lorafit.train import checkpoint
 
     proj = tmp_path / "proj"
     shutil.copytree(tiny_roberta, proj / "tiny")
@@ -99,7 +99,7 @@ def test_resume_of_a_run_that_recorded_relative_paths(tiny_roberta, synth_csv, t
     monkeypatch.chdir(proj)
     run = tmp_path / "run"
     cfg = tiny_config(Path("tiny"), Path("train.csv"), train__max_steps=4, data__limit=80, train__checkpoint_every=2)
-    from lorafit.train import Recipe
+    from lorafit.train.recipe import Recipe
 
     recipe = Recipe(cfg, run, log=lambda *a: None).setup()
     recipe.train()  # leaves resume/ (finish() would delete it)

@@ -17,9 +17,9 @@ import pytest
 from conftest import synthetic_rows, tiny_config
 from lorafit.cli import main
 from lorafit.config import DataConfig, load_config
-from lorafit.data import load_labelled
+from lorafit.data.examples import load_labelled
 from lorafit.errors import LorafitError
-from lorafit.tables import read_table
+from lorafit.data.tables import read_table
 
 FRAME = pd.DataFrame({"text": ["goal match", "war vote", "chip data"], "label": ["1", "0", "3"]})
 
@@ -27,9 +27,9 @@ FRAME = pd.DataFrame({"text": ["goal match", "war vote", "chip data"], "label": 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, tiny_roberta):
     """A finished run (two optimizer steps) and its reference logits on a few texts."""
-    from lorafit.predict import predict_logits
-    from lorafit.runs import load_trained
-    from lorafit.train import Recipe
+    from lorafit.runs.predict import predict_logits
+    from lorafit.runs.weights import load_trained
+    from lorafit.train.recipe import Recipe
 
     tmp = tmp_path_factory.mktemp("predict-inputs")
     data = tmp / "train.csv"
@@ -77,7 +77,7 @@ def test_text_and_id_column_flags(run, tmp_path, capsys):
 
 
 def test_text_columns_repeatable_or_comma_separated(tmp_path, tiny_roberta, synth_csv):
-    from lorafit.predict import read_inputs
+    from lorafit.runs.predict import read_inputs
 
     inp = tmp_path / "in.csv"
     pd.DataFrame({"head": ["A", "B"], "body": ["one", "two"]}).to_csv(inp, index=False)

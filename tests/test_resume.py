@@ -14,9 +14,10 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import tiny_config
-from lorafit import checkpoint
+from lorafit.train import checkpoint
 from lorafit.cli import main
-from lorafit.train import Recipe, run_training
+from lorafit.train.recipe import Recipe
+from lorafit.train.run import run_training
 
 TIMING = ("samples_per_s", "train_seconds")
 

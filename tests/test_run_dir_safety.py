@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import tiny_config
-from lorafit import checkpoint
+from lorafit.train import checkpoint
 from lorafit.cli import main
 from lorafit.errors import LorafitError
 
@@ -159,7 +159,7 @@ def test_overwrite_replaces_a_run_old_style_and_new(tiny_roberta, synth_csv, tmp
 def test_overwrite_keeps_the_old_run_when_the_new_setup_fails(tiny_roberta, synth_csv, tmp_path, monkeypatch, capsys):
     """Setup fails after the new run's header was written (here: the prefix cache): the run that
     was to be replaced is back, byte for byte."""
-    from lorafit.train import Recipe
+    from lorafit.train.recipe import Recipe
 
     run = old_style_run(tmp_path / "run", tiny_roberta, synth_csv)
     (run / "resume").mkdir()  # a run stopped mid-training is a run too
@@ -181,7 +181,7 @@ def test_overwrite_keeps_the_old_run_when_the_new_setup_fails(tiny_roberta, synt
 
 
 def test_failure_in_an_existing_empty_out_folder_leaves_it_empty(tiny_roberta, synth_csv, tmp_path, monkeypatch, capsys):
-    from lorafit.train import Recipe
+    from lorafit.train.recipe import Recipe
 
     def broken(self):
         raise LorafitError("train.cache_prefix: simulated failure")
@@ -221,7 +221,8 @@ def test_sigterm_mid_epoch_keeps_a_checkpoint_that_resumes_exactly(tiny_roberta,
                                                                    capsys):
     """Default checkpoint_every (null): SIGTERM at step 3 of 10 writes a mid-epoch checkpoint,
     exits 130 with the resume command, and --resume ends exactly like an uninterrupted run."""
-    from lorafit.train import Recipe, run_training
+    from lorafit.train.recipe import Recipe
+    from lorafit.train.run import run_training
 
     over = dict(data__limit=200, adapter__dropout=0.1, train__log_every=1)
     cfg_path = write_config(tmp_path, tiny_roberta, synth_csv, **over)
@@ -287,7 +288,7 @@ def test_sigint_in_a_real_process_then_resume_matches_uninterrupted(tiny_roberta
 
 
 def test_interrupt_during_setup_says_nothing_can_be_resumed(tiny_roberta, synth_csv, tmp_path, monkeypatch, capsys):
-    from lorafit.train import Recipe
+    from lorafit.train.recipe import Recipe
 
     def ctrl_c(self):
         os.kill(os.getpid(), signal.SIGINT)
@@ -470,8 +471,9 @@ def test_budget_into_a_closed_pipe_exits_quietly(tiny_roberta, synth_csv, tmp_pa
 def test_every_file_follows_the_umask(umask, tiny_roberta, synth_csv, tmp_path):
     """A finished run, a stopped run's resume/ and a predictions CSV: files 0666 & ~umask,
     folders 0777 & ~umask, as any other tool writes them."""
-    from lorafit.predict import predict_file
-    from lorafit.train import Recipe, run_training
+    from lorafit.runs.predict import predict_file
+    from lorafit.train.recipe import Recipe
+    from lorafit.train.run import run_training
 
     old = os.umask(umask)
     try:

@@ -64,7 +64,7 @@ def test_training_log_has_no_terminal_escapes_and_progress_ends_at_the_total(tin
 
 
 def test_the_test_score_is_printed(tiny_roberta, synth_csv, tmp_path):
-    from lorafit.train import run_training
+    from lorafit.train.run import run_training
 
     test = tmp_path / "test.csv"
     pd.read_csv(synth_csv).head(40).to_csv(test, index=False)
@@ -78,7 +78,7 @@ def test_the_test_score_is_printed(tiny_roberta, synth_csv, tmp_path):
 def test_a_class_never_predicted_is_warned(tiny_roberta, tmp_path):
     """90/10 with texts that say nothing about the label: the model learns the prior and predicts
     the majority class only; accuracy 0.9 looks fine, macro-F1 ~0.47 does not."""
-    from lorafit.train import run_training
+    from lorafit.train.run import run_training
 
     data = tmp_path / "imbalanced.csv"
     pd.DataFrame({"text": ["the same words today"] * 200, "label": ["common"] * 180 + ["rare"] * 20}).to_csv(data, index=False)

@@ -129,8 +129,8 @@ def test_tampered_checkpoint_is_refused_not_executed(tiny_roberta, synth_csv, tm
     """A resume checkpoint whose optimizer.pt was replaced by a pickle payload: refused, nothing runs."""
     import torch
 
-    from lorafit import checkpoint
-    from lorafit.train import Recipe
+    from lorafit.train import checkpoint
+    from lorafit.train.recipe import Recipe
 
     run = tmp_path / "run"
     Recipe(tiny_config(tiny_roberta, synth_csv, data__limit=100, train__max_steps=2), run, log=lambda *a: None).setup().train()

@@ -6,7 +6,7 @@ import pytest
 from lorafit.cli import main
 from lorafit.config import load_config
 from lorafit.errors import LorafitError
-from lorafit.seeds import mean_sd, parse_seeds
+from lorafit.train.seeds import mean_sd, parse_seeds
 
 
 def test_seeds_run_and_report_mean_sd(tiny_roberta, synth_csv, tmp_path, capsys):

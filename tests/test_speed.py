@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from lorafit.data import Collator, TokenDataset
+from lorafit.data.batches import Collator, TokenDataset
 from lorafit.model import build_model
-from lorafit.prefix import CachedCollator, IndexedDataset, PrefixCache, trainable_floor, why_not
+from lorafit.speed.prefix import CachedCollator, IndexedDataset, PrefixCache, trainable_floor, why_not
 
 
 def _texts_ids(tok, n=24):
@@ -48,7 +48,7 @@ def test_prefix_cache_gives_the_full_models_logits(tiny_roberta, synth_csv, dtyp
 
 
 def test_prefix_cache_training_matches_uncached(tiny_roberta, synth_csv, tmp_path):
-    from lorafit.train import run_training
+    from lorafit.train.run import run_training
 
     logs = {}
     for on in (True, False):
@@ -78,7 +78,7 @@ def test_prefix_cache_says_why_it_is_off(tiny_roberta, synth_csv):
 def test_length_grouping_does_not_change_logits(tiny_roberta, synth_csv):
     """Dynamic padding and length-sorted batches: each item's logits equal its unpadded logits."""
     from transformers import AutoTokenizer
-    from lorafit.predict import predict_logits
+    from lorafit.runs.predict import predict_logits
 
     cfg = tiny_config(tiny_roberta, synth_csv)
     model, _ = build_model(cfg, ["a", "b", "c", "d"])
@@ -113,7 +113,7 @@ def test_group_by_length_training_same_loss_per_batch(tiny_roberta, synth_csv):
 
 def test_token_cache_hit_skips_the_tokenizer_and_is_identical(tiny_roberta, tmp_path, monkeypatch):
     from transformers import AutoTokenizer
-    from lorafit.data import tokenize
+    from lorafit.data.tokens import tokenize
 
     monkeypatch.setenv("LORAFIT_CACHE", str(tmp_path))
     tok = AutoTokenizer.from_pretrained(str(tiny_roberta))
@@ -132,7 +132,7 @@ def test_token_cache_hit_skips_the_tokenizer_and_is_identical(tiny_roberta, tmp_
 
 def test_sdpa_equals_eager_attention(tiny_roberta, synth_csv):
     from transformers import AutoTokenizer
-    from lorafit.predict import predict_logits
+    from lorafit.runs.predict import predict_logits
 
     tok = AutoTokenizer.from_pretrained(str(tiny_roberta))
     texts, _ = _texts_ids(tok)
@@ -149,7 +149,7 @@ def test_sdpa_equals_eager_attention(tiny_roberta, synth_csv):
 @pytest.mark.parametrize("switch", ["train__precision=bf16", "train__compile=true"])
 def test_precision_and_compile_switches_keep_the_loss(tiny_roberta, synth_csv, tmp_path, switch):
     """bf16 autocast and torch.compile: the same run to the tolerance of their arithmetic."""
-    from lorafit.train import run_training
+    from lorafit.train.run import run_training
 
     key, value = switch.split("=")
     base = run_training(tiny_config(tiny_roberta, synth_csv, train__epochs=1), tmp_path / "a", log=lambda *a: None)

@@ -54,7 +54,7 @@ def test_space_keys_and_values_are_checked(tiny_roberta, synth_csv, tmp_path):
         load_config(sweep_config(tmp_path / "a.yaml", tiny_roberta, synth_csv, {"optim.lrr": [1e-3]}))
     with pytest.raises(LorafitError, match=r"unknown key 'adaptr.r' \(did you mean 'adapter.r'\?\)"):
         load_config(sweep_config(tmp_path / "b.yaml", tiny_roberta, synth_csv, {"adaptr.r": [4]}))
-    from lorafit.sweep import check_space
+    from lorafit.train.sweep import check_space
 
     with pytest.raises(LorafitError, match=r"sweep.space.optim.schedule = 'cosin'"):
         check_space(load_config(sweep_config(tmp_path / "c.yaml", tiny_roberta, synth_csv, {"optim.schedule": ["cosin"]})))

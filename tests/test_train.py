@@ -9,8 +9,8 @@ import torch
 
 from conftest import run_cli, tiny_config
 from lorafit.config import load_config
-from lorafit.predict import predict_logits
-from lorafit.runs import load_trained
+from lorafit.runs.predict import predict_logits
+from lorafit.runs.weights import load_trained
 
 RUN_FILES = ["config.yaml", "labels.json", "metrics.jsonl", "params.txt", "eval.json", "curves.png",
              "confusion.png", "report.md", "adapter/adapter_config.json", "adapter/adapter_model.safetensors"]
@@ -104,7 +104,7 @@ def test_predict_keeps_id_column_and_order(trained_run, tmp_path):
          train__save_top_k=2, data__shuffle_sentences_p=0.5),
 ], ids=["adalora", "full", "layers-tiers-sgd", "rmsprop-accum-steps"])
 def test_methods_train_and_reload_exactly(over, tiny_bert, synth_csv, tmp_path):
-    from lorafit.train import Recipe
+    from lorafit.train.recipe import Recipe
 
     cfg = tiny_config(tiny_bert, synth_csv, train__epochs=1, **over)
     recipe = Recipe(cfg, tmp_path / "run", log=lambda *a: None).setup()
@@ -129,7 +129,7 @@ def test_bert_head_trains_pooler_and_classifier(tiny_bert):
 
 
 def test_same_seed_same_result(tiny_roberta, synth_csv, tmp_path):
-    from lorafit.train import run_training
+    from lorafit.train.run import run_training
 
     cfg = tiny_config(tiny_roberta, synth_csv, train__epochs=1)
     a = run_training(cfg, tmp_path / "a", log=lambda *x: None)
@@ -142,7 +142,7 @@ def test_same_seed_same_result(tiny_roberta, synth_csv, tmp_path):
 
 
 def test_early_stopping_stops(tiny_roberta, synth_csv, tmp_path):
-    from lorafit.train import run_training
+    from lorafit.train.run import run_training
 
     cfg = tiny_config(tiny_roberta, synth_csv, train__epochs=20, train__early_stopping=1, optim__lr=1e-9,
                       train__metric="loss", optim__warmup=0)
@@ -156,10 +156,10 @@ def test_train_seconds_count_every_step_and_no_evaluation(tiny_roberta, synth_cs
     # in batches of 16 an epoch is 6 steps, so the evaluation at step 8 sits after an epoch's end
     import types
 
-    from lorafit.train import Recipe
+    from lorafit.train.recipe import Recipe
 
     now = [0.0]
-    monkeypatch.setattr("lorafit.train.time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    monkeypatch.setattr("lorafit.train.recipe.time", types.SimpleNamespace(perf_counter=lambda: now[0]))
     cfg = tiny_config(tiny_roberta, synth_csv, data__limit=120, train__max_steps=10, train__eval_every=4)
     recipe = Recipe(cfg, tmp_path / "r", log=lambda *a: None).setup()
     assert recipe.steps_per_epoch == 6

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import assert_reload_exact, run_cli, train_briefly
-from lorafit.predict import predict_logits
+from lorafit.runs.predict import predict_logits
 
 
 VARIANTS = {
@@ -62,7 +62,7 @@ def test_loraplus_groups_keep_weight_decay(tiny_bert):
     takes it as `loraplus_weight_decay`; passing `weight_decay` alone silently dropped it)."""
     from lorafit.config import load_config
     from lorafit.model import build_model
-    from lorafit.optim import build_optimizer
+    from lorafit.train.optim import build_optimizer
 
     cfg = load_config(None, [f"model.name={tiny_bert}", "optim.loraplus_ratio=16", "optim.lr=1e-3",
                              "optim.weight_decay=0.05", "head.type=cls_linear"])

@@ -86,10 +86,10 @@ def cmd_train(args) -> int:
         if extra:
             raise LorafitError(f"--resume: continues RUN_DIR with its own config.yaml; drop {', '.join(extra)}")
         run_dir = Path(args.resume)
-        from .runs import check_run_dir
+        from .runs.directory import check_run_dir
 
         check_run_dir(run_dir, overwrite=False, resume=True)
-        from .train import run_training
+        from .train.run import run_training
 
         run_training(load_config(run_dir / "config.yaml"), run_dir, resume=True)
         return 0
@@ -98,11 +98,11 @@ def cmd_train(args) -> int:
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     if args.seeds is not None:
-        from .seeds import parse_seeds, run_seeds
+        from .train.seeds import parse_seeds, run_seeds
 
         run_seeds(cfg, parse_seeds(args.seeds), out, overwrite=args.overwrite, command="lorafit " + shlex.join(args.argv))
         return 0
-    from .train import run_training
+    from .train.run import run_training
 
     run_training(cfg, out, overwrite=args.overwrite)
     return 0
@@ -110,7 +110,7 @@ def cmd_train(args) -> int:
 
 def cmd_sweep(args) -> int:
     from .config import load_config
-    from .sweep import run_sweep
+    from .train.sweep import run_sweep
 
     if args.trials < 1:
         raise LorafitError("--trials: give a positive number of trials")
@@ -126,7 +126,7 @@ def label_names_for_budget(cfg, num_labels: int | None) -> list[str]:
         return [str(i) for i in range(num_labels)]
     if cfg.data.label_names:
         return list(cfg.data.label_names)
-    from .data import load_labelled
+    from .data.examples import load_labelled
 
     _, names, _ = load_labelled(cfg.data.train, cfg.data, cfg.data.train_split, None, "data.train")
     return names
@@ -188,7 +188,7 @@ def pick_command(config: str, user_sets: list[str], pick_sets: list[str]) -> str
 
 
 def cmd_evaluate(args) -> int:
-    from .predict import evaluate_file
+    from .runs.evaluate import evaluate_file
 
     metrics = evaluate_file(args.run_dir, args.data, allow_pickle=args.allow_pickle, text_columns=args.text_column,
                             label_column=args.label_column, delimiter=args.delimiter,
@@ -198,7 +198,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .predict import predict_file
+    from .runs.predict import predict_file
 
     n = predict_file(args.run_dir, args.input, args.output, allow_pickle=args.allow_pickle,
                      batch_size=args.batch_size, with_logits=args.with_logits, text_columns=args.text_column,
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
     if args.command != "budget":  # the commands that run a model; budget counts on the meta device
-        from .memory import request_huge_pages
+        from .speed.memory import request_huge_pages
 
         request_huge_pages()
     try:

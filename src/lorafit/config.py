@@ -421,7 +421,7 @@ def looks_like_path(value: str, data: bool = False) -> bool:
     """Whether a string that names nothing on disk was meant as a path rather than a hub id. Hub ids
     (roberta-base, FacebookAI/roberta-base, ag_news) have at most one '/' and never start with '/', '.'
     or '~'; a data file also has its format's suffix."""
-    from .tables import LOCAL_SUFFIXES
+    from .data.tables import LOCAL_SUFFIXES
 
     if value.startswith(("/", ".", "~")) or value.count("/") > 1 or "\\" in value:
         return True

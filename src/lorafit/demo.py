@@ -42,7 +42,7 @@ def main() -> int:
         return rc
     # Predict and evaluate on the run's own validation split, written out as files a user would have.
     from .config import load_config
-    from .data import load_split, split_seed
+    from .data.examples import load_split, split_seed
 
     cfg = load_config(run / "config.yaml")
     val = load_split(cfg.data, split_seed(cfg.data, cfg.seed)).val

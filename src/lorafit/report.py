@@ -62,7 +62,7 @@ def _class_table(m: dict) -> list[str]:
 
 
 def write_report(run_dir: Path, result: dict, names: list[str]) -> None:
-    from .runs import atomic_write_text
+    from .io import atomic_write_text
 
     rows = read_metrics(run_dir)
     plot_curves(rows, run_dir / "curves.png")

@@ -5,6 +5,7 @@ import re
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from ..errors import BudgetError
@@ -85,3 +86,7 @@ def check_budget(rows: list[Row], budget: int | None) -> None:
     raise BudgetError(f"budget.max_trainable: {trainable:,} trainable parameters exceed the budget of {budget:,} "
                       f"by {trainable - budget:,}; biggest: {biggest}. Lower adapter.r, narrow adapter.targets/layers, "
                       "or choose a smaller head (see `lorafit budget --solve`)")
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().to("cpu").clone().contiguous() for n, p in model.named_parameters() if p.requires_grad}

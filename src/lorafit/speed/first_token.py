@@ -21,7 +21,7 @@ import types
 import torch
 from torch import nn
 
-from .model.heads import encoder_of
+from ..model.heads import encoder_of
 
 # Classes whose head reads only the first token's final state (checked in their transformers code,
 # and tested); `head.type: cls_linear` keeps that true, mean_linear does not.

@@ -5,9 +5,9 @@ import math
 
 import torch
 
-from .config import OptimConfig
-from .errors import LorafitError
-from .model.adapters import layer_of
+from ..config import OptimConfig
+from ..errors import LorafitError
+from ..model.adapters import layer_of
 
 
 def _optimizer_cls(cfg: OptimConfig):

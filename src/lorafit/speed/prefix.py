@@ -16,9 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .model.adapters import layer_of
-from .model.heads import encoder_of
-from .progress import progress
+from ..model.adapters import layer_of
+from ..model.heads import encoder_of
+from ..progress import progress
+
 
 def encoder_layers(model: nn.Module) -> nn.ModuleList | None:
     _, enc = encoder_of(model)
@@ -114,7 +115,7 @@ class PrefixCache:
     @torch.inference_mode()
     def compute(self, ds, collate, batch_size: int, desc: str) -> HiddenStore:
         """Run embeddings + layers[:k] once over a dataset, in eval mode."""
-        from .data import LengthGroupedBatches
+        from ..data.batches import LengthGroupedBatches
 
         device = next(p for p in self.model.parameters()).device
         store = HiddenStore(ds.lengths(), self.model.config.hidden_size, self.dtype, self.folder)

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .config import RunConfig
-from .errors import LorafitError
-from .runs import atomic_write_text
+from ..config import RunConfig
+from ..errors import LorafitError
+from ..io import atomic_write_text
 
 METRICS = ("accuracy", "macro_f1", "loss")
 
@@ -38,7 +38,7 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
 
 
 def seed_config(cfg: RunConfig, seed: int) -> RunConfig:
-    from .data import split_seed
+    from ..data.examples import split_seed
 
     pinned = split_seed(cfg.data, cfg.seed)
     return cfg.model_copy(update={"seed": seed, "data": cfg.data.model_copy(update={"split_seed": pinned})})
@@ -81,8 +81,8 @@ def run_seeds(cfg: RunConfig, seeds: list[int], out: str | Path, *, overwrite: b
     """Train each seed into OUT/seed-N; write OUT/seeds.json and OUT/seeds.md; return the summary.
     OUT is a folder of runs, not a run: overwrite replaces each OUT/seed-N that is a run (refusing,
     before any training, one that is not) and rewrites seeds.json/seeds.md; nothing else in OUT is touched."""
-    from .runs import check_run_dir, is_run_dir
-    from .train import run_training
+    from ..runs.directory import check_run_dir, is_run_dir
+    from .run import run_training
 
     out = Path(out)
     taken = [out / f"seed-{s}" for s in seeds if is_run_dir(out / f"seed-{s}")]

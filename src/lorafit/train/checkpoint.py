@@ -24,59 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import LorafitError, TrainingDiverged
-from .runs import atomic_write_text, default_mode, io_failure, trainable_state
+from ..errors import LorafitError, TrainingDiverged
+from ..io import atomic_write_text, fsync_path, io_failure, save_tensors_durably
+from ..model.budget import trainable_state
+from ..runs.directory import FORMAT, LATEST, RESUME, latest, read_meta
+from .state import Position
 
-RESUME, LATEST, FORMAT = "resume", "LATEST", 1
 DEVICES = ("cuda", "xpu", "mps")  # accelerators whose RNG (one state per device) is saved when present
 
-
-@dataclass
-class Position:
-    """Where in the data a checkpoint stands; `sums` (loss*n, correct, n) feed the epoch's train metrics."""
-    epoch: int = 0
-    batches: int = 0  # batches of this epoch already trained on
-    seen: int = 0
-    sums: torch.Tensor | None = None
-
-
-# ---------------------------------------------------------------- durable files
-
-def fsync_path(path: Path) -> None:
-    """Flush a file or a folder entry to disk (a rename is durable only once its folder is synced)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def save_tensors_durably(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """safetensors via a temporary file in the same folder: fsync, rename, fsync the folder."""
-    from safetensors.torch import save_file
-
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-        os.chmod(tmp, default_mode())  # safetensors writes its file 0600
-        fsync_path(tmp)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a full disk: the partial file goes, and frees its space
-        raise
-    os.replace(tmp, path)
-    fsync_path(path.parent)
-
-
-def latest(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint folder, or None."""
-    pointer = Path(run_dir) / RESUME / LATEST
-    if not pointer.is_file():
-        return None
-    folder = pointer.parent / pointer.read_text(encoding="utf-8").strip()
-    return folder if (folder / "state.json").is_file() else None
-
-
-# ---------------------------------------------------------------- RNG
 
 def _rng_capture() -> dict:
     out = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
@@ -118,15 +73,11 @@ def _rng_restore(meta: dict, tensors: dict[str, torch.Tensor], rank: int) -> Non
             mod.set_rng_state(states[0])
 
 
-# ---------------------------------------------------------------- AdaLoRA's rank allocator (not in the optimizer)
-
 def _adalora(model) -> tuple[object, object] | None:
     base = getattr(model, "base_model", None)
     alloc = getattr(base, "rankallocator", None)
     return (alloc, base.peft_config[base.trainable_adapter_name]) if alloc is not None else None
 
-
-# ---------------------------------------------------------------- save
 
 def save(recipe, pos: Position) -> Path | None:
     """Write a resumable checkpoint of `recipe` at `pos` (every process calls this; the main one writes)."""
@@ -205,8 +156,6 @@ def _write_folder(tmp: Path, weights: dict, tensors: dict, meta: dict, recipe) -
     fsync_path(tmp)
 
 
-# ---------------------------------------------------------------- load
-
 @dataclass
 class Saved:
     """A checkpoint read from disk and checked, not yet applied."""
@@ -240,23 +189,6 @@ def _safetensors_file(path: Path) -> dict:
         raise LorafitError(f"{path}: not a readable checkpoint file ({type(e).__name__}: {str(e)[:200]})") from None
 
 
-def read_meta(run_dir: Path) -> tuple[Path, dict]:
-    """(checkpoint folder, state.json) of a run, or a LorafitError saying why it cannot be resumed."""
-    run_dir = Path(run_dir)
-    folder = latest(run_dir)
-    if folder is None:
-        done = " (it finished: eval.json is there)" if (run_dir / "eval.json").is_file() else ""
-        raise LorafitError(f"{run_dir}: no checkpoint to resume from ({RESUME}/{LATEST} missing){done}; "
-                           "checkpoints are written at each epoch end and every train.checkpoint_every steps")
-    try:
-        meta = json.loads((folder / "state.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise LorafitError(f"{folder}/state.json: unreadable ({e})") from None
-    if meta.get("format") != FORMAT:
-        raise LorafitError(f"{folder}: checkpoint format {meta.get('format')} is not {FORMAT}; it cannot be resumed here")
-    return folder, meta
-
-
 def _flat(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
@@ -267,7 +199,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
 def load(run_dir: Path, cfg) -> Saved:
     """Read every file of the latest checkpoint (no code runs: safetensors, JSON, weights-only torch
     files) and check it was written with this config; before any heavy work."""
-    from .config import resolve_paths
+    from ..config import resolve_paths
 
     folder, meta = read_meta(run_dir)
     # runs written before paths were recorded absolute: read their relative paths as config.yaml's are
@@ -289,7 +221,7 @@ def check_labels(saved: Saved, label_names: list[str], source: str) -> None:
 
 def restore(recipe, saved: Saved) -> Position:
     """Apply a checkpoint to a set-up recipe; returns where training continues."""
-    from .train import State
+    from .state import State
 
     acc, meta, tensors = recipe.acc, saved.meta, saved.tensors
     model = acc.unwrap_model(recipe.model)

@@ -16,11 +16,10 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, get_args
 
-from .config import RunConfig, field_at, validate_config
-from .errors import LorafitError
-from .metrics import higher_is_better
-from .runs import atomic_write_text, check_writable
-
+from ..config import RunConfig, field_at, validate_config
+from ..errors import LorafitError
+from ..io import atomic_write_text, check_writable
+from ..metrics import higher_is_better
 
 # ---------------------------------------------------------------- the search space
 
@@ -84,7 +83,7 @@ def suggest(trial, key: str, spec: Any) -> Any:
 def make_objective(cfg: RunConfig, out: Path, log: Callable) -> Callable:
     import optuna
 
-    from .train import Recipe
+    from .recipe import Recipe
 
     metric = cfg.sweep.metric
 

@@ -11,11 +11,7 @@ import json
 import math
 import shlex
 import shutil
-import signal
-import threading
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -23,20 +19,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..config import RunConfig
+from ..data.batches import TokenDataset, make_loader
+from ..data.examples import load_labelled, load_split, split_seed
+from ..data.tokens import tokenize
+from ..errors import Interrupted, LorafitError, TrainingDiverged
+from ..io import atomic_write_text, save_tensors_durably
+from ..metrics import classification_metrics, higher_is_better, imbalance_note, never_predicted
+from ..model import build_model, check_budget, format_table, load_tokenizer, trainable_rows
+from ..model.budget import count_all, trainable_state
+from ..model.load import check_local_folder, check_max_length
+from ..model.solver import resolve_rank
+from ..progress import progress
+from ..runs.directory import check_run_dir, prepare_run_dir
+from ..runs.weights import initial_lora, save_weights
 from . import checkpoint
-from .checkpoint import Position
-from .config import RunConfig
-from .data import TokenDataset, load_labelled, load_split, make_loader, split_seed, tokenize
-from .errors import Interrupted, LorafitError, TrainingDiverged
-from .metrics import classification_metrics, higher_is_better, imbalance_note, never_predicted
-from .model import build_model, check_budget, format_table, load_tokenizer, trainable_rows
-from .model.budget import count_all
-from .model.load import check_local_folder, check_max_length
-from .model.solver import resolve_rank
 from .optim import build_optimizer, build_scheduler
-from .progress import progress
-from .runs import (atomic_write_text, check_run_dir, initial_lora, io_failure, prepare_run_dir, save_weights,
-                   trainable_state)
+from .state import Position, State
 
 
 def resolve_precision(choice: str) -> str:
@@ -47,18 +46,6 @@ def resolve_precision(choice: str) -> str:
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "no"
-
-
-@dataclass
-class State:
-    """Where training stands: enough to pick the best checkpoint and stop early."""
-    epoch: int = 0
-    step: int = 0                        # optimizer steps taken
-    best: Optional[float] = None
-    best_step: int = -1
-    bad_evals: int = 0
-    kept: list = field(default_factory=list)   # [(metric, step)] best first
-    finished: bool = False               # training loop done (steps reached or early stop); finish() remains
 
 
 class Recipe:
@@ -164,7 +151,7 @@ class Recipe:
         self.fast_dropout = self._setup_dropout()
         self.trim_heap = self._setup_trim()
         if self.acc.device.type == "cpu":
-            from .memory import huge_pages_active
+            from ..speed.memory import huge_pages_active
 
             self.log("huge pages: on" if huge_pages_active() else "huge pages: off (THP_MEM_ALLOC_ENABLE=1 was not in "
                      "the environment when torch loaded, or the kernel has THP off)")
@@ -186,7 +173,7 @@ class Recipe:
 
     def _setup_dropout(self) -> bool:
         """Cheaper dropout masks (see dropout.py) when asked for, or on CPU with auto; says so in the log."""
-        from .dropout import install
+        from ..speed.dropout import install
 
         choice = self.cfg.train.fast_dropout
         if choice is False or (choice == "auto" and self.acc.device.type != "cpu"):
@@ -199,7 +186,7 @@ class Recipe:
     def _setup_trim(self) -> Callable[[], object]:
         """malloc_trim after every optimizer step (true), or after steps that grew RSS past a limit
         (a fraction; auto = memory.GROWTH_SLACK on CPU); a no-op when off, so the loops call it always."""
-        from .memory import GROWTH_SLACK, heap_trimmer, trim_when_grown
+        from ..speed.memory import GROWTH_SLACK, heap_trimmer, trim_when_grown
 
         choice, device = self.cfg.train.trim_heap, self.acc.device.type
         trim = why = None
@@ -222,8 +209,8 @@ class Recipe:
 
     def _setup_prefix(self):
         """Frozen-prefix caching when it applies (see prefix.py); says in the log why it is on or off."""
-        from .data import Collator
-        from .prefix import CachedCollator, IndexedDataset, PrefixCache, trainable_floor, why_not
+        from ..data.batches import Collator
+        from ..speed.prefix import CachedCollator, IndexedDataset, PrefixCache, trainable_floor, why_not
 
         reason = why_not(self.model, self.cfg)
         if reason is not None:
@@ -248,7 +235,7 @@ class Recipe:
 
     def _setup_first_token(self) -> None:
         """The last layer on the first token only, where the head reads nothing else (first_token.py)."""
-        from . import first_token
+        from ..speed import first_token
 
         reason = (first_token.apply(self.model, self.cfg.head.type) if self.cfg.train.last_layer_first_token
                   else "train.last_layer_first_token: false")
@@ -264,7 +251,7 @@ class Recipe:
     def _check_budget(self, names: list[str]) -> None:
         """Build on the meta device from config.json alone: checks targets, layers and the budget
         before any weights are read."""
-        from .model import budget_table
+        from ..model import budget_table
 
         rows, _ = budget_table(self.cfg, names)
         check_budget(rows, self.cfg.budget.max_trainable)
@@ -517,7 +504,7 @@ class Recipe:
         if (value, st.step) in keep and self.acc.is_main_process:
             d = self.run_dir / "checkpoints" / f"step-{st.step}"
             d.mkdir(parents=True, exist_ok=True)
-            checkpoint.save_tensors_durably(trainable_state(self.acc.unwrap_model(self.model)), d / "trainable.safetensors")
+            save_tensors_durably(trainable_state(self.acc.unwrap_model(self.model)), d / "trainable.safetensors")
         if self.acc.is_main_process:
             for _, step in drop:
                 if step not in self._saved_kept:  # else the last resumable checkpoint still needs it
@@ -538,7 +525,7 @@ class Recipe:
     def final_epoch_on_all(self) -> None:
         """One more epoch over train+validation from the best weights, lr decaying linearly from
         10% of optim.lr to 0; nothing is left to select on, so its result is what is saved."""
-        from .data import Examples
+        from ..data.examples import Examples
 
         both = Examples(self.data.train.texts + self.data.val.texts,
                         np.concatenate([self.data.train.labels, self.data.val.labels]))
@@ -557,7 +544,7 @@ class Recipe:
         self.record(type="final_on_val", loss=loss.item())
 
     def finish(self) -> dict:
-        from .report import write_report
+        from ..report import write_report
 
         cfg = self.cfg
         self.load_best()
@@ -577,7 +564,7 @@ class Recipe:
         if self.acc.is_main_process:
             model = self.acc.unwrap_model(self.model)
             if self.fast_dropout:
-                from .dropout import remove
+                from ..speed.dropout import remove
                 remove(model)  # torch's modules and SDPA again: nothing of ours reaches saved configs
             try:
                 save_weights(model, self.tokenizer, self.run_dir, cfg, self.lora_init)
@@ -610,69 +597,3 @@ class Recipe:
         """Drop the prefix cache's temporary files; safe to call after an interrupted run."""
         if self.prefix is not None:
             self.prefix.close()
-
-
-def run_training(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resume: bool = False,
-                 log: Callable = print) -> dict:
-    recipe = Recipe(cfg, run_dir, overwrite=overwrite, resume=resume, log=log)
-    with _stop_on_signals(recipe):
-        try:
-            recipe.setup()
-            recipe.train()
-            return recipe.finish()
-        except KeyboardInterrupt:
-            raise Interrupted(_interrupted_outside_the_loop(recipe)) from None
-        except LorafitError:
-            raise
-        except Exception as e:
-            reason = io_failure(e, recipe.run_dir)
-            if reason is None:
-                raise
-            raise LorafitError(f"{reason}; {_what_is_kept(recipe, 'free space')}") from e
-        finally:
-            recipe.cleanup()
-
-
-@contextmanager
-def _stop_on_signals(recipe: Recipe):
-    """SIGINT/SIGTERM while training: the current optimizer step ends, a checkpoint is written,
-    training stops (Recipe.stop_signal). A second signal, or one during setup or finish, stops at
-    once (KeyboardInterrupt); run_training then says what is left."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread may handle signals
-        return
-
-    def handler(signum, frame):
-        if recipe.training and recipe.stop_signal is None:
-            recipe.stop_signal = signum  # no printing here: a handler may interrupt a print
-            return
-        raise KeyboardInterrupt
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-def _what_is_kept(recipe: Recipe, fix: str | None = None) -> str:
-    """What is left of the run after a failure or an interrupt, and the command that goes on from there."""
-    run = shlex.quote(str(recipe.run_dir))
-    then = f": {fix}, then run: " if fix else "; resume with: "
-    if not recipe.set_up:
-        return f"the run is as it was{then}lorafit train --resume {run}" if recipe.resume else "nothing was kept"
-    folder = checkpoint.latest(recipe.run_dir)
-    if folder is not None:
-        step = int(folder.name.split("-")[1])
-        return f"the last checkpoint (step {step}) is kept in {recipe.run_dir / checkpoint.RESUME}{then}lorafit train --resume {run}"
-    again = f": {fix}, then start over with: " if fix else "; start over with: "
-    return (f"no checkpoint had been written yet{again}lorafit train --config "
-            f"{shlex.quote(str(recipe.run_dir / 'config.yaml'))} --out {run} --overwrite")
-
-
-def _interrupted_outside_the_loop(recipe: Recipe) -> str:
-    if not recipe.set_up and not recipe.resume:
-        return ("interrupted during setup, before training started: nothing to resume and nothing kept; "
-                "to start over, run the same command again")
-    return f"interrupted; {_what_is_kept(recipe)}"

@@ -21,6 +21,7 @@ import math
 
 import torch
 from torch import nn
+
 # dropout.py is imported only when a model trains, so transformers is loaded already
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 

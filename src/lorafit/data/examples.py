@@ -1,32 +1,18 @@
-"""From a table to batches: texts, label map, stratified split, tokenise once, length-grouped batches.
-
-Tokenisation happens once per run (not per epoch) and padding is per batch, to the longest item
-in that batch: AG News items average ~55 tokens, so padding to 128-512 would waste most compute.
-"""
+"""From a table to examples: texts (joined columns), labels by value (or ids the data names),
+empty labels and texts, the length filter, and the seeded stratified train/validation split."""
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import random
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
-from .config import DataConfig
-from .errors import LorafitError
-from .progress import progress
+from ..config import DataConfig
+from ..errors import LorafitError
 from .tables import read_table
 
-
-# ---------------------------------------------------------------- texts and labels
 
 def require_columns(df: pd.DataFrame, columns: Sequence[str], source: str, field_name: str) -> None:
     missing = [c for c in columns if c not in df.columns]
@@ -43,11 +29,6 @@ def join_texts(df: pd.DataFrame, cfg: DataConfig, source: str, field_name: str =
     # skip empty parts so a missing title does not leave a dangling separator
     return [cfg.text_separator.join(p for p in parts if p) for parts in zip(*cols)]
 
-
-# Labels are compared by value: an integer-valued label (3, 3.0, "3", " 3 ", "3.0": a CSV cell, or a
-# JSON/Parquet column widened to floats by a NaN) is that integer, anything else its stripped text.
-# Integers are read as ids 0..K-1 only where names for the ids were given (data.label_names, a hub
-# ClassLabel); otherwise the label set is the data's own values and predictions write them back.
 
 def _as_int(v) -> Optional[int]:
     if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
@@ -231,184 +212,3 @@ def load_split(cfg: DataConfig, seed: int) -> SplitData:
     ex = ex.subset(order)
     tr, va = stratified_split(ex.labels, cfg.val_size, seed)
     return SplitData(ex.subset(tr), ex.subset(va), names, notes, named_ids=bool(named) and not cfg.label_names)
-
-
-# ---------------------------------------------------------------- tokenise once, batch by length
-
-def cache_root() -> Path:
-    return Path(os.environ.get("LORAFIT_CACHE", Path.home() / ".cache" / "lorafit")) / "tokens"
-
-
-def _fingerprint(tokenizer, texts: Sequence[str], max_length: int) -> str:
-    h = hashlib.sha256()
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        spec = json.loads(backend.to_str())
-        for runtime in ("truncation", "padding"):  # set by each call, not part of what the tokenizer is
-            spec.pop(runtime, None)
-        h.update(json.dumps(spec, sort_keys=True).encode())
-    else:
-        h.update(f"{type(tokenizer).__name__}:{tokenizer.name_or_path}".encode())
-    h.update(f"|{max_length}|{len(texts)}|".encode())
-    for t in texts:
-        h.update(t.encode("utf-8", "surrogatepass"))
-        h.update(b"\x00")
-    return h.hexdigest()[:32]
-
-
-def _load_cached(folder: Path) -> Optional[list[list[int]]]:
-    try:
-        flat = np.load(folder / "ids.npy", mmap_mode="r", allow_pickle=False)
-        offsets = np.load(folder / "offsets.npy", allow_pickle=False)
-    except (OSError, ValueError):
-        return None
-    return [flat[offsets[i]:offsets[i + 1]].tolist() for i in range(len(offsets) - 1)]
-
-
-def _store_cached(folder: Path, ids: list[list[int]]) -> None:
-    """Flat int32 ids + offsets (plain .npy, no pickle), written to a temp folder then renamed."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
-    try:
-        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-        np.save(tmp / "ids.npy", np.fromiter((t for x in ids for t in x), dtype=np.int32, count=int(lengths.sum())))
-        np.save(tmp / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]))
-        os.replace(tmp, folder)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)  # a concurrent writer won, or the disk is read-only: no cache, no harm
-
-
-def tokenize(tokenizer, texts: Sequence[str], max_length: int, desc: str = "tokenising", chunk: int = 2048,
-             cache: bool = True) -> list[list[int]]:
-    """Token ids of every text, truncated, unpadded. Cached on disk across runs (sweeps, seeds),
-    keyed by the tokenizer's full definition, max_length and the texts; LORAFIT_CACHE moves it."""
-    folder = cache_root() / _fingerprint(tokenizer, texts, max_length) if cache else None
-    if folder is not None and folder.is_dir():
-        hit = _load_cached(folder)
-        if hit is not None:
-            return hit
-    out: list[list[int]] = []
-    with progress(total=len(texts), desc=desc, unit=" items", leave=False, disable=len(texts) < chunk) as bar:
-        for s in range(0, len(texts), chunk):
-            part = list(texts[s:s + chunk])
-            out.extend(tokenizer(part, truncation=True, max_length=max_length, add_special_tokens=True)["input_ids"])
-            bar.update(len(part))
-    if folder is not None:
-        _store_cached(folder, out)
-    return out
-
-
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\\")
-
-
-def shuffle_sentences(text: str, rng: random.Random) -> str:
-    parts = [p.strip() for p in _SENTENCE_END.split(text) if p.strip()]
-    if len(parts) < 2:
-        return text
-    rng.shuffle(parts)
-    return " ".join(parts)
-
-
-class TokenDataset(torch.utils.data.Dataset):
-    """Token ids (+ labels). With augmentation, items are re-tokenised after a seeded sentence shuffle."""
-
-    def __init__(self, ids: list[list[int]], labels: Optional[np.ndarray] = None, *, texts=None, tokenizer=None,
-                 max_length: int = 128, shuffle_p: float = 0.0, seed: int = 0):
-        self.ids, self.labels = ids, labels
-        self.texts, self.tokenizer, self.max_length = texts, tokenizer, max_length
-        self.shuffle_p, self.seed, self.epoch = shuffle_p, seed, 0
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def lengths(self) -> list[int]:
-        return [len(x) for x in self.ids]
-
-    def __getitem__(self, i: int):
-        ids = self.ids[i]
-        if self.shuffle_p > 0:
-            rng = random.Random((self.seed * 1_000_003 + self.epoch) * 10_000_019 + i)
-            if rng.random() < self.shuffle_p:
-                text = shuffle_sentences(self.texts[i], rng)
-                ids = self.tokenizer(text, truncation=True, max_length=self.max_length)["input_ids"]
-        return ids, (None if self.labels is None else int(self.labels[i]))
-
-
-class LengthGroupedBatches(torch.utils.data.Sampler):
-    """Yields lists of indices. Shuffled: random mega-batches (50 batches) sorted by length, then
-    batch order shuffled, so each batch holds similar lengths yet the order stays random.
-    Not shuffled: sorted by length (evaluation/prediction; callers restore the input order)."""
-
-    def __init__(self, lengths: Sequence[int], batch_size: int, *, shuffle: bool, group_by_length: bool = True,
-                 seed: int = 0, mega: int = 50):
-        self.lengths = np.asarray(lengths)
-        self.batch_size, self.shuffle, self.group, self.seed, self.mega = batch_size, shuffle, group_by_length, seed, mega
-        self.epoch, self._skip = 0, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def skip_next(self, n: int) -> None:
-        """Leave out the first n batches of the next pass only: a run resumed mid-epoch sees the same
-        order without the batches it already trained on. One-shot, so later epochs are whole again;
-        kept apart from set_epoch because accelerate calls set_epoch itself at the start of each pass."""
-        self._skip = n
-
-    def batches(self) -> list[list[int]]:
-        n, bs = len(self.lengths), self.batch_size
-        if not self.shuffle:
-            order = np.argsort(-self.lengths, kind="stable") if self.group else np.arange(n)
-            return [order[s:s + bs].tolist() for s in range(0, n, bs)]
-        rng = np.random.default_rng([self.seed, self.epoch])
-        order = rng.permutation(n)
-        if not self.group:
-            return [order[s:s + bs].tolist() for s in range(0, n, bs)]
-        step = bs * self.mega
-        batches = []
-        for s in range(0, n, step):
-            mb = order[s:s + step]
-            mb = mb[np.argsort(-self.lengths[mb], kind="stable")]
-            batches.extend(mb[t:t + bs].tolist() for t in range(0, len(mb), bs))
-        perm = rng.permutation(len(batches))
-        batches = [batches[i] for i in perm]
-        # The longest batch first (as transformers' LengthGroupedSampler does): the allocator reaches
-        # its peak at once and shorter batches reuse that memory; a long batch late in an epoch finds a
-        # heap fragmented by many shapes and grows it further (peak RSS +0.4 GB on MiniLM).
-        longest = max(range(len(batches)), key=lambda i: self.lengths[batches[i]].max())
-        batches[0], batches[longest] = batches[longest], batches[0]
-        return batches
-
-    def __iter__(self):
-        skip, self._skip = self._skip, 0
-        return iter(self.batches()[skip:])
-
-    def __len__(self) -> int:  # a whole epoch, also while skipping: steps per epoch are counted from it
-        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
-
-
-class Collator:
-    """Pads a batch to its longest item (dynamic padding)."""
-
-    def __init__(self, pad_id: int):
-        self.pad_id = pad_id
-
-    def __call__(self, items):
-        width = max(len(ids) for ids, _ in items)
-        input_ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(items), width), dtype=torch.long)
-        for row, (ids, _) in enumerate(items):
-            input_ids[row, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
-            mask[row, : len(ids)] = 1
-        batch = {"input_ids": input_ids, "attention_mask": mask}
-        if items[0][1] is not None:
-            batch["labels"] = torch.tensor([lab for _, lab in items], dtype=torch.long)
-        return batch
-
-
-def make_loader(ds: TokenDataset, batch_size: int, pad_id: int, *, shuffle: bool, group_by_length: bool = True,
-                seed: int = 0, num_workers: int = 0) -> torch.utils.data.DataLoader:
-    sampler = LengthGroupedBatches(ds.lengths(), batch_size, shuffle=shuffle, group_by_length=group_by_length, seed=seed)
-    # Its own generator: each pass draws a worker seed from it, and drawing from the global RNG instead
-    # would shift dropout masks between a run and the same run resumed from a checkpoint.
-    return torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=Collator(pad_id), num_workers=num_workers,
-                                       generator=torch.Generator().manual_seed(seed))

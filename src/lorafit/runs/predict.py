@@ -8,19 +8,22 @@ import io
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-from .config import DataConfig
-from .data import Collator, LengthGroupedBatches, TokenDataset, join_texts, load_labelled, require_columns, tokenize
-from .errors import LorafitError
-from .metrics import classification_metrics
-from .progress import progress
-from .runs import atomic_write_text, load_trained, read_run
-from .tables import read_table
+from ..config import DataConfig
+from ..data.batches import Collator, LengthGroupedBatches, TokenDataset
+from ..data.examples import join_texts, require_columns
+from ..data.tables import read_table
+from ..data.tokens import tokenize
+from ..errors import LorafitError
+from ..io import atomic_write_text
+from ..progress import progress
+from .directory import read_run
+from .weights import load_trained
 
 ID_COLUMNS = ("ID", "id", "Id")
 
@@ -125,18 +128,3 @@ def predict_file(run_dir: str, input_path: str, output_path: str, *, allow_pickl
     except OSError as e:  # a full disk, a folder that went away: atomic_write_text leaves nothing behind
         raise LorafitError(f"--output: could not write {out} ({e.strerror or e}); nothing was written") from None
     return len(ids)
-
-
-def evaluate_file(run_dir: str, data_path: str, *, allow_pickle: bool = False, batch_size: int = 128,
-                  text_columns: Optional[Sequence[str]] = None, label_column: Optional[str] = None,
-                  delimiter: Optional[str] = None, log: Optional[Callable[[str], None]] = None) -> dict:
-    """Metrics of a run on a labelled file, whose labels are checked against the run's by value."""
-    cfg, names = read_run(run_dir)
-    data_cfg = input_config(cfg.data, text_columns, label_column, delimiter,
-                            allow_pickle=allow_pickle or cfg.data.allow_pickle)
-    ex, _, notes = load_labelled(data_path, data_cfg, cfg.data.test_split, names, "--data")  # checked before the model loads
-    for note in notes if log else ():
-        log(f"data: {note}")
-    model, tokenizer, cfg, names = load_trained(run_dir, merge=True, device=default_device())
-    logits = predict_logits(model, tokenizer, ex.texts, cfg.data.max_length, batch_size)
-    return classification_metrics(ex.labels, logits.argmax(-1), names)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import LorafitError
+from ..errors import LorafitError
 
 TEXT_SUFFIXES = {".csv", ".tsv", ".jsonl", ".json", ".txt"}
 LOCAL_SUFFIXES = TEXT_SUFFIXES | {".parquet", ".pkl", ".pickle"}

@@ -1,0 +1,78 @@
+"""Tokenise once: token ids of every text, truncated and unpadded, cached on disk across runs
+(sweeps, seeds) by the tokenizer's whole definition, max_length and the texts (LORAFIT_CACHE)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ..progress import progress
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("LORAFIT_CACHE", Path.home() / ".cache" / "lorafit")) / "tokens"
+
+
+def _fingerprint(tokenizer, texts: Sequence[str], max_length: int) -> str:
+    h = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        for runtime in ("truncation", "padding"):  # set by each call, not part of what the tokenizer is
+            spec.pop(runtime, None)
+        h.update(json.dumps(spec, sort_keys=True).encode())
+    else:
+        h.update(f"{type(tokenizer).__name__}:{tokenizer.name_or_path}".encode())
+    h.update(f"|{max_length}|{len(texts)}|".encode())
+    for t in texts:
+        h.update(t.encode("utf-8", "surrogatepass"))
+        h.update(b"\x00")
+    return h.hexdigest()[:32]
+
+
+def _load_cached(folder: Path) -> Optional[list[list[int]]]:
+    try:
+        flat = np.load(folder / "ids.npy", mmap_mode="r", allow_pickle=False)
+        offsets = np.load(folder / "offsets.npy", allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    return [flat[offsets[i]:offsets[i + 1]].tolist() for i in range(len(offsets) - 1)]
+
+
+def _store_cached(folder: Path, ids: list[list[int]]) -> None:
+    """Flat int32 ids + offsets (plain .npy, no pickle), written to a temp folder then renamed."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
+    try:
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        np.save(tmp / "ids.npy", np.fromiter((t for x in ids for t in x), dtype=np.int32, count=int(lengths.sum())))
+        np.save(tmp / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]))
+        os.replace(tmp, folder)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)  # a concurrent writer won, or the disk is read-only: no cache, no harm
+
+
+def tokenize(tokenizer, texts: Sequence[str], max_length: int, desc: str = "tokenising", chunk: int = 2048,
+             cache: bool = True) -> list[list[int]]:
+    """Token ids of every text, truncated, unpadded. Cached on disk across runs (sweeps, seeds),
+    keyed by the tokenizer's full definition, max_length and the texts; LORAFIT_CACHE moves it."""
+    folder = cache_root() / _fingerprint(tokenizer, texts, max_length) if cache else None
+    if folder is not None and folder.is_dir():
+        hit = _load_cached(folder)
+        if hit is not None:
+            return hit
+    out: list[list[int]] = []
+    with progress(total=len(texts), desc=desc, unit=" items", leave=False, disable=len(texts) < chunk) as bar:
+        for s in range(0, len(texts), chunk):
+            part = list(texts[s:s + chunk])
+            out.extend(tokenizer(part, truncation=True, max_length=max_length, add_special_tokens=True)["input_ids"])
+            bar.update(len(part))
+    if folder is not None:
+        _store_cached(folder, out)
+    return out
