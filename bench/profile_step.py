@@ -3,7 +3,7 @@
     python bench/profile_step.py --model PATH --data PATH/train.csv [--steps 20] [--set key=value ...]
 
 Same recipe as bench/compare.py's lorafit side (LoRA r=8 q/v, batch 32, <= 128 tokens). Prints the
-operators by self CPU time and the page faults per step (what heap trimming costs, see memory.py).
+operators by self CPU time and the page faults per step (what heap trimming costs, see src/lorafit/speed/memory.py).
 """
 from __future__ import annotations
 

@@ -355,12 +355,12 @@ def test_empty_texts_dropped_with_a_count(env, capsys):
 
 def test_failure_after_the_run_dir_was_made_removes_it(env, monkeypatch, capsys):
     """Setup fails after writing the run header (here: the prefix cache): no half-made run is left."""
-    from lorafit.train.recipe import Recipe
+    from lorafit.train import switches
 
     def broken(self):
         raise LorafitError("train.cache_prefix: simulated failure")
 
-    monkeypatch.setattr(Recipe, "_setup_prefix", broken)
+    monkeypatch.setattr(switches, "prefix_cache", broken)
     argv, run = env.train()
     assert main(list(map(str, argv))) == 2
     assert "simulated failure" in capsys.readouterr().err and not run.exists()

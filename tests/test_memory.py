@@ -97,7 +97,7 @@ def test_huge_pages_are_requested_before_torch_loads(env, expect):
     import os
     import subprocess
 
-    code = ("from lorafit.memory import request_huge_pages, huge_pages_active; request_huge_pages(); "
+    code = ("from lorafit.speed.memory import request_huge_pages, huge_pages_active; request_huge_pages(); "
             "print(huge_pages_active())")
     clean = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
     src = str(Path(__file__).resolve().parents[1] / "src")

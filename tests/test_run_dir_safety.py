@@ -159,7 +159,7 @@ def test_overwrite_replaces_a_run_old_style_and_new(tiny_roberta, synth_csv, tmp
 def test_overwrite_keeps_the_old_run_when_the_new_setup_fails(tiny_roberta, synth_csv, tmp_path, monkeypatch, capsys):
     """Setup fails after the new run's header was written (here: the prefix cache): the run that
     was to be replaced is back, byte for byte."""
-    from lorafit.train.recipe import Recipe
+    from lorafit.train import switches
 
     run = old_style_run(tmp_path / "run", tiny_roberta, synth_csv)
     (run / "resume").mkdir()  # a run stopped mid-training is a run too
@@ -171,7 +171,7 @@ def test_overwrite_keeps_the_old_run_when_the_new_setup_fails(tiny_roberta, synt
         calls.append(sorted(p.name for p in self.run_dir.iterdir()))
         raise LorafitError("train.cache_prefix: simulated failure")
 
-    monkeypatch.setattr(Recipe, "_setup_prefix", broken)
+    monkeypatch.setattr(switches, "prefix_cache", broken)
     cfg = write_config(tmp_path, tiny_roberta, synth_csv, train__max_steps=2)
     assert main(["train", "--config", str(cfg), "--out", str(run), "--overwrite"]) == 2
     assert "simulated failure" in capsys.readouterr().err
@@ -181,12 +181,12 @@ def test_overwrite_keeps_the_old_run_when_the_new_setup_fails(tiny_roberta, synt
 
 
 def test_failure_in_an_existing_empty_out_folder_leaves_it_empty(tiny_roberta, synth_csv, tmp_path, monkeypatch, capsys):
-    from lorafit.train.recipe import Recipe
+    from lorafit.train import switches
 
     def broken(self):
         raise LorafitError("train.cache_prefix: simulated failure")
 
-    monkeypatch.setattr(Recipe, "_setup_prefix", broken)
+    monkeypatch.setattr(switches, "prefix_cache", broken)
     run = tmp_path / "run"
     run.mkdir()
     cfg = write_config(tmp_path, tiny_roberta, synth_csv, train__max_steps=2)
@@ -254,6 +254,17 @@ def test_sigterm_mid_epoch_keeps_a_checkpoint_that_resumes_exactly(tiny_roberta,
     assert_same_run(tmp_path / "ref", run)
 
 
+def first_logged_step(proc, run: Path, timeout: float) -> bool:
+    """Wait (bounded) until the training process has logged its first step; False if it ended first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        m = run / "metrics.jsonl"
+        if m.is_file() and '"type": "train"' in m.read_text():
+            return True
+        time.sleep(0.005)
+    return False
+
+
 def test_sigint_in_a_real_process_then_resume_matches_uninterrupted(tiny_roberta, synth_csv, tmp_path):
     """`lorafit train` in a subprocess gets SIGINT after its first logged step: exit 130 with one
     line naming the step and the resume command; `--resume` then gives the uninterrupted run."""
@@ -266,13 +277,8 @@ def test_sigint_in_a_real_process_then_resume_matches_uninterrupted(tiny_roberta
     proc = subprocess.Popen([*cmd, "--out", str(run)], env=cli_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None:
-            m = run / "metrics.jsonl"
-            if m.is_file() and '"type": "train"' in m.read_text():
-                proc.send_signal(signal.SIGINT)
-                break
-            time.sleep(0.005)
+        if first_logged_step(proc, run, 300):
+            proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
@@ -288,14 +294,14 @@ def test_sigint_in_a_real_process_then_resume_matches_uninterrupted(tiny_roberta
 
 
 def test_interrupt_during_setup_says_nothing_can_be_resumed(tiny_roberta, synth_csv, tmp_path, monkeypatch, capsys):
-    from lorafit.train.recipe import Recipe
+    from lorafit.train import switches
 
     def ctrl_c(self):
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(1)  # the handler runs here
         raise AssertionError("SIGINT did not interrupt")
 
-    monkeypatch.setattr(Recipe, "_setup_prefix", ctrl_c)
+    monkeypatch.setattr(switches, "prefix_cache", ctrl_c)
     run = tmp_path / "run"
     cfg = write_config(tmp_path, tiny_roberta, synth_csv, train__max_steps=2)
     assert main(["train", "--config", str(cfg), "--out", str(run)]) == 130
@@ -309,7 +315,7 @@ def test_interrupt_during_setup_says_nothing_can_be_resumed(tiny_roberta, synth_
 
 
 def test_out_under_a_file_is_refused_before_the_model_loads(tiny_roberta, synth_csv, tmp_path, monkeypatch, capsys):
-    import lorafit.train as lt
+    import lorafit.train.recipe as lt
 
     (tmp_path / "file.txt").write_text("not a folder")
     monkeypatch.setattr(lt, "build_model", lambda *a, **k: pytest.fail("the model loaded"))
@@ -325,7 +331,7 @@ def test_out_not_writable_is_refused_before_the_model_loads(tiny_roberta, synth_
     where the probe file is created)."""
     import tempfile
 
-    import lorafit.train as lt
+    import lorafit.train.recipe as lt
 
     ro = tmp_path / "ro"
     ro.mkdir()
@@ -378,8 +384,8 @@ def test_real_full_disk_errors_of_the_writers_are_recognised(tmp_path):
     probe = f"""
 import os, torch
 from pathlib import Path
-from lorafit.checkpoint import save_tensors_durably
-from lorafit.runs import io_failure
+from lorafit.io import save_tensors_durably
+from lorafit.io import io_failure
 d = Path({str(mnt)!r})
 with open(d / "filler", "wb") as f:
     try:
@@ -527,15 +533,10 @@ def test_sigterm_to_one_ddp_process_stops_all_at_one_step_and_resumes(tiny_rober
     proc = subprocess.Popen(launch("--config", cfg, "--out", run), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline and proc.poll() is None:
-            m = run / "metrics.jsonl"
-            if m.is_file() and '"type": "train"' in m.read_text():
-                workers = sorted(p for c in _children(proc.pid) for p in [c, *_children(c)]
-                                 if "lorafit" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace"))
-                os.kill(workers[-1], signal.SIGTERM)  # one process only
-                break
-            time.sleep(0.005)
+        if first_logged_step(proc, run, 600):
+            workers = sorted(p for c in _children(proc.pid) for p in [c, *_children(c)]
+                             if "lorafit" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace"))
+            os.kill(workers[-1], signal.SIGTERM)  # one process only
         _, err = proc.communicate(timeout=300)
     finally:
         proc.kill()

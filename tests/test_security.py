@@ -60,12 +60,12 @@ def test_source_writes_safetensors_and_unpickles_only_on_opt_in():
         v = kwarg(node, "safe_serialization")
         assert isinstance(v, ast.Constant) and v.value is True, f"{path}:{node.lineno}"
     unpickles = [(p, n.lineno) for name in ("pickle.load", "pickle.loads") for p, n in calls(name)]
-    assert [str(p) for p, _ in unpickles] == ["tables.py"]  # _read_pickle, behind allow_pickle (tested below)
+    assert [str(p) for p, _ in unpickles] == ["data/tables.py"]  # _read_pickle, behind allow_pickle (tested below)
     for path, node in calls("np.load"):
         v = kwarg(node, "allow_pickle")
         assert isinstance(v, ast.Constant) and v.value is False, f"{path}:{node.lineno}"
     saves = {str(p) for p, _ in calls("torch.save")}
-    assert saves <= {"checkpoint.py"}  # optimizer/scheduler state only, read back with weights_only=True
+    assert saves <= {"train/checkpoint.py"}  # optimizer/scheduler state only, read back with weights_only=True
 
 
 class Payload:

@@ -87,9 +87,9 @@ def load_trained(run_dir: str | Path, *, merge: bool = False, device: str | torc
 
     Adapters load through `PeftModel.from_pretrained` over the base model with the same head
     surgery as in training; merge=True folds LoRA into the base weights (no adapter overhead).
-    first_token: run the last layer on the first token only where that applies (first_token.py);
+    first_token: run the last layer on the first token only where that applies (speed/first_token.py);
     None follows the run's train.last_layer_first_token, False gives the plain model.
-    packed: Linear layers on prepacked oneDNN weights on CPU (packed.py; for inference only); None
+    packed: Linear layers on prepacked oneDNN weights on CPU (speed/packed.py; for inference only); None
     follows the run's train.packed_inference."""
     from ..model import head_plan
     from ..model.load import cap_max_length, load_base, load_tokenizer

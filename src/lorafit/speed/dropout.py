@@ -131,6 +131,11 @@ def _switch_attention(model: nn.Module, old: str, new: str) -> bool:
     return bool(configs)
 
 
+def why_off(device_type: str) -> str | None:
+    """None on CPU, where torch draws one Bernoulli sample per element; elsewhere its fused kernel is fast."""
+    return None if device_type == "cpu" else f"torch's fused dropout on {device_type}"
+
+
 def install(model: nn.Module) -> str:
     """Swap the model's dropouts for FastDropout; returns what changed, for the run log."""
     _register()

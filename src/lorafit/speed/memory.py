@@ -53,6 +53,11 @@ def heap_trimmer() -> Optional[Callable[[], int]]:
     return lambda: trim(0)
 
 
+def why_off() -> str | None:
+    """Why heap trimming cannot run here (None when it can)."""
+    return None if heap_trimmer() is not None else "the C library has no malloc_trim"
+
+
 def rss_bytes() -> int | None:
     """Resident set size now (Linux /proc), or None where there is no /proc."""
     try:

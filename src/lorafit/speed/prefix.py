@@ -45,7 +45,7 @@ def trainable_floor(model: nn.Module) -> int:
     return floor
 
 
-def why_not(model: nn.Module, cfg) -> str | None:
+def why_off(model: nn.Module, cfg) -> str | None:
     """None when prefix caching applies, else the reason it is off (for the run log)."""
     if cfg.train.cache_prefix is False:
         return "train.cache_prefix: false"

@@ -2,7 +2,7 @@
 
 Nothing is written to the run directory until the config, the data, the model and the budget
 have all been checked, so a bad input leaves no half-made run behind. Resumable checkpoints
-(checkpoint.py) are written at each epoch end and every train.checkpoint_every steps;
+(train/checkpoint.py) are written at each epoch end and every train.checkpoint_every steps;
 `Recipe(..., resume=True)` continues from the latest one as if the run had never stopped.
 """
 from __future__ import annotations
@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -24,16 +23,16 @@ from ..data.batches import TokenDataset, make_loader
 from ..data.examples import load_labelled, load_split, split_seed
 from ..data.tokens import tokenize
 from ..errors import Interrupted, LorafitError, TrainingDiverged
-from ..io import atomic_write_text, save_tensors_durably
-from ..metrics import classification_metrics, higher_is_better, imbalance_note, never_predicted
-from ..model import build_model, check_budget, format_table, load_tokenizer, trainable_rows
-from ..model.budget import count_all, trainable_state
+from ..io import atomic_write_text
+from ..metrics import never_predicted
+from ..model import build_model, check_budget, load_tokenizer, trainable_rows
+from ..model.budget import count_all
 from ..model.load import check_local_folder, check_max_length
 from ..model.solver import resolve_rank
 from ..progress import progress
-from ..runs.directory import check_run_dir, prepare_run_dir
+from ..runs.directory import check_run_dir
 from ..runs.weights import initial_lora, save_weights
-from . import checkpoint
+from . import checkpoint, evaluation, final_epoch, header, switches
 from .optim import build_optimizer, build_scheduler
 from .state import Position, State
 
@@ -60,7 +59,7 @@ class Recipe:
         self.train_seconds, self._segment = 0.0, None   # see _clock
         self._saved_step: Optional[int] = None   # step of the last resumable checkpoint
         self._saved_kept: set[int] = set()       # top-k folders that checkpoint refers to: not deleted before the next
-        self._new_dir = None                     # runs.NewRunDir: what a failed setup puts back
+        self._new_dir = None                     # runs.directory.NewRunDir: what a failed setup puts back
         self.set_up = False
         # a signal number set (by run_training's handler) while training: stop at the next step boundary
         self.stop_signal: Optional[int] = None
@@ -81,7 +80,26 @@ class Recipe:
         self.set_up = True
         return self
 
-    def _setup(self) -> "Recipe":
+    def _setup(self) -> None:
+        self._setup_accelerator()
+        # a folder without weights or tokenizer: say so before any work
+        check_local_folder(self.cfg.model, need_weights=True, need_tokenizer=True)
+        # a resumed run reads and checks its checkpoint first; it is applied once everything is built
+        saved = checkpoint.load(self.run_dir, self.cfg) if self.resume else None
+        self._setup_data(saved)
+        self._setup_model()
+        header.write_run_header(self)  # every check has passed
+        self.final_val_loader = self.acc.prepare(self.val_loader)  # always the full model's own path
+        switches.install(self)
+        if self.cfg.train.compile:
+            # dynamic: batches have different lengths (dynamic padding); without it every length recompiles
+            self.model = torch.compile(self.model, dynamic=True)
+        self.model, self.optimizer, self.train_loader, self.val_loader = self.acc.prepare(
+            self.model, self.optimizer, self.train_loader, self.val_loader)
+        if saved is not None:
+            self._restore(saved)
+
+    def _setup_accelerator(self) -> None:
         from accelerate import Accelerator
         from accelerate.state import AcceleratorState
         from accelerate.utils import DataLoaderConfiguration, set_seed
@@ -106,11 +124,11 @@ class Recipe:
             # ...without its debugging aid of NaN-filling every new tensor (6% of a CPU LoRA step in
             # fill_): results do not depend on it, as every kernel here writes what it allocates
             torch.utils.deterministic.fill_uninitialized_memory = False
-        # a folder without weights or tokenizer: say so before any work
-        check_local_folder(cfg.model, need_weights=True, need_tokenizer=True)
-        # a resumed run reads and checks its checkpoint first; it is applied once everything is built
-        saved = checkpoint.load(self.run_dir, cfg) if self.resume else None
 
+    def _setup_data(self, saved) -> None:
+        """The split, the label set, the test set checked, the tokenizer, datasets and loaders: every
+        data error surfaces here, before the weights are read."""
+        cfg = self.cfg
         self.data = load_split(cfg.data, split_seed(cfg.data, cfg.seed))
         names = self.data.label_names
         if self.data.named_ids:
@@ -136,6 +154,9 @@ class Recipe:
         self.train_loader = self._loader(self.train_ds, cfg.train.batch_size, shuffle=True)
         self.val_loader = self._loader(self.val_ds, cfg.train.eval_batch_size, shuffle=False)
 
+    def _setup_model(self) -> None:
+        """The model with its head and adapter, counted against the budget, its optimizer and schedule."""
+        cfg, names = self.cfg, self.data.label_names
         self.steps_per_epoch = math.ceil(len(self.train_loader) / cfg.train.grad_accum)
         self.total_steps = cfg.train.max_steps or max(1, int(math.ceil(self.steps_per_epoch * cfg.train.epochs)))
         self.model, self.plan = build_model(cfg, names, total_steps=self.total_steps)
@@ -146,100 +167,15 @@ class Recipe:
         check_budget(self.rows, cfg.budget.max_trainable)
         self.optimizer = build_optimizer(self.model, cfg.optim, self.plan.train_full)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.total_steps)
-        self._write_run_header()  # every check has passed
-        self.final_val_loader = self.acc.prepare(self.val_loader)  # always the full model's own path
-        self.fast_dropout = self._setup_dropout()
-        self.trim_heap = self._setup_trim()
-        if self.acc.device.type == "cpu":
-            from ..speed.memory import huge_pages_active
 
-            self.log("huge pages: on" if huge_pages_active() else "huge pages: off (THP_MEM_ALLOC_ENABLE=1 was not in "
-                     "the environment when torch loaded, or the kernel has THP off)")
-        self.prefix = self._setup_prefix()
-        self._setup_first_token()  # after the prefix cache: it computes its states with the full last layer
-        if cfg.train.compile:
-            # dynamic: batches have different lengths (dynamic padding); without it every length recompiles
-            self.model = torch.compile(self.model, dynamic=True)
-        self.model, self.optimizer, self.train_loader, self.val_loader = self.acc.prepare(
-            self.model, self.optimizer, self.train_loader, self.val_loader)
-        if saved is not None:
-            self.position = checkpoint.restore(self, saved)  # last: it also restores the RNG states
-            st = self.state
-            self._saved_step, self._saved_kept = st.step, {s for _, s in st.kept}
-            where = ("training had ended; finishing the run" if st.finished else
-                     f"epoch {self.position.epoch + 1}, {self.position.batches} batch(es) into it")
-            self.log(f"resumed from step {st.step} ({where}) of {self.run_dir}")
-        return self
-
-    def _setup_dropout(self) -> bool:
-        """Cheaper dropout masks (see dropout.py) when asked for, or on CPU with auto; says so in the log."""
-        from ..speed.dropout import install
-
-        choice = self.cfg.train.fast_dropout
-        if choice is False or (choice == "auto" and self.acc.device.type != "cpu"):
-            why = "train.fast_dropout: false" if choice is False else f"torch's fused dropout on {self.acc.device.type}"
-            self.log(f"fast dropout: off ({why})")
-            return False
-        self.log(f"fast dropout: on ({install(self.model)}: masks from 16-bit uniforms, same distribution)")
-        return True
-
-    def _setup_trim(self) -> Callable[[], object]:
-        """malloc_trim after every optimizer step (true), or after steps that grew RSS past a limit
-        (a fraction; auto = memory.GROWTH_SLACK on CPU); a no-op when off, so the loops call it always."""
-        from ..speed.memory import GROWTH_SLACK, heap_trimmer, trim_when_grown
-
-        choice, device = self.cfg.train.trim_heap, self.acc.device.type
-        trim = why = None
-        if choice is False:
-            why = "train.trim_heap: false"
-        elif choice == "auto" and device != "cpu":
-            why = f"training on {device}"
-        elif (trim := heap_trimmer()) is None:
-            why = "the C library has no malloc_trim"
-        if why:
-            self.log(f"heap trimming: off ({why})")
-            return lambda: None
-        if choice is True:
-            self.log("heap trimming: on (freed memory goes back to the OS after each step: lowest peak RSS)")
-            return trim
-        slack = GROWTH_SLACK if choice == "auto" else choice
-        self.log(f"heap trimming: when grown (freed memory goes back to the OS after a step that leaves RSS more than "
-                 f"{slack:.0%} above the first step's)")
-        return trim_when_grown(trim, slack)
-
-    def _setup_prefix(self):
-        """Frozen-prefix caching when it applies (see prefix.py); says in the log why it is on or off."""
-        from ..data.batches import Collator
-        from ..speed.prefix import CachedCollator, IndexedDataset, PrefixCache, trainable_floor, why_not
-
-        reason = why_not(self.model, self.cfg)
-        if reason is not None:
-            self.log(f"prefix cache: off ({reason})")
-            return None
-        k = trainable_floor(self.model)
-        cache = PrefixCache(self.model.to(self.acc.device), k, self.cfg.train.cache_dtype)
-        collate = Collator(self.tokenizer.pad_token_id)
-        bs = self.cfg.train.eval_batch_size
-        loaders = []
-        for ds, loader in ((self.train_ds, self.train_loader), (self.val_ds, self.val_loader)):
-            store = cache.compute(ds, collate, bs, f"caching layers 0-{k - 1}")
-            loaders.append(torch.utils.data.DataLoader(IndexedDataset(ds), batch_sampler=loader.batch_sampler,
-                                                       collate_fn=CachedCollator(collate, store),
-                                                       generator=loader.generator))
-        self.train_loader, self.val_loader = loaders
-        cache.install()
-        n = "the embeddings" if k == 0 else f"embeddings + layers 0-{k - 1}"
-        self.log(f"prefix cache: on (nothing below layer {k} trains: {n} computed once for "
-                 f"{len(self.train_ds) + len(self.val_ds)} items, {self.cfg.train.cache_dtype}; training runs layers {k}+)")
-        return cache
-
-    def _setup_first_token(self) -> None:
-        """The last layer on the first token only, where the head reads nothing else (first_token.py)."""
-        from ..speed import first_token
-
-        reason = (first_token.apply(self.model, self.cfg.head.type) if self.cfg.train.last_layer_first_token
-                  else "train.last_layer_first_token: false")
-        self.log("last layer on the first token only: " + ("on (the head reads nothing else)" if reason is None else f"off ({reason})"))
+    def _restore(self, saved) -> None:
+        """Continue from a checkpoint: the last step of setup, as it also restores the RNG states."""
+        self.position = checkpoint.restore(self, saved)
+        st = self.state
+        self._saved_step, self._saved_kept = st.step, {s for _, s in st.kept}
+        where = ("training had ended; finishing the run" if st.finished else
+                 f"epoch {self.position.epoch + 1}, {self.position.batches} batch(es) into it")
+        self.log(f"resumed from step {st.step} ({where}) of {self.run_dir}")
 
     def forward(self, batch: dict) -> torch.Tensor:
         """Logits of a batch; with the prefix cache, its states stand in for embeddings + frozen layers."""
@@ -267,24 +203,6 @@ class Recipe:
         t = self.cfg.train
         return make_loader(ds, batch_size, self.tokenizer.pad_token_id, shuffle=shuffle,
                            group_by_length=t.group_by_length, seed=self.cfg.seed, num_workers=t.num_workers)
-
-    def _write_run_header(self) -> None:
-        if not self.acc.is_main_process:
-            return
-        table = format_table(self.rows, self.n_params, self.cfg.budget.max_trainable)
-        if not self.resume:  # a resumed run keeps its files; checkpoint.restore truncates metrics.jsonl
-            self._new_dir = prepare_run_dir(self.run_dir, overwrite=self.overwrite, resume=False)
-            atomic_write_text(self.run_dir / "config.yaml", self.cfg.to_yaml())
-            atomic_write_text(self.run_dir / "labels.json", json.dumps(self.data.label_names))
-            atomic_write_text(self.run_dir / "params.txt", table + "\n")
-            (self.run_dir / "metrics.jsonl").write_text("", encoding="utf-8")
-        imbalance = imbalance_note(self.data.train.labels, self.data.label_names, self.cfg.train.metric)
-        for note in self.data.notes + ([imbalance] if imbalance else []):
-            self.log(f"data: {note}")
-        self.log(f"train {len(self.train_ds)} / val {len(self.val_ds)} items, {len(self.data.label_names)} labels; "
-                 f"{self.total_steps} optimizer steps ({self.steps_per_epoch}/epoch) on {self.acc.device} "
-                 f"x{self.acc.num_processes}, precision {self.acc.mixed_precision}")
-        self.log(table.splitlines()[-1])
 
     # ------------------------------------------------------------------ train
     def record(self, **row) -> None:
@@ -375,7 +293,7 @@ class Recipe:
                             loss=round(loss.item(), 6), lr=self.scheduler.get_last_lr()[0],
                             samples_per_s=round(seen * self.acc.num_processes / (time.perf_counter() - t0), 2))
             if eval_steps and st.step % eval_steps == 0 and st.step < self.total_steps:
-                stop = self.evaluate_and_keep()
+                stop = evaluation.evaluate_and_keep(self)
                 self._clock(running=True)
             if stop or st.step >= self.total_steps:
                 break
@@ -391,7 +309,7 @@ class Recipe:
                     train_accuracy=(tot[1] / tot[2]).item(),
                     samples_per_s=round(seen * self.acc.num_processes / (time.perf_counter() - t0), 2))
         if not stop and (eval_steps is None or st.step >= self.total_steps):
-            stop = self.evaluate_and_keep()
+            stop = evaluation.evaluate_and_keep(self)
         return stop
 
     def save_checkpoint(self, pos: Position) -> None:
@@ -453,110 +371,22 @@ class Recipe:
         if self.cfg.adapter.method == "adalora":
             self.acc.unwrap_model(self.model).base_model.update_and_allocate(step)
 
-    # ------------------------------------------------------------------ evaluation and selection
-    @torch.inference_mode()
-    def predict_logits(self, loader) -> tuple[np.ndarray, np.ndarray, float]:
-        """Logits and labels of every item exactly once (duplicates from DDP padding dropped)."""
-        self.model.eval()
-        outs, labs = [], []
-        for batch in progress(loader, desc="evaluating", unit=" batches", leave=False, disable=not self.acc.is_main_process):
-            labels = batch.pop("labels")
-            logits = self.forward(batch).float()
-            logits, labels = self.acc.gather_for_metrics((logits, labels))
-            outs.append(logits.cpu())
-            labs.append(labels.cpu())
-        self.model.train()
-        logits, labels = torch.cat(outs), torch.cat(labs)
-        loss = F.cross_entropy(logits, labels).item()
-        return logits.numpy(), labels.numpy(), loss
-
-    def evaluate(self, loader) -> dict:
-        logits, labels, loss = self.predict_logits(loader)
-        out = classification_metrics(labels, logits.argmax(-1), self.data.label_names)
-        out["loss"] = loss
-        return out
-
-    def evaluate_and_keep(self) -> bool:
-        """Evaluate, keep the top-k checkpoints by the chosen metric; True when early stopping fires."""
-        cfg, st = self.cfg.train, self.state
-        self._clock(running=False)  # evaluations are not training time
-        m = self.evaluate(self.val_loader)
-        self.record(type="eval", step=st.step, epoch=round(st.step / self.steps_per_epoch, 4), loss=m["loss"],
-                    accuracy=m["accuracy"], macro_f1=m["macro_f1"], n=m["n"], train_seconds=round(self.train_seconds, 3))
-        self.log(f"step {st.step}: val loss {m['loss']:.4f} accuracy {m['accuracy']:.4f} macro-F1 {m['macro_f1']:.4f}")
-        self.evals += 1
-        if self.on_eval is not None:
-            self.on_eval(self.evals, m)
-        value = m[cfg.metric]
-        sign = 1 if higher_is_better(cfg.metric) else -1
-        improved = st.best is None or sign * value > sign * st.best
-        if improved:
-            st.best, st.best_step, st.bad_evals = value, st.step, 0
-        else:
-            st.bad_evals += 1
-        self._keep(value, sign)
-        return cfg.early_stopping is not None and st.bad_evals >= cfg.early_stopping
-
-    def _keep(self, value: float, sign: int) -> None:
-        st = self.state
-        ranked = sorted(st.kept + [(value, st.step)], key=lambda x: (-sign * x[0], x[1]))
-        keep, drop = ranked[: self.cfg.train.save_top_k], ranked[self.cfg.train.save_top_k:]
-        if (value, st.step) in keep and self.acc.is_main_process:
-            d = self.run_dir / "checkpoints" / f"step-{st.step}"
-            d.mkdir(parents=True, exist_ok=True)
-            save_tensors_durably(trainable_state(self.acc.unwrap_model(self.model)), d / "trainable.safetensors")
-        if self.acc.is_main_process:
-            for _, step in drop:
-                if step not in self._saved_kept:  # else the last resumable checkpoint still needs it
-                    shutil.rmtree(self.run_dir / "checkpoints" / f"step-{step}", ignore_errors=True)
-        st.kept = keep
-
-    def load_best(self) -> None:
-        from safetensors.torch import load_file
-
-        self.acc.wait_for_everyone()
-        path = self.run_dir / "checkpoints" / f"step-{self.state.best_step}" / "trainable.safetensors"
-        state = load_file(str(path))
-        missing = self.acc.unwrap_model(self.model).load_state_dict(state, strict=False).unexpected_keys
-        if missing:
-            raise RuntimeError(f"checkpoint {path} has unknown keys {missing[:3]}")
-
     # ------------------------------------------------------------------ finish
-    def final_epoch_on_all(self) -> None:
-        """One more epoch over train+validation from the best weights, lr decaying linearly from
-        10% of optim.lr to 0; nothing is left to select on, so its result is what is saved."""
-        from ..data.examples import Examples
-
-        both = Examples(self.data.train.texts + self.data.val.texts,
-                        np.concatenate([self.data.train.labels, self.data.val.labels]))
-        loader = self.acc.prepare(self._loader(self._dataset(both, augment=True), self.cfg.train.batch_size, shuffle=True))
-        steps = max(1, math.ceil(len(loader) / self.cfg.train.grad_accum))
-        for g in self.optimizer.param_groups:
-            g["lr"] = g.get("initial_lr", g["lr"]) * 0.1
-        sched = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: max(0.0, 1 - s / steps))
-        self.model.train()
-        for batch in progress(loader, desc="final epoch (train+val)", unit=" batches", disable=not self.acc.is_main_process):
-            with self.acc.accumulate(self.model):
-                labels = batch.pop("labels")
-                loss = self.loss_fn(self.model(**batch).logits, labels)
-                self.acc.backward(loss)
-                self._optimizer_step(sched)
-        self.record(type="final_on_val", loss=loss.item())
 
     def finish(self) -> dict:
         from ..report import write_report
 
         cfg = self.cfg
-        self.load_best()
+        evaluation.load_best(self)
         self.cleanup()  # drop the prefix cache: the full model from here on (final epoch, final metrics, saving)
         if cfg.train.final_on_val:
-            self.final_epoch_on_all()
+            final_epoch.train_on_all(self)
         result = {"best_step": self.state.best_step, "metric": cfg.train.metric, "trainable": sum(r.total for r in self.rows),
-                  "validation": self.evaluate(self.final_val_loader)}
+                  "validation": evaluation.evaluate(self, self.final_val_loader)}
         result["validation"]["seen_in_training"] = cfg.train.final_on_val
         if self.test is not None:
             loader = self.acc.prepare(self._loader(self._dataset(self.test), cfg.train.eval_batch_size, shuffle=False))
-            result["test"] = self.evaluate(loader)
+            result["test"] = evaluation.evaluate(self, loader)
         warnings = [w for split in ("validation", "test") if split in result
                     for w in [never_predicted(result[split], self.data.label_names, split)] if w]
         if warnings:

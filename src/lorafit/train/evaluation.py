@@ -1,0 +1,86 @@
+"""Validation during training: logits of every item exactly once (DDP included), the metrics,
+and keeping the best k checkpoints by the selection metric (early stopping counts from it)."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..io import save_tensors_durably
+from ..metrics import classification_metrics, higher_is_better
+from ..model.budget import trainable_state
+from ..progress import progress
+
+
+@torch.inference_mode()
+def predict_logits(recipe, loader) -> tuple[np.ndarray, np.ndarray, float]:
+    """Logits and labels of every item exactly once (duplicates from DDP padding dropped)."""
+    recipe.model.eval()
+    outs, labs = [], []
+    for batch in progress(loader, desc="evaluating", unit=" batches", leave=False, disable=not recipe.acc.is_main_process):
+        labels = batch.pop("labels")
+        logits = recipe.forward(batch).float()
+        logits, labels = recipe.acc.gather_for_metrics((logits, labels))
+        outs.append(logits.cpu())
+        labs.append(labels.cpu())
+    recipe.model.train()
+    logits, labels = torch.cat(outs), torch.cat(labs)
+    loss = F.cross_entropy(logits, labels).item()
+    return logits.numpy(), labels.numpy(), loss
+
+
+def evaluate(recipe, loader) -> dict:
+    logits, labels, loss = predict_logits(recipe, loader)
+    out = classification_metrics(labels, logits.argmax(-1), recipe.data.label_names)
+    out["loss"] = loss
+    return out
+
+
+def evaluate_and_keep(recipe) -> bool:
+    """Evaluate, keep the top-k checkpoints by the chosen metric; True when early stopping fires."""
+    cfg, st = recipe.cfg.train, recipe.state
+    recipe._clock(running=False)  # evaluations are not training time
+    m = evaluate(recipe, recipe.val_loader)
+    recipe.record(type="eval", step=st.step, epoch=round(st.step / recipe.steps_per_epoch, 4), loss=m["loss"],
+                  accuracy=m["accuracy"], macro_f1=m["macro_f1"], n=m["n"], train_seconds=round(recipe.train_seconds, 3))
+    recipe.log(f"step {st.step}: val loss {m['loss']:.4f} accuracy {m['accuracy']:.4f} macro-F1 {m['macro_f1']:.4f}")
+    recipe.evals += 1
+    if recipe.on_eval is not None:
+        recipe.on_eval(recipe.evals, m)
+    value = m[cfg.metric]
+    sign = 1 if higher_is_better(cfg.metric) else -1
+    improved = st.best is None or sign * value > sign * st.best
+    if improved:
+        st.best, st.best_step, st.bad_evals = value, st.step, 0
+    else:
+        st.bad_evals += 1
+    keep_top_k(recipe, value, sign)
+    return cfg.early_stopping is not None and st.bad_evals >= cfg.early_stopping
+
+
+def keep_top_k(recipe, value: float, sign: int) -> None:
+    st = recipe.state
+    ranked = sorted(st.kept + [(value, st.step)], key=lambda x: (-sign * x[0], x[1]))
+    keep, drop = ranked[: recipe.cfg.train.save_top_k], ranked[recipe.cfg.train.save_top_k:]
+    if (value, st.step) in keep and recipe.acc.is_main_process:
+        d = recipe.run_dir / "checkpoints" / f"step-{st.step}"
+        d.mkdir(parents=True, exist_ok=True)
+        save_tensors_durably(trainable_state(recipe.acc.unwrap_model(recipe.model)), d / "trainable.safetensors")
+    if recipe.acc.is_main_process:
+        for _, step in drop:
+            if step not in recipe._saved_kept:  # else the last resumable checkpoint still needs it
+                shutil.rmtree(recipe.run_dir / "checkpoints" / f"step-{step}", ignore_errors=True)
+    st.kept = keep
+
+
+def load_best(recipe) -> None:
+    from safetensors.torch import load_file
+
+    recipe.acc.wait_for_everyone()
+    path = recipe.run_dir / "checkpoints" / f"step-{recipe.state.best_step}" / "trainable.safetensors"
+    state = load_file(str(path))
+    missing = recipe.acc.unwrap_model(recipe.model).load_state_dict(state, strict=False).unexpected_keys
+    if missing:
+        raise RuntimeError(f"checkpoint {path} has unknown keys {missing[:3]}")

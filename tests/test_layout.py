@@ -1,0 +1,130 @@
+"""The package layout (issue 14): no module imports another that imports it back, counting every
+import (lazy ones inside functions too) and what importing a submodule runs first (its package's
+__init__); the speed switches keep their contract; every module imports."""
+from __future__ import annotations
+
+import ast
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+PKG = SRC / "lorafit"
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for p in PKG.rglob("*.py"):
+        rel = p.relative_to(SRC).with_suffix("")
+        out[".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)] = p
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the lorafit modules importing it runs: what it names (a module, or the module a name
+    comes from) and each package above that which the importer is not itself inside."""
+    mods = _modules()
+    graph: dict[str, set[str]] = {}
+    for name, path in mods.items():
+        is_pkg = path.name == "__init__.py"
+        here = name.split(".") if is_pkg else name.split(".")[:-1]
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                base = ".".join(here[: len(here) - node.level + 1] + ([node.module] if node.module else [])) \
+                    if node.level else (node.module or "")
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            for t in targets:
+                parts = t.split(".")
+                for k in range(1, len(parts) + 1):
+                    above = ".".join(parts[:k])
+                    inside = name == above or name.startswith(above + ".")
+                    if above in mods and above != name and (k == len(parts) or not inside):
+                        deps.add(above)
+        graph[name] = deps
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan, iterative)."""
+    index, low, on, stack, out, counter = {}, {}, set(), [], [], [0]
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = counter[0]; counter[0] += 1; stack.append(root); on.add(root)
+        while work:
+            v, it = work[-1]
+            w = next(it, None)
+            if w is not None:
+                if w not in index:
+                    index[w] = low[w] = counter[0]; counter[0] += 1; stack.append(w); on.add(w)
+                    work.append((w, iter(sorted(graph.get(w, ())))))
+                elif w in on:
+                    low[v] = min(low[v], index[w])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[v])
+            if low[v] == index[v]:
+                comp = []
+                while True:
+                    x = stack.pop(); on.discard(x); comp.append(x)
+                    if x == v:
+                        break
+                if len(comp) > 1:
+                    out.append(sorted(comp))
+    return out
+
+
+def test_no_import_cycles():
+    found = cycles(import_graph())
+    assert not found, "import cycles: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+def test_the_cycle_check_finds_a_cycle_through_a_package_init(tmp_path):
+    """The checker itself: a.x imports b.y, and b's __init__ imports b.z, which imports a.x back."""
+    g = {"p.a": set(), "p.a.x": {"p.b", "p.b.y"}, "p.b": {"p.b.z"}, "p.b.y": set(), "p.b.z": {"p.a", "p.a.x"}}
+    assert cycles(g) == [["p.a.x", "p.b", "p.b.z"]]
+    assert cycles({"p.a": {"p.b"}, "p.b": set()}) == []
+
+
+def test_io_is_the_bottom():
+    """io.py (atomic writes, fsync, umask) imports nothing of lorafit but errors: every layer may use it."""
+    assert import_graph()["lorafit.io"] <= {"lorafit.errors"}
+
+
+SPEED = ["prefix", "dropout", "first_token", "packed", "memory"]
+
+
+@pytest.mark.parametrize("name", SPEED)
+def test_each_speed_switch_says_why_it_is_off_and_can_be_installed(name):
+    mod = importlib.import_module(f"lorafit.speed.{name}")
+    assert callable(getattr(mod, "why_off", None)), f"lorafit.speed.{name} has no why_off"
+    has_install = any(callable(getattr(mod, n, None)) for n in ("install", "apply", "heap_trimmer")) or \
+        callable(getattr(getattr(mod, "PrefixCache", None), "install", None))
+    assert has_install, f"lorafit.speed.{name} has nothing that installs it"
+
+
+def test_every_speed_module_is_listed_in_the_contract():
+    """A new switch joins the table in speed/__init__.py (and this test's list)."""
+    found = sorted(p.stem for p in (PKG / "speed").glob("*.py") if p.stem != "__init__")
+    assert found == sorted(SPEED)
+    doc = importlib.import_module("lorafit.speed").__doc__
+    assert all(f"| {n} |" in doc for n in SPEED)
+
+
+def test_every_module_imports():
+    """Every module, imported in a fresh interpreter (a rarely used one breaks here, not in a user's hands)."""
+    names = sorted(n for n in _modules() if n != "lorafit.__main__")
+    code = "import importlib, sys\nfor n in sys.argv[1:]:\n    importlib.import_module(n)\n"
+    proc = subprocess.run([sys.executable, "-c", code, *names], capture_output=True, text=True, timeout=300,
+                          env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-1500:]
