@@ -137,6 +137,11 @@ CASES = {
         "`evaluate --data` holds a label name the run never saw",
         lambda e: (["evaluate", e.finished_run(), "--data", e.file("val.csv", "text,label\ngoal,Sports\n")], None),
         r"val\.csv: row 1: label 'Sports' in column 'label' is not in the label set"),
+    "label-column-looks-like-ids": (
+        "a label column whose values mostly occur once (an id or a number, not classes)",
+        lambda e: e.train(data__train=e.file("ids.csv", "text,label\ngoal match,0\nwar vote,1\nchip,1000000\n")),
+        r"ids\.csv: 3 distinct labels in 3 rows of column 'label': most labels occur once, so it reads as an id or a "
+        r"number, not classes; point data.label_column at the class column"),
     "empty-texts-refused": (
         "empty / whitespace-only texts with data.empty_texts: error (the default, drop, drops them and logs the count)",
         lambda e: e.train(data__empty_texts="error",

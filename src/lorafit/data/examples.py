@@ -210,5 +210,11 @@ def load_split(cfg: DataConfig, seed: int) -> SplitData:
     if cfg.limit is not None:
         order = order[: cfg.limit]
     ex = ex.subset(order)
+    k = len(np.unique(ex.labels))
+    if 2 * k > len(ex):
+        # no split can hold every class in both parts then; the usual cause is the wrong column
+        raise LorafitError(f"{cfg.train}: {k} distinct labels in {len(ex)} rows of column '{cfg.label_column}': most "
+                           "labels occur once, so it reads as an id or a number, not classes; point "
+                           "data.label_column at the class column")
     tr, va = stratified_split(ex.labels, cfg.val_size, seed)
     return SplitData(ex.subset(tr), ex.subset(va), names, notes, named_ids=bool(named) and not cfg.label_names)
