@@ -102,9 +102,16 @@ def io_failure(e: BaseException, where: Path) -> str | None:
     return None
 
 
+def probe_writable(folder: Path) -> None:
+    """Create and delete a file in `folder` (OSError when it takes none): permission bits alone miss
+    read-only file systems, and root."""
+    fd, probe = tempfile.mkstemp(dir=folder, prefix=".lorafit-probe-")
+    os.close(fd)
+    os.unlink(probe)
+
+
 def check_writable(run_dir: Path, fix: str = "choose another --out") -> None:
-    """The run directory, or the nearest folder above it that exists, takes a new file: a probe
-    is created and deleted, as permission bits alone miss read-only file systems (and root)."""
+    """The run directory, or the nearest folder above it that exists, takes a new file (probe_writable)."""
     run_dir = Path(run_dir)
     p = Path(os.path.abspath(run_dir))
     while not p.exists() and not p.is_symlink() and p != p.parent:
@@ -112,9 +119,7 @@ def check_writable(run_dir: Path, fix: str = "choose another --out") -> None:
     if not p.is_dir():
         raise LorafitError(f"{run_dir}: {p} is a file, not a folder; {fix}")
     try:
-        fd, probe = tempfile.mkstemp(dir=p, prefix=".lorafit-probe-")
-        os.close(fd)
-        os.unlink(probe)
+        probe_writable(p)
     except OSError as e:
         raise LorafitError(f"{run_dir}: cannot write in {p} ({os.strerror(e.errno) if e.errno else e}); {fix}") from None
 

@@ -5,8 +5,6 @@ for integer labels; inputs are checked, and --output probed, before the model lo
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -20,7 +18,7 @@ from ..data.examples import join_texts, require_columns
 from ..data.tables import read_table
 from ..data.tokens import tokenize
 from ..errors import LorafitError
-from ..io import atomic_write_text
+from ..io import atomic_write_text, probe_writable
 from ..progress import progress
 from .directory import read_run
 from .weights import load_trained
@@ -99,11 +97,9 @@ def check_output(out: Path) -> None:
     if not out.parent.is_dir():
         raise LorafitError(f"--output: {out.parent} is a file, not a folder; choose another --output")
     try:
-        fd, probe = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
+        probe_writable(out.parent)
     except OSError as e:
         raise LorafitError(f"--output: cannot write in folder {out.parent} ({e.strerror or e}); choose another --output") from None
-    os.close(fd)
-    os.unlink(probe)
 
 
 def predict_file(run_dir: str, input_path: str, output_path: str, *, allow_pickle: bool = False,

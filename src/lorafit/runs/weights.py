@@ -49,6 +49,11 @@ def to_plain_lora(folder: Path, init: dict[str, torch.Tensor]) -> None:
     path.write_text(json.dumps(pc, indent=2), encoding="utf-8")
 
 
+def weights_folder(cfg: RunConfig) -> str:
+    """The run directory's folder of final weights: model/ for full fine-tuning, else adapter/ (PEFT's format)."""
+    return "model" if cfg.adapter.method == "full" else "adapter"
+
+
 CLASSIFIER_CONFIG = "classifier_config.json"  # in adapter/: AutoConfig.from_pretrained(adapter / CLASSIFIER_CONFIG)
 
 
@@ -57,7 +62,7 @@ def save_weights(model: torch.nn.Module, tokenizer, run_dir: Path, cfg: RunConfi
     """Final weights: PEFT format in adapter/ (loadable by PeftModel.from_pretrained) or, for full
     fine-tuning, the whole model in model/. Written to a temporary folder, then renamed.
     lora_init: the PiSSA/OLoRA starting A/B, to save as plain LoRA (to_plain_lora)."""
-    name = "model" if cfg.adapter.method == "full" else "adapter"
+    name = weights_folder(cfg)
     final = run_dir / name
     tmp = run_dir / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -96,7 +101,7 @@ def load_trained(run_dir: str | Path, *, merge: bool = False, device: str | torc
 
     run_dir = Path(run_dir)
     cfg, names = read_run(run_dir)
-    weights = run_dir / ("model" if cfg.adapter.method == "full" else "adapter")
+    weights = run_dir / weights_folder(cfg)
     if not weights.is_dir():
         raise LorafitError(f"{run_dir}: no trained weights ({weights.name}/ missing); did training finish?")
     tokenizer = load_tokenizer(cfg.model, str(weights))

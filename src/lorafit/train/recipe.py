@@ -31,7 +31,7 @@ from ..model.load import check_local_folder, check_max_length
 from ..model.solver import resolve_rank
 from ..progress import progress
 from ..runs.directory import check_run_dir
-from ..runs.weights import initial_lora, save_weights
+from ..runs.weights import initial_lora, save_weights, weights_folder
 from . import checkpoint, evaluation, final_epoch, header, switches
 from .optim import build_optimizer, build_scheduler
 from .state import Position, State
@@ -417,7 +417,7 @@ class Recipe:
     def _unfinish(self) -> None:
         """A failed finish (full disk, Ctrl-C) leaves no half-written finished run: the final outputs
         go, and resume/ (its loop-ended checkpoint) finishes the run again with --resume."""
-        name = "model" if self.cfg.adapter.method == "full" else "adapter"
+        name = weights_folder(self.cfg)
         for d in (name, f".{name}.tmp"):
             shutil.rmtree(self.run_dir / d, ignore_errors=True)
         for f in ("eval.json", "report.md", "curves.png", "confusion.png"):
