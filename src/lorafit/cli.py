@@ -64,7 +64,25 @@ def build_parser() -> argparse.ArgumentParser:
     _input_args(pr)
     pr.add_argument("--batch-size", type=int, default=128)
     pr.add_argument("--with-logits", action="store_true", help="add one logit_<label> column per class")
+    _serve_args(sub)
     return ap
+
+
+def _serve_args(sub) -> None:
+    sv = sub.add_parser("serve", help="HTTP API over finished runs, adapters over one base sharing its weights")
+    sv.add_argument("runs", nargs="+", metavar="[NAME=]RUN_DIR", help="runs to serve; named by NAME= or their folder's name")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; another needs "
+                                                         "--api-key-file or --insecure)")
+    sv.add_argument("--port", type=int, default=8000, help="port (0: any free one, printed at start)")
+    sv.add_argument("--max-batch", type=int, default=64, help="most texts per model forward")
+    sv.add_argument("--max-wait-ms", type=float, default=5.0, help="how long the first waiting text waits for others")
+    sv.add_argument("--queue", type=int, default=512, help="most requests waiting or running; more get 503 + Retry-After")
+    sv.add_argument("--max-texts", type=int, default=256, help="most texts per request")
+    sv.add_argument("--max-chars", type=int, default=100_000, help="most characters per text")
+    sv.add_argument("--api-key-file", help="file holding the key every route but /healthz needs as 'Authorization: Bearer KEY'")
+    sv.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without a key")
+    sv.add_argument("--grace", type=float, default=30.0, help="seconds in-flight requests get to finish on SIGTERM")
+    sv.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
 
 
 def _input_args(p: argparse.ArgumentParser) -> None:
@@ -207,7 +225,13 @@ def cmd_predict(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "budget": cmd_budget, "sweep": cmd_sweep, "evaluate": cmd_evaluate, "predict": cmd_predict}
+def cmd_serve(args) -> int:
+    from .serve.main import serve
+
+    return serve(args)
+
+
+COMMANDS = {"serve": cmd_serve, "train": cmd_train, "budget": cmd_budget, "sweep": cmd_sweep, "evaluate": cmd_evaluate, "predict": cmd_predict}
 
 
 def main(argv: list[str] | None = None) -> int:

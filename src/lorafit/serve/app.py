@@ -1,0 +1,290 @@
+"""The HTTP API (FastAPI): predict per served run, model list, health, readiness, Prometheus metrics.
+
+`create_app(registry, limits)` is importable, so the app runs under any ASGI server
+(`uvicorn 'lorafit.serve.app:from_env' --factory` with LORAFIT_SERVE_RUNS set, or your own code).
+Every client mistake is a 4xx with a one-line `detail` naming the field and the limit; the body
+is read with a byte cap before it is parsed, so an oversized body costs no more than the cap."""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import os
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+from fastapi import Request
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr, ValidationError
+
+from .batcher import Batcher, QueueFull, Stopped
+from .registry import Registry
+
+OPEN_PATHS = {"/healthz"}  # answered without a key: a liveness probe must not need the secret
+
+
+@dataclass
+class Limits:
+    max_batch: int = 64
+    max_wait_ms: float = 5.0
+    queue: int = 512
+    max_texts: int = 256
+    max_chars: int = 100_000
+    max_body_bytes: int = 0       # 0: derived from max_texts x max_chars (see body_limit)
+    retry_after_s: int = 1
+
+    def body_limit(self) -> int:
+        # every text at its limit, each char escaped as \uXXXX (6 bytes), plus room for the JSON around it
+        return self.max_body_bytes or self.max_texts * (self.max_chars * 6 + 8) + 4096
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    texts: list[StrictStr]
+    probs: StrictBool = False
+    logits: StrictBool = False
+
+
+class PredictResponse(BaseModel):
+    model: str
+    labels: list[Any]
+    label_ids: list[int]
+    probs: Optional[list[list[float]]] = None
+    logits: Optional[list[list[float]]] = None
+
+
+class ClientError(Exception):
+    def __init__(self, status: int, detail: str, headers: dict | None = None):
+        self.status, self.detail, self.headers = status, detail, headers or {}
+
+
+def _one_line(e: ValidationError) -> str:
+    err = e.errors()[0]
+    where = ".".join(str(x) for x in err.get("loc", ())) or "body"
+    if err.get("type") == "extra_forbidden":
+        return f"{where}: unknown field; allowed: texts, probs, logits"
+    if err.get("type") == "missing":
+        return f"{where}: field required, e.g. {{\"texts\": [\"some text\"]}}"
+    more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+    return f"{where}: {err.get('msg', 'invalid')}{more}"
+
+
+def parse_request(body: bytes, limits: Limits) -> PredictRequest:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ClientError(400, f"body: not valid JSON ({str(e).splitlines()[0][:120]})") from None
+    if not isinstance(data, dict):
+        raise ClientError(422, "body: must be a JSON object, e.g. {\"texts\": [\"some text\"]}")
+    texts = data.get("texts")
+    if isinstance(texts, list) and len(texts) > limits.max_texts:  # before validating every item
+        raise ClientError(413, f"texts: {len(texts)} texts, at most {limits.max_texts} per request (--max-texts)")
+    try:
+        req = PredictRequest.model_validate(data)
+    except ValidationError as e:
+        raise ClientError(422, _one_line(e)) from None
+    if not req.texts:
+        raise ClientError(422, "texts: empty list; give at least one text")
+    for i, t in enumerate(req.texts):
+        if len(t) > limits.max_chars:
+            raise ClientError(413, f"texts.{i}: {len(t)} characters, at most {limits.max_chars} (--max-chars)")
+    return req
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    z = np.exp(z - z.max(-1, keepdims=True))
+    return z / z.sum(-1, keepdims=True)
+
+
+def _metrics(registry_names: list[str]):
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+    reg = CollectorRegistry()  # per app: two apps in one process (tests) keep their own counts
+    return reg, {
+        "requests": Counter("lorafit_requests", "Predict requests by model and HTTP status", ["model", "status"],
+                            registry=reg),
+        "latency": Histogram("lorafit_request_seconds", "Predict request latency (received to answered)", ["model"],
+                             buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30), registry=reg),
+        "batch": Histogram("lorafit_batch_texts", "Texts per model forward", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+                           registry=reg),
+        "texts": Counter("lorafit_texts", "Texts classified, by model", ["model"], registry=reg),
+        "queue": Gauge("lorafit_queue_depth", "Requests waiting or running in the batcher", registry=reg),
+    }
+
+
+def create_app(registry: Registry, limits: Limits | None = None, api_key: str | None = None):
+    """The ASGI app over loaded runs. The batcher thread starts with the app's lifespan and stops
+    (after finishing what it took) when the server shuts down."""
+    from fastapi import FastAPI
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, PlainTextResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    limits = limits or Limits()
+    prom, m = _metrics(registry.names())
+    batcher = Batcher(limits.max_batch, limits.max_wait_ms, limits.queue, on_batch=m["batch"].observe)
+    m["queue"].set_function(batcher.depth)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        batcher.start()
+        app.state.ready = True
+        try:
+            yield
+        finally:
+            app.state.ready = False
+            await asyncio.to_thread(batcher.stop)
+
+    app = FastAPI(title="lorafit serve", version="1", lifespan=lifespan,
+                  description="Text classification with lorafit runs: many adapters over one shared base model.")
+    app.state.ready, app.state.draining, app.state.batcher = False, False, batcher
+    key = api_key.encode() if api_key else None
+
+    if key is not None:
+        app.add_middleware(BearerAuth, key=key)
+
+    @app.exception_handler(ClientError)
+    async def client_error(request, e: ClientError):
+        return JSONResponse({"detail": e.detail}, status_code=e.status, headers=e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request, e: RequestValidationError):
+        err = e.errors()[0] if e.errors() else {}
+        where = ".".join(str(x) for x in err.get("loc", ())) or "request"
+        return JSONResponse({"detail": f"{where}: {err.get('msg', 'invalid')}"}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, e: StarletteHTTPException):
+        return JSONResponse({"detail": str(e.detail)}, status_code=e.status_code, headers=getattr(e, "headers", None))
+
+    @app.get("/healthz", summary="Alive (no key needed)")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Models loaded and accepting requests")
+    async def readyz():
+        if not app.state.ready or app.state.draining:
+            return JSONResponse({"status": "draining" if app.state.draining else "starting"}, status_code=503)
+        return {"status": "ready", "models": registry.names()}
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def metrics():
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return PlainTextResponse(generate_latest(prom), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models", summary="Served runs")
+    async def models():
+        return {"models": [r.describe() for r in registry.runs.values()]}
+
+    schema = {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": PredictRequest.model_json_schema(),
+        "example": {"texts": ["Stocks rallied as oil prices fell.", "The striker scored twice."], "probs": True}}}}}
+
+    @app.post("/v1/models/{name}/predict", response_model=PredictResponse, response_model_exclude_none=True,
+              openapi_extra=schema, summary="Classify texts with one served run")
+    async def predict(name: str, request: Request):
+        start = time.monotonic()
+        label = name if name in registry.runs else "unknown"
+        status = 500
+        try:
+            run = registry.runs.get(name)
+            if run is None:
+                status = 404
+                raise ClientError(404, f"model '{name[:80]}' is not served; served: {', '.join(registry.names())}")
+            req = parse_request(await _read_body(request, limits.body_limit()), limits)
+            texts = [t.strip() for t in req.texts]  # as predict reads a text column (join_texts strips)
+            try:
+                job = batcher.submit(run, texts)
+            except QueueFull:
+                raise ClientError(503, f"server: queue full ({limits.queue} requests waiting, --queue); retry after "
+                                       f"{limits.retry_after_s} s", {"Retry-After": str(limits.retry_after_s)}) from None
+            except Stopped:
+                raise ClientError(503, "server: shutting down", {"Retry-After": str(limits.retry_after_s)}) from None
+            logits = await _wait_or_disconnect(job, request)
+            if logits is None:
+                status = 499  # client closed the connection: nothing to answer
+                return PlainTextResponse("", status_code=499)
+            ids = logits.argmax(-1)
+            out: dict = {"model": name, "labels": [run.labels[k] for k in ids], "label_ids": ids.tolist()}
+            if req.probs:
+                out["probs"] = _softmax(logits).tolist()
+            if req.logits:
+                out["logits"] = logits.astype(np.float64).tolist()
+            m["texts"].labels(name).inc(len(texts))
+            status = 200
+            return JSONResponse(out)
+        except ClientError as e:
+            status = e.status
+            raise
+        finally:
+            m["requests"].labels(label, str(status)).inc()
+            m["latency"].labels(label).observe(time.monotonic() - start)
+
+    return app
+
+
+class BearerAuth:
+    """Pure ASGI (not BaseHTTPMiddleware, which would wrap `receive` and hide client disconnects):
+    every path but /healthz needs `Authorization: Bearer <key>`, compared in constant time."""
+
+    def __init__(self, app, key: bytes):
+        self.app, self.key = app, key
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            return await self.app(scope, receive, send)
+        given = dict(scope.get("headers") or []).get(b"authorization", b"")
+        scheme, _, token = given.partition(b" ")
+        if scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key):
+            return await self.app(scope, receive, send)
+        body = json.dumps({"detail": "authorization: missing or wrong key; send 'Authorization: Bearer <key>'"}).encode()
+        await send({"type": "http.response.start", "status": 401, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+            (b"www-authenticate", b"Bearer")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+async def _read_body(request, limit: int) -> bytes:
+    size = request.headers.get("content-length")
+    if size is not None and size.isdigit() and int(size) > limit:
+        raise ClientError(413, f"body: {int(size)} bytes, at most {limit} (--max-texts x --max-chars)")
+    chunks, n = [], 0
+    async for chunk in request.stream():
+        n += len(chunk)
+        if n > limit:
+            raise ClientError(413, f"body: over {limit} bytes (--max-texts x --max-chars)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _wait_or_disconnect(job, request):
+    """The job's logits, or None when the client disconnects first (the job is then skipped if it has not started)."""
+    async def disconnected():
+        while True:
+            msg = await request.receive()
+            if msg["type"] == "http.disconnect":
+                return
+    watch = asyncio.ensure_future(disconnected())
+    try:
+        done, _ = await asyncio.wait({job.future, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+    if job.future in done:
+        return job.future.result()
+    job.cancelled = True
+    return None
+
+
+def from_env():
+    """App factory for other ASGI servers: LORAFIT_SERVE_RUNS='NAME=RUN_DIR,...' (and LORAFIT_SERVE_API_KEY_FILE)."""
+    from .registry import parse_specs
+
+    specs = parse_specs([s for s in os.environ.get("LORAFIT_SERVE_RUNS", "").split(",") if s.strip()])
+    key_file = os.environ.get("LORAFIT_SERVE_API_KEY_FILE")
+    from .main import read_key
+
+    return create_app(Registry.load(specs), Limits(), read_key(key_file) if key_file else None)

@@ -1,0 +1,199 @@
+"""The served runs: each loaded as `lorafit predict` loads it, then its frozen base tensors swapped
+for one shared copy per base model, so N adapters over one base hold the base once.
+
+Why not PEFT's multi-adapter model (one PeftModel, `load_adapter` per run, `set_adapter` or
+`adapter_names=` per batch): every lorafit run has its own head, and runs over one base may differ
+in head type (`cls_linear` replaces the classifier module, `model` keeps it), in label count (head
+shapes), in trained LayerNorms (modules_to_save) and in attention settings. One PeftModel holds one
+module tree, so those would have to be swapped per batch. Here each run keeps its own module tree,
+built by `load_trained` exactly as for `lorafit predict` (same head surgery, same first-token speed
+path), and only the parameter tensors are shared: a frozen base tensor of a run that is equal
+(torch.equal, bit for bit) to one already held for the same base is replaced by that one, and the
+run's own copy is freed. What is shared is therefore exactly what is equal, never an approximation:
+LoRA A/B, heads, trained LayerNorms and anything that differs stay per run. Full fine-tuning runs
+train every tensor: they are their own model and share nothing.
+
+The one difference from predict: LoRA is not merged into the base (a merge would change the shared
+weights for every run), so each LoRA layer adds its low-rank product at run time; logits agree with
+predict's merged model to float rounding (tests/test_serve.py checks 1e-4)."""
+from __future__ import annotations
+
+import gc
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import LorafitError
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # a URL path segment without quoting
+OWN = (".lora_", "modules_to_save.", "lora_magnitude_vector")  # tensors that belong to one run
+
+
+@dataclass
+class ServedRun:
+    name: str
+    run_dir: Path
+    model: torch.nn.Module
+    tokenizer: object
+    cfg: object
+    labels: list
+    device: torch.device
+    own_parameters: int = 0      # parameters this run holds alone (adapter, head, trained norms)
+    shared_parameters: int = 0   # parameters it reads from the shared base copy
+    max_length: int = 128
+
+    def describe(self) -> dict:
+        return {"name": self.name, "labels": self.labels, "base": self.cfg.model.name,
+                "method": self.cfg.adapter.method, "head": self.cfg.head.type,
+                "trainable_parameters": self.own_parameters, "shared_parameters": self.shared_parameters,
+                "max_length": self.max_length}
+
+
+def parse_specs(specs: list[str]) -> list[tuple[str, Path]]:
+    """RUN_DIR or NAME=RUN_DIR -> (name, folder); the name defaults to the folder's name."""
+    out: list[tuple[str, Path]] = []
+    seen: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not NAME.match(name):
+            if sep and not Path(spec).exists():
+                raise LorafitError(f"{spec}: '{name}' is not a valid model name (letters, digits, . _ -, at most 64, "
+                                   "starting with a letter or digit)")
+            name, path = Path(spec).resolve().name, spec
+        folder = Path(path)
+        if not folder.is_dir():
+            raise LorafitError(f"{path}: no such run directory; give a folder written by lorafit train")
+        if not NAME.match(name):
+            raise LorafitError(f"{path}: folder name '{name}' is not a valid model name; serve it as NAME={path}")
+        if name in seen:
+            raise LorafitError(f"two runs are named '{name}' ({seen[name]} and {path}); name one with NAME={path}")
+        seen[name] = path
+        out.append((name, folder))
+    if not out:
+        raise LorafitError("serve: give at least one RUN_DIR")
+    return out
+
+
+def check_run(folder: Path) -> None:
+    """A finished run, checked without loading weights (what predict checks, before anything is bound)."""
+    from ..runs.directory import read_run
+    from ..runs.weights import weights_folder
+
+    cfg, _ = read_run(folder)
+    weights = folder / weights_folder(cfg)
+    if not weights.is_dir():
+        raise LorafitError(f"{folder}: no trained weights ({weights.name}/ missing); did training finish?")
+
+
+def _plain_name(name: str) -> str:
+    """A parameter's name in the base model: PEFT's wrappers' prefixes taken out."""
+    return name.replace("base_model.model.", "").replace(".base_layer.", ".").replace(".original_module.", ".")
+
+
+def _owned(name: str) -> bool:
+    return any(k in name for k in OWN)
+
+
+class SharedBase:
+    """Frozen tensors held once, keyed by (base model, plain name); a run's tensor is swapped for the
+    held one only when it is equal to it bit for bit."""
+
+    def __init__(self):
+        self.tensors: dict[tuple, list[torch.nn.Parameter]] = {}
+
+    def share(self, model: torch.nn.Module, base: str) -> tuple[int, int]:
+        """Swap `model`'s frozen base tensors for held equal ones; returns (own, shared) parameter counts."""
+        own = shared = 0
+        for mod_name, module in list(model.named_modules()):
+            for leaf, p in list(module._parameters.items()):
+                if p is None:
+                    continue
+                full = f"{mod_name}.{leaf}" if mod_name else leaf
+                if _owned(full):
+                    own += p.numel()
+                    continue
+                key = (base, _plain_name(full), tuple(p.shape), p.dtype, p.device)
+                held = self.tensors.setdefault(key, [])
+                twin = next((q for q in held if q is p or torch.equal(q, p)), None)
+                if twin is None:
+                    held.append(p)
+                    shared += p.numel()  # the first run's tensor becomes the held one
+                    continue
+                if twin is not p:
+                    module._parameters[leaf] = twin
+                shared += p.numel()
+        return own, shared
+
+
+def _free_memory() -> None:
+    """Hand the freed per-run copies back to the OS (glibc keeps freed heap pages otherwise)."""
+    from ..speed.memory import heap_trimmer
+
+    gc.collect()
+    trim = heap_trimmer()
+    if trim is not None:
+        trim()
+
+
+def _pack_shared(model: torch.nn.Module, device: torch.device, packed: dict) -> None:
+    """speed/packed.py's prepacked Linear weights, one packed copy per shared weight (a copy per run
+    would undo the sharing)."""
+    import types
+
+    from ..speed import packed as packing
+
+    if packing.why_off(device) is not None:
+        return
+    with torch.no_grad():
+        for m in model.modules():
+            if packing._packable(m):
+                key = m.weight.data_ptr()
+                if key not in packed:
+                    packed[key] = (m.weight, torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), None))
+                m._lorafit_packed = packed[key][1]
+                m.forward = types.MethodType(packing._forward, m)
+
+
+class Registry:
+    """name -> ServedRun, loaded once at start-up; read-only afterwards (safe to read from any thread)."""
+
+    def __init__(self, runs: dict[str, ServedRun]):
+        self.runs = runs
+
+    def names(self) -> list[str]:
+        return list(self.runs)
+
+    @classmethod
+    def load(cls, specs: list[tuple[str, Path]], device: torch.device | None = None, log=lambda line: None,
+             packed: bool | None = None) -> "Registry":
+        from ..runs.predict import default_device
+        from ..runs.weights import load_trained
+
+        device = device or default_device()
+        for _, folder in specs:
+            check_run(folder)
+        pool, pack_pool, runs = SharedBase(), {}, {}
+        for name, folder in specs:
+            # unmerged (the base stays shared), unpacked (packing is done once per shared weight below)
+            model, tokenizer, cfg, labels = load_trained(folder, merge=False, device=device, packed=False)
+            model.requires_grad_(False)
+            if cfg.adapter.method == "full":
+                own, shared = sum(p.numel() for p in model.parameters()), 0
+            else:
+                own, shared = pool.share(model, str(Path(cfg.model.name).expanduser().resolve())
+                                         if Path(cfg.model.name).expanduser().exists() else cfg.model.name)
+            _free_memory()
+            if cfg.train.packed_inference if packed is None else packed:
+                _pack_shared(model, device, pack_pool)
+            runs[name] = ServedRun(name, Path(folder), model, tokenizer, cfg, list(labels), device, own, shared,
+                                   cfg.data.max_length)
+            log(f"loaded {name} ({folder}): {cfg.adapter.method} over {cfg.model.name}, {own:,} own parameters, "
+                f"{shared:,} shared")
+        return cls(runs)
+
+
+def labels_of(folder: Path) -> list:
+    return json.loads((Path(folder) / "labels.json").read_text(encoding="utf-8"))

@@ -1,0 +1,262 @@
+"""`lorafit serve` as a real subprocess on a free loopback port, spoken to over real HTTP (httpx):
+answers equal `lorafit predict --with-logits`, mixed concurrent requests, every bad input a 4xx,
+start-up errors one line, auth, overload, SIGTERM draining."""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import re
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import run_cli, synthetic_rows, train_briefly
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_roberta, tiny_bert):
+    """Two adapters over the tiny RoBERTa (4 labels, model head; 2 labels, cls_linear head + trained
+    LayerNorms, another rank) and one over the tiny BERT (3 named labels)."""
+    root = tmp_path_factory.mktemp("serve")
+    data4 = root / "four.csv"
+    synthetic_rows(120, seed=3).to_csv(data4, index=False)
+    data2 = root / "two.csv"
+    synthetic_rows(120, seed=4, n_labels=2).to_csv(data2, index=False)
+    data3 = root / "three.csv"
+    rows = synthetic_rows(120, seed=5, n_labels=3)
+    rows["label"] = rows["label"].map({0: "politics", 1: "sport", 2: "business"})
+    rows.to_csv(data3, index=False)
+    fast = dict(train__max_steps=3, optim__lr=5e-2, budget__max_trainable=200000)
+    train_briefly(tiny_roberta, data4, root / "topics", **fast)
+    train_briefly(tiny_roberta, data2, root / "binary", head__type="cls_linear", adapter__train_layernorm=True,
+                  adapter__r=2, **fast)
+    train_briefly(tiny_bert, data3, root / "named", **fast)
+    return {"topics": root / "topics", "binary": root / "binary", "named": root / "named"}
+
+
+TEXTS = [r["text"] for r in synthetic_rows(40, seed=9).to_dict("records")] + [
+    "  padded with spaces  ", "Stocks", "", "war " * 30]
+
+
+class Server:
+    """`python -m lorafit serve ... --port 0`; the port is read from its start line."""
+
+    def __init__(self, *args, timeout=120):
+        env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        self.proc = subprocess.Popen([sys.executable, "-m", "lorafit", "serve", *map(str, args), "--port", "0"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+        self.log: list[str] = []
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stderr, selectors.EVENT_READ)
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if not sel.select(timeout=1.0):
+                if self.proc.poll() is not None:
+                    break
+                continue
+            line = self.proc.stderr.readline()
+            if not line:
+                break
+            self.log.append(line)
+            m = re.search(r"serving .* on http://([\d.]+):(\d+)", line)
+            if m:
+                self.url = f"http://{m.group(1)}:{m.group(2)}"
+                return
+        self.stop()
+        raise AssertionError("server did not start:\n" + "".join(self.log))
+
+    def stop(self, sig=signal.SIGTERM, timeout=30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def server(runs):
+    s = Server(*(f"{k}={v}" for k, v in runs.items()), "--max-batch", "8", "--max-wait-ms", "20", "--max-texts", "50",
+               "--max-chars", "1000")
+    yield s
+    assert s.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def reference(runs, tmp_path_factory):
+    """`lorafit predict --with-logits` on TEXTS for every run (the CLI's own entry point, in this process)."""
+    from lorafit.cli import main
+
+    root = tmp_path_factory.mktemp("ref")
+    pd.DataFrame({"text": TEXTS}).to_csv(root / "in.csv", index=False)
+    out = {}
+    for name, run in runs.items():
+        assert main(["predict", str(run), "--input", str(root / "in.csv"), "--output", str(root / f"{name}.csv"),
+                     "--with-logits"]) == 0
+        df = pd.read_csv(root / f"{name}.csv", keep_default_na=False)
+        out[name] = (df["label"].astype(str).tolist(), df[[c for c in df.columns if c.startswith("logit_")]].to_numpy())
+    return out
+
+
+def _predict(url, name, texts, **kw):
+    r = httpx.post(f"{url}/v1/models/{name}/predict", json={"texts": texts, "logits": True, **kw}, timeout=60)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_answers_equal_predict_whatever_else_is_in_the_batch(server, reference):
+    """Concurrent requests over all three runs, each a different slice of TEXTS (so forwards mix
+    lengths, requests and runs): labels equal and logits within 1e-4 of `lorafit predict`."""
+    rng = np.random.default_rng(0)
+    jobs = []
+    for k in range(24):
+        name = list(reference)[k % 3]
+        idx = sorted(rng.choice(len(TEXTS), size=int(rng.integers(1, 12)), replace=False).tolist())
+        jobs.append((name, idx))
+    jobs.append(("topics", list(range(len(TEXTS)))))  # more texts than --max-batch: split into forwards
+    with cf.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda j: _predict(server.url, j[0], [TEXTS[i] for i in j[1]], probs=True), jobs))
+    for (name, idx), ans in zip(jobs, answers):
+        labels, logits = reference[name]
+        assert ans["model"] == name
+        assert [str(x) for x in ans["labels"]] == [labels[i] for i in idx]
+        np.testing.assert_allclose(np.array(ans["logits"]), logits[idx], atol=1e-4)
+        np.testing.assert_allclose(np.array(ans["probs"]).sum(1), 1.0, atol=1e-6)
+        assert ans["label_ids"] == np.argmax(logits[idx], 1).tolist()
+    # the batcher did gather: some forward held more than one request's texts
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'lorafit_requests_total{model="named",status="200"}' in metrics
+    counts = {float(m.group(1)): float(m.group(2))
+              for m in re.finditer(r'lorafit_batch_texts_bucket\{le="([\d.+inf]+)"\} ([\d.]+)', metrics) if m.group(1) != "+Inf"}
+    assert counts[8.0] > 0 and counts[8.0] - counts.get(4.0, 0) > 0  # forwards of 5-8 texts happened
+
+
+def test_models_health_ready_openapi(server):
+    models = httpx.get(f"{server.url}/v1/models").json()["models"]
+    by = {m["name"]: m for m in models}
+    assert set(by) == {"topics", "binary", "named"}
+    assert by["named"]["labels"] == ["business", "politics", "sport"]
+    assert [str(x) for x in by["binary"]["labels"]] == ["0", "1"] and len(by["topics"]["labels"]) == 4
+    assert 0 < by["binary"]["trainable_parameters"] < by["binary"]["shared_parameters"]
+    assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{server.url}/readyz").status_code == 200
+    spec = httpx.get(f"{server.url}/openapi.json").json()
+    assert "/v1/models/{name}/predict" in spec["paths"]
+    assert httpx.get(f"{server.url}/docs").status_code == 200
+
+
+BAD = [
+    ("unknown model", "nope", {"texts": ["x"]}, 404, "topics, binary, named"),
+    ("invalid JSON", "topics", b'{"texts": [', 400, "not valid JSON"),
+    ("not an object", "topics", b'["x"]', 422, "JSON object"),
+    ("missing texts", "topics", {"probs": True}, 422, "texts: field required"),
+    ("extra field", "topics", {"texts": ["x"], "temperature": 2}, 422, "temperature: unknown field"),
+    ("non-string text", "topics", {"texts": ["x", 3]}, 422, "texts.1"),
+    ("texts not a list", "topics", {"texts": "x"}, 422, "texts"),
+    ("probs not a bool", "topics", {"texts": ["x"], "probs": "yes"}, 422, "probs"),
+    ("empty list", "topics", {"texts": []}, 422, "empty list"),
+    ("too many texts", "topics", {"texts": ["x"] * 51}, 413, "at most 50"),
+    ("text too long", "topics", {"texts": ["x", "y" * 1001]}, 413, "texts.1: 1001 characters, at most 1000"),
+    ("body too large", "topics", b'{"texts": ["' + b"z" * 400_000 + b'"]}', 413, "body:"),
+]
+
+
+@pytest.mark.parametrize("what,name,body,status,words", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_is_a_one_line_4xx(server, what, name, body, status, words):
+    kw = {"content": body, "headers": {"content-type": "application/json"}} if isinstance(body, bytes) else {"json": body}
+    r = httpx.post(f"{server.url}/v1/models/{name}/predict", timeout=30, **kw)
+    assert r.status_code == status, r.text
+    detail = r.json()["detail"]
+    assert isinstance(detail, str) and "\n" not in detail and words in detail, detail
+
+
+def test_bad_inputs_leave_the_server_answering(server, reference):
+    """Interleaved with bad requests, good ones still get predict's answers; 4xx counted in /metrics."""
+    with cf.ThreadPoolExecutor(6) as pool:
+        bad = [pool.submit(httpx.post, f"{server.url}/v1/models/topics/predict", content=b"{", timeout=30)
+               for _ in range(6)]
+        good = pool.submit(_predict, server.url, "binary", TEXTS[:5])
+        assert all(f.result().status_code == 400 for f in bad)
+        np.testing.assert_allclose(np.array(good.result()["logits"]), reference["binary"][1][:5], atol=1e-4)
+    assert 'status="400"' in httpx.get(f"{server.url}/metrics").text
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_startup_errors_are_one_line_exit_2(runs, tmp_path):
+    key = tmp_path / "key"
+    key.write_text("")
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    cases = [
+        ([str(tmp_path / "missing")], "no such run directory"),
+        ([str(tmp_path)], "not a finished lorafit run"),
+        ([f"a={runs['topics']}", f"a={runs['binary']}"], "two runs are named 'a'"),
+        ([str(runs["topics"]), "--port", str(busy.getsockname()[1])], "--port: cannot listen"),
+        ([str(runs["topics"]), "--api-key-file", str(tmp_path / "nokey")], "--api-key-file: cannot read"),
+        ([str(runs["topics"]), "--api-key-file", str(key)], "--api-key-file:"),
+        ([str(runs["topics"]), "--host", "0.0.0.0"], "--api-key-file FILE (or --insecure"),
+    ]
+    try:
+        with cf.ThreadPoolExecutor(2) as pool:
+            results = list(pool.map(lambda c: run_cli("serve", *c[0], timeout=60), cases))
+    finally:
+        busy.close()
+    for (args, words), r in zip(cases, results):
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], (args, r.stderr)
+
+
+def test_auth_overload_recovery_and_sigterm_drain(runs, tmp_path):
+    """One server with a key and a queue of 1, whose batcher waits 1.5 s for company: a second request
+    while the first waits is refused at once (503 + Retry-After), a later one succeeds; SIGTERM while a
+    request is in flight: that request still gets its answer, then exit 0."""
+    key = "k" * 20 + "-secret"
+    (tmp_path / "key").write_text(key + "\n")
+    s = Server(f"topics={runs['topics']}", "--api-key-file", tmp_path / "key", "--queue", "1", "--max-wait-ms", "1500")
+    auth = {"Authorization": f"Bearer {key}"}
+    url = f"{s.url}/v1/models/topics/predict"
+    try:
+        assert httpx.get(f"{s.url}/healthz").status_code == 200  # open: a liveness probe has no secret
+        for headers in ({}, {"Authorization": "Bearer wrong-key-wrong-key"}, {"Authorization": key}):
+            r = httpx.post(url, json={"texts": ["x"]}, headers=headers)
+            assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", r.text
+        for path in ("/v1/models", "/metrics", "/readyz", "/openapi.json"):
+            assert httpx.get(f"{s.url}{path}").status_code == 401
+        assert httpx.get(f"{s.url}/v1/models", headers=auth).status_code == 200
+        with cf.ThreadPoolExecutor(2) as pool:
+            first = pool.submit(httpx.post, url, json={"texts": ["goal match"]}, headers=auth, timeout=30)
+            time.sleep(0.5)
+            t0 = time.monotonic()
+            refused = httpx.post(url, json={"texts": ["x"]}, headers=auth, timeout=30)
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "1", refused.text
+            assert time.monotonic() - t0 < 1.0  # refused at once, not after waiting
+            assert first.result().status_code == 200
+        assert httpx.post(url, json={"texts": ["x"]}, headers=auth, timeout=30).status_code == 200  # recovered
+        with cf.ThreadPoolExecutor(1) as pool:
+            inflight = pool.submit(httpx.post, url, json={"texts": ["stocks profit"]}, headers=auth, timeout=30)
+            time.sleep(0.5)
+            s.proc.send_signal(signal.SIGTERM)
+            r = inflight.result()
+            assert r.status_code == 200 and len(r.json()["labels"]) == 1
+        assert s.proc.wait(30) == 0
+        assert key not in "".join(s.log) + s.proc.stderr.read()
+    finally:
+        s.stop()
