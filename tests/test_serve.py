@@ -57,6 +57,13 @@ class Server:
         self.proc = subprocess.Popen([sys.executable, "-m", "lorafit", "serve", *map(str, args), "--port", "0"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
         self.log: list[str] = []
+        self.timeout, self.url = timeout, None
+
+    def ready(self) -> "Server":
+        """Wait for the start line (the models load meanwhile, so other setup can run first)."""
+        if self.url:
+            return self
+        timeout = self.timeout
         sel = selectors.DefaultSelector()
         sel.register(self.proc.stderr, selectors.EVENT_READ)
         end = time.monotonic() + timeout
@@ -72,7 +79,7 @@ class Server:
             m = re.search(r"serving .* on http://([\d.]+):(\d+)", line)
             if m:
                 self.url = f"http://{m.group(1)}:{m.group(2)}"
-                return
+                return self
         self.stop()
         raise AssertionError("server did not start:\n" + "".join(self.log))
 
@@ -87,7 +94,7 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server(runs):
+def starting(runs):
     s = Server(*(f"{k}={v}" for k, v in runs.items()), "--max-batch", "8", "--max-wait-ms", "20", "--max-texts", "50",
                "--max-chars", "1000")
     yield s
@@ -95,8 +102,14 @@ def server(runs):
 
 
 @pytest.fixture(scope="module")
-def reference(runs, tmp_path_factory):
-    """`lorafit predict --with-logits` on TEXTS for every run (the CLI's own entry point, in this process)."""
+def server(starting, reference):
+    return starting.ready()
+
+
+@pytest.fixture(scope="module")
+def reference(runs, starting, tmp_path_factory):
+    """`lorafit predict --with-logits` on TEXTS for every run (the CLI's own entry point, in this process,
+    while the server loads)."""
     from lorafit.cli import main
 
     root = tmp_path_factory.mktemp("ref")
@@ -231,6 +244,7 @@ def test_auth_overload_recovery_and_sigterm_drain(runs, tmp_path):
     key = "k" * 20 + "-secret"
     (tmp_path / "key").write_text(key + "\n")
     s = Server(f"topics={runs['topics']}", "--api-key-file", tmp_path / "key", "--queue", "1", "--max-wait-ms", "1500")
+    s.ready()
     auth = {"Authorization": f"Bearer {key}"}
     url = f"{s.url}/v1/models/topics/predict"
     try:

@@ -23,12 +23,14 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import LorafitError
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # a URL path segment without quoting
+if TYPE_CHECKING:
+    import torch
+
 OWN = (".lora_", "modules_to_save.", "lora_magnitude_vector")  # tensors that belong to one run
 
 
@@ -106,6 +108,8 @@ class SharedBase:
 
     def share(self, model: torch.nn.Module, base: str) -> tuple[int, int]:
         """Swap `model`'s frozen base tensors for held equal ones; returns (own, shared) parameter counts."""
+        import torch
+
         own = shared = 0
         for mod_name, module in list(model.named_modules()):
             for leaf, p in list(module._parameters.items()):
@@ -142,6 +146,8 @@ def _pack_shared(model: torch.nn.Module, device: torch.device, packed: dict) -> 
     """speed/packed.py's prepacked Linear weights, one packed copy per shared weight (a copy per run
     would undo the sharing)."""
     import types
+
+    import torch
 
     from ..speed import packed as packing
 
