@@ -7,7 +7,6 @@ is read with a byte cap before it is parsed, so an oversized body costs no more 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import os
 import time
@@ -19,10 +18,10 @@ import numpy as np
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr, ValidationError
 
+from .auth import BearerAuth, read_key
 from .batcher import Batcher, QueueFull, Stopped
 from .registry import Registry
 
-OPEN_PATHS = {"/healthz"}  # answered without a key: a liveness probe must not need the secret
 
 
 @dataclass
@@ -227,27 +226,6 @@ def create_app(registry: Registry, limits: Limits | None = None, api_key: str | 
     return app
 
 
-class BearerAuth:
-    """Pure ASGI (not BaseHTTPMiddleware, which would wrap `receive` and hide client disconnects):
-    every path but /healthz needs `Authorization: Bearer <key>`, compared in constant time."""
-
-    def __init__(self, app, key: bytes):
-        self.app, self.key = app, key
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
-            return await self.app(scope, receive, send)
-        given = dict(scope.get("headers") or []).get(b"authorization", b"")
-        scheme, _, token = given.partition(b" ")
-        if scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key):
-            return await self.app(scope, receive, send)
-        body = json.dumps({"detail": "authorization: missing or wrong key; send 'Authorization: Bearer <key>'"}).encode()
-        await send({"type": "http.response.start", "status": 401, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-            (b"www-authenticate", b"Bearer")]})
-        await send({"type": "http.response.body", "body": body})
-
-
 async def _read_body(request, limit: int) -> bytes:
     size = request.headers.get("content-length")
     if size is not None and size.isdigit() and int(size) > limit:
@@ -285,6 +263,4 @@ def from_env():
 
     specs = parse_specs([s for s in os.environ.get("LORAFIT_SERVE_RUNS", "").split(",") if s.strip()])
     key_file = os.environ.get("LORAFIT_SERVE_API_KEY_FILE")
-    from .main import read_key
-
     return create_app(Registry.load(specs), Limits(), read_key(key_file) if key_file else None)

@@ -13,19 +13,7 @@ import sys
 from pathlib import Path
 
 from ..errors import LorafitError
-
-
-def read_key(path: str) -> str:
-    p = Path(path)
-    try:
-        key = p.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as e:
-        why = getattr(e, "strerror", None) or str(e).splitlines()[0]
-        raise LorafitError(f"--api-key-file: cannot read {p} ({why})") from None
-    if len(key) < 16 or any(c.isspace() for c in key):
-        raise LorafitError(f"--api-key-file: {p} must hold one key of at least 16 characters without spaces "
-                           "(e.g. from: python -c 'import secrets; print(secrets.token_urlsafe(32))')")
-    return key
+from .auth import read_key
 
 
 def is_loopback(host: str) -> bool:
