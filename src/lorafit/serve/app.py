@@ -203,7 +203,7 @@ def create_app(registry: Registry, limits: Limits | None = None, api_key: str | 
                                        f"{limits.retry_after_s} s", {"Retry-After": str(limits.retry_after_s)}) from None
             except Stopped:
                 raise ClientError(503, "server: shutting down", {"Retry-After": str(limits.retry_after_s)}) from None
-            logits = await _wait_or_disconnect(job, request)
+            logits = await _wait_or_disconnect(job, request, batcher)
             if logits is None:
                 status = 499  # client closed the connection: nothing to answer
                 return PlainTextResponse("", status_code=499)
@@ -239,7 +239,7 @@ async def _read_body(request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _wait_or_disconnect(job, request):
+async def _wait_or_disconnect(job, request, batcher):
     """The job's logits, or None when the client disconnects first (the job is then skipped if it has not started)."""
     async def disconnected():
         while True:
@@ -253,7 +253,7 @@ async def _wait_or_disconnect(job, request):
         watch.cancel()
     if job.future in done:
         return job.future.result()
-    job.cancelled = True
+    batcher.cancel(job)
     return None
 
 

@@ -106,6 +106,15 @@ class Batcher:
             self.cond.notify()
         return job
 
+    def cancel(self, job: Job) -> None:
+        """The client went away: a job still waiting leaves the queue now (and frees its place)."""
+        with self.cond:
+            job.cancelled = True
+            try:
+                self.pending.remove(job)
+            except ValueError:
+                pass  # already taken: its result is dropped
+
     def stop(self, timeout: float = 30.0) -> None:
         """Finish what was taken, fail what still waits, end the thread."""
         with self.cond:
