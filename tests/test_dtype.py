@@ -170,3 +170,29 @@ def test_run_log_says_the_dtype(tiny_roberta, synth_csv, tmp_path):
     cfg = tiny_config(tiny_roberta, synth_csv, model__dtype="bfloat16", adapter__method="full", data__limit=60)
     Recipe(cfg, tmp_path / "full", log=lines.append).setup().cleanup()
     assert any(x.startswith("base dtype: float32 (model.dtype: bfloat16, but every parameter trains") for x in lines), lines
+
+
+def test_nf4_base_trains_and_saves_a_plain_adapter(tiny_roberta, synth_csv, tmp_path):
+    """QLoRA through bitsandbytes: it runs 4-bit layers on this CPU (model/nf4.py checks), so CI trains one."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    from lorafit.model import nf4
+    from lorafit.runs.predict import predict_logits
+
+    assert nf4.why_off("cpu") is None, nf4.why_off("cpu")  # bitsandbytes 0.50's CPU path; if this fails, refuse on CPU
+    import bitsandbytes as bnb
+
+    rec, changed = train_briefly(tiny_roberta, synth_csv, tmp_path / "q", model__dtype="nf4")
+    assert changed and all("lora_" in n or "classifier" in n for n in changed)
+    model = rec.acc.unwrap_model(rec.model)
+    # the tiny model's only layers as wide as an NF4 block (64): the FFN outputs; the rest stays bf16
+    assert sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules()) == 2
+    labels = json.loads((tmp_path / "q" / "labels.json").read_text())
+    base = AutoModelForSequenceClassification.from_pretrained(str(tiny_roberta), num_labels=len(labels))
+    plain = PeftModel.from_pretrained(base, str(tmp_path / "q" / "adapter")).eval()
+    assert all(p.dtype == torch.float32 for p in plain.parameters())
+    texts = rec.data.val.texts[:16]
+    got = predict_logits(plain, rec.tokenizer, texts, 32)
+    trained = predict_logits(model.eval(), rec.tokenizer, texts, 32)
+    assert abs(got - trained).max() < 0.5  # the float32 base vs its 4-bit copy

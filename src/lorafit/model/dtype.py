@@ -39,6 +39,8 @@ def cpu_flags() -> frozenset[str]:
 def resolve(choice: str, device: torch.device | str) -> tuple[torch.dtype, str]:
     """(dtype of the frozen base, why) for model.dtype on this device; the reason goes in the run log."""
     device = torch.device(device)
+    if choice == "nf4":
+        return torch.bfloat16, "model.dtype: nf4"  # the Linear layers 4-bit (model/nf4.py), the rest bf16
     if choice != "auto":
         return DTYPES[choice], f"model.dtype: {choice}"
     if device.type == "cuda":
@@ -129,6 +131,12 @@ def apply(model: nn.Module, choice: str, device) -> tuple[Hooks, str]:
     if dtype != torch.float32 and all(p.requires_grad for p in model.parameters() if p.is_floating_point()):
         return Hooks(), f"base dtype: float32 ({why}, but every parameter trains: trainables stay float32)"
     hooks = keep_base_in(model, dtype)
+    if choice == "nf4":
+        from .nf4 import quantize_frozen_linears
+
+        n = quantize_frozen_linears(model, device)
+        return hooks, (f"base dtype: nf4 ({n} frozen Linear layers in 4-bit NormalFloat via bitsandbytes, the rest "
+                       "bfloat16); trainable parameters and optimizer state float32")
     name = str(dtype).removeprefix("torch.")
     if dtype == torch.float32:
         return hooks, f"base dtype: float32 ({why})"
