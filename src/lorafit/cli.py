@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--trials", type=int, required=True, help="total finished trials wanted (a resumed study counts its own)")
     s.add_argument("--out", help="folder for trials/, best.yaml, trials.csv, sweep.png (default: runs/sweep-<config name>)")
     s.add_argument("--storage", help="SQLAlchemy URL of the study database (default: sqlite:///OUT/sweep.db)")
+    s.add_argument("--heartbeat", type=int, default=None, metavar="SECONDS",
+                   help="seconds between a running trial's heartbeats (default 60); a worker silent for two is taken "
+                   "for dead and its trial retried")
     s.add_argument("--study", help="study name within the storage (default: the config file's name)")
 
     b = sub.add_parser("budget", help="trainable-parameter table against budget.max_trainable (no weights loaded)")
@@ -135,7 +138,7 @@ def cmd_sweep(args) -> int:
     cfg = load_config(args.config, args.overrides)
     stem = Path(args.config).stem
     out = Path(args.out) if args.out else Path("runs") / f"sweep-{stem}"
-    run_sweep(cfg, args.trials, out, storage=args.storage, name=args.study or stem)
+    run_sweep(cfg, args.trials, out, storage=args.storage, name=args.study or stem, heartbeat=args.heartbeat)
     return 0
 
 

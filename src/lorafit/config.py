@@ -28,6 +28,11 @@ class ModelConfig(_Section):
     attn_implementation: Literal["sdpa", "eager"] = Field("sdpa", description="Attention kernel; sdpa is PyTorch's fused attention.")
     allow_pickle_weights: bool = Field(
         False, description="Also accept pytorch_model.bin (loaded with torch.load weights_only=True). Default: safetensors only.")
+    dtype: Literal["float32", "bfloat16", "float16", "auto", "nf4"] = Field(
+        "float32", description="dtype the frozen base weights are kept in while training (adapter, head and optimizer "
+        "state stay float32; the saved adapter is the same); auto: bfloat16 on GPUs with bf16 and CPUs with native "
+        "bf16 dot products (avx512_bf16/amx_bf16), else float32; nf4: QLoRA, frozen Linear layers in 4 bits "
+        "(bitsandbytes), the rest bfloat16.")
 
 
 class DataConfig(_Section):

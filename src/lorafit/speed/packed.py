@@ -22,8 +22,10 @@ from torch import nn
 from torch.nn import functional as F
 
 
-def why_off(device: torch.device | str) -> str | None:
-    """None when packing applies on this device, else the reason."""
+def why_off(device: torch.device | str, dtype: torch.dtype = torch.float32) -> str | None:
+    """None when packing applies on this device (and weight dtype), else the reason."""
+    if dtype != torch.float32:
+        return f"{str(dtype).removeprefix('torch.')} (16-bit) weights: torch already runs them on oneDNN"
     if torch.device(device).type != "cpu":
         return f"device {device}: packed weights are a CPU (oneDNN) path"
     if platform.machine().lower() not in ("x86_64", "amd64"):

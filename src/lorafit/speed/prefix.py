@@ -157,7 +157,10 @@ class PrefixCache:
         self._saved = None
 
     def feed(self, states: torch.Tensor) -> None:
-        self.fed.value = states
+        # the cache stores float32 (or float16); layer k reads the dtype its frozen weights are kept in
+        dtype = next((p.dtype for p in self.layers[self.k].parameters() if not p.requires_grad and p.is_floating_point()),
+                     states.dtype)
+        self.fed.value = states.to(dtype)
 
     def close(self) -> None:
         self.restore()

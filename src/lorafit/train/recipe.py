@@ -26,6 +26,7 @@ from ..errors import Interrupted, LorafitError, TrainingDiverged
 from ..io import atomic_write_text
 from ..metrics import never_predicted
 from ..model import build_model, check_budget, load_tokenizer, trainable_rows
+from ..model import dtype as base_dtype
 from ..model.budget import count_all
 from ..model.load import check_local_folder, check_max_length
 from ..model.solver import resolve_rank
@@ -160,6 +161,8 @@ class Recipe:
         self.steps_per_epoch = math.ceil(len(self.train_loader) / cfg.train.grad_accum)
         self.total_steps = cfg.train.max_steps or max(1, int(math.ceil(self.steps_per_epoch * cfg.train.epochs)))
         self.model, self.plan = build_model(cfg, names, total_steps=self.total_steps)
+        self.dtype_hooks, note = base_dtype.apply(self.model, cfg.model.dtype, self.acc.device)  # model/dtype.py
+        self.log(note)
         # PiSSA/OLoRA changed the base weights; their starting A/B let the saved adapter be plain LoRA
         self.lora_init = initial_lora(self.model) if cfg.adapter.init in ("pissa", "olora") else None
         self.rows = trainable_rows(self.model)

@@ -12,6 +12,7 @@ OUT/trials.csv and OUT/sweep.png (metric against trainable parameters).
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Callable, get_args
@@ -80,14 +81,17 @@ def suggest(trial, key: str, spec: Any) -> Any:
 
 # ---------------------------------------------------------------- one trial
 
-def make_objective(cfg: RunConfig, out: Path, log: Callable) -> Callable:
+def make_objective(cfg: RunConfig, out: Path, log: Callable, trials: int | None = None) -> Callable:
     import optuna
 
     from .recipe import Recipe
+    from .sweep_workers import claim
 
     metric = cfg.sweep.metric
 
     def objective(trial) -> float:
+        if trials is not None:
+            claim(trial.study, trial, trials)  # another worker may hold the study's last slot (sweep_workers.py)
         values = {key: suggest(trial, key, spec) for key, spec in cfg.sweep.space.items()}
         shown = " ".join(f"{k}={v}" for k, v in values.items())
 
@@ -130,15 +134,20 @@ def default_storage(out: Path) -> str:
     return f"sqlite:///{(out / 'sweep.db').resolve()}"
 
 
-def open_study(cfg: RunConfig, storage: str, name: str):
+def open_study(cfg: RunConfig, storage: str, name: str, heartbeat: int | None = None):
     import optuna
+
+    from . import sweep_workers
 
     direction = "maximize" if higher_is_better(cfg.sweep.metric) else "minimize"
     try:
         # heartbeat: a trial left RUNNING by a killed sweep is marked failed once stale (not counted)
         with warnings.catch_warnings():  # heartbeat is marked experimental; it is what makes resuming safe
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            store = optuna.storages.RDBStorage(storage, heartbeat_interval=60, grace_period=300)
+            # and its failed trials are retried: several workers may share the study (sweep_workers.py)
+            store = sweep_workers.storage(storage, heartbeat or sweep_workers.HEARTBEAT)
+    except LorafitError:
+        raise
     except Exception as e:  # bad URL, missing driver, unreachable server
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise LorafitError(f"--storage {storage}: cannot open ({first})") from None
@@ -149,7 +158,10 @@ def open_study(cfg: RunConfig, storage: str, name: str):
         raise LorafitError(f"study '{name}' in {storage} was made to {study.direction.name.lower()}; "
                            f"sweep.metric {cfg.sweep.metric} needs {direction}; use another --study or --storage")
     # seeded, and differently per session: a resumed sampler must not replay the first session's draws
-    study.sampler = optuna.samplers.TPESampler(seed=cfg.seed + len(study.get_trials(deepcopy=False)))
+    # and per worker (the process id): two workers starting together must not draw the same values;
+    # constant_liar: a worker's draws avoid the values other workers are running
+    study.sampler = optuna.samplers.TPESampler(seed=cfg.seed + len(study.get_trials(deepcopy=False)) + os.getpid(),
+                                               constant_liar=True)
     return study
 
 
@@ -160,10 +172,9 @@ def finished(study) -> int:
 
 
 def run_sweep(cfg: RunConfig, trials: int, out: str | Path, *, storage: str | None = None, name: str = "lorafit",
-              log: Callable = print):
+              log: Callable = print, heartbeat: int | None = None):
     """Run trials until the study holds `trials` finished ones; write best.yaml, trials.csv, sweep.png."""
     import optuna
-    from optuna.trial import TrialState
 
     check_space(cfg)
     out = Path(out)
@@ -171,15 +182,17 @@ def run_sweep(cfg: RunConfig, trials: int, out: str | Path, *, storage: str | No
     out.mkdir(parents=True, exist_ok=True)
     storage = storage or default_storage(out)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = open_study(cfg, storage, name)
+    study = open_study(cfg, storage, name, heartbeat)
     done = finished(study)
     remaining = max(0, trials - done)
     log(f"sweep '{name}' in {storage}: {done} finished trial(s), running {remaining} more")
     write_outputs(study, cfg, out)
     if remaining:
-        study.optimize(make_objective(cfg, out, log), n_trials=remaining,
-                       callbacks=[optuna.study.MaxTrialsCallback(trials, states=(TrialState.COMPLETE, TrialState.PRUNED)),
-                                  lambda s, t: write_outputs(s, cfg, out)])
+        from .sweep_workers import HEARTBEAT, run_trials
+
+        run_trials(study, make_objective(cfg, out, log, trials), trials, lambda s, t: write_outputs(s, cfg, out),
+                   heartbeat=heartbeat or HEARTBEAT, log=log)
+        write_outputs(study, cfg, out)  # the study as every worker left it
     best = best_trial(study)
     if best is not None:
         log(f"best: trial {best.number}, {cfg.sweep.metric} {best.value:.4f}; config in {out / 'best.yaml'}")
@@ -204,12 +217,14 @@ def write_outputs(study, cfg: RunConfig, out: Path) -> None:
     metric = cfg.sweep.metric
     rows = []
     for t in study.get_trials(deepcopy=False):
+        if t.user_attrs.get("surplus"):
+            continue  # created as another worker took the last slot; it never ran
         last = t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None
         row = {"trial": t.number, "state": t.state.name.lower(), metric: t.value if t.value is not None else last,
                "trainable": t.user_attrs.get("trainable"),
                "seconds": round(t.duration.total_seconds(), 1) if t.duration else None}
         row.update({k: t.params.get(k) for k in cfg.sweep.space})
-        row["note"] = t.user_attrs.get("note", "")
+        row["note"] = t.user_attrs.get("note", "") or ("stopped: no heartbeat from its worker" if t.state.name == "FAIL" else "")
         rows.append(row)
     frame = pd.DataFrame(rows, columns=["trial", "state", metric, "trainable", "seconds", *cfg.sweep.space, "note"])
     frame["trainable"] = frame["trainable"].astype("Int64")  # whole numbers, blank where a trial never built
