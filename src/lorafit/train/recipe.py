@@ -290,7 +290,7 @@ class Recipe:
             st.step += 1
             if st.step % cfg.log_every == 0:
                 self.record(type="train", step=st.step, epoch=round(st.step / self.steps_per_epoch, 4),
-                            loss=round(loss.item(), 6), lr=self.scheduler.get_last_lr()[0],
+                            loss=round(loss.item(), 6), lr=self.scheduler.get_last_lr()[0], grad_norm=self._grad_norm(),
                             samples_per_s=round(seen * self.acc.num_processes / (time.perf_counter() - t0), 2))
             if eval_steps and st.step % eval_steps == 0 and st.step < self.total_steps:
                 stop = evaluation.evaluate_and_keep(self)
@@ -356,7 +356,7 @@ class Recipe:
         loop's), zero the gradients, trim the heap; all but step and zero_grad only on syncing steps."""
         sync = self.acc.sync_gradients
         if sync and self.cfg.train.max_grad_norm:
-            self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.train.max_grad_norm)
+            self.grad_norm = self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.train.max_grad_norm)
         self.optimizer.step()
         if sync:
             scheduler.step()
@@ -365,6 +365,11 @@ class Recipe:
         self.optimizer.zero_grad(set_to_none=True)
         if sync:
             self.trim_heap()  # after zero_grad: the gradients' pages go back too
+
+    def _grad_norm(self) -> float | None:
+        """The last step's total gradient norm before clipping (None without train.max_grad_norm)."""
+        norm = getattr(self, "grad_norm", None)
+        return None if norm is None else round(float(norm), 6)
 
     def _after_step(self, step: int) -> None:
         """AdaLoRA re-allocates ranks after each optimizer step (PEFT's documented loop)."""
