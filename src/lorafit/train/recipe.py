@@ -32,7 +32,7 @@ from ..model.solver import resolve_rank
 from ..progress import progress
 from ..runs.directory import check_run_dir
 from ..runs.weights import initial_lora, save_weights, weights_folder
-from . import checkpoint, evaluation, final_epoch, header, switches
+from . import checkpoint, evaluation, final_epoch, header, switches, tracking
 from .optim import build_optimizer, build_scheduler
 from .state import Position, State
 
@@ -64,10 +64,12 @@ class Recipe:
         # a signal number set (by run_training's handler) while training: stop at the next step boundary
         self.stop_signal: Optional[int] = None
         self.training = False
+        self.tracking: Optional[tracking.Tracking] = None  # train.report_to's trackers (main process), once set up
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> "Recipe":
         check_run_dir(self.run_dir, overwrite=self.overwrite, resume=self.resume)  # before anything slow
+        tracking.check_installed(self.cfg)  # a tracker's missing package: one line, nothing written
         try:
             self._setup()
         except BaseException:
@@ -77,6 +79,7 @@ class Recipe:
             raise
         if self._new_dir is not None:
             self._new_dir.commit()  # only now is the replaced run deleted
+        self.tracking = tracking.start(self)
         self.set_up = True
         return self
 
@@ -209,6 +212,8 @@ class Recipe:
         if self.acc.is_main_process:
             with (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
+            if self.tracking is not None:
+                self.tracking.log_row(row)
 
     def loss_fn(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float(), labels, label_smoothing=self.cfg.train.label_smoothing)
@@ -416,6 +421,8 @@ class Recipe:
                     m = result[split]
                     self.log(f"{split} accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f} (n={m['n']})")
             self.log(f"run saved in {self.run_dir}")
+            if self.tracking is not None:
+                self.tracking.finish(result, weights_folder(cfg))  # the run's files as MLflow artefacts
         self.acc.wait_for_everyone()
         return result
 
@@ -430,5 +437,6 @@ class Recipe:
 
     def cleanup(self) -> None:
         """Drop the prefix cache's temporary files; safe to call after an interrupted run."""
+        tracking.stopped(self)  # trackers of a run that did not finish end as KILLED / FAILED
         if self.prefix is not None:
             self.prefix.close()
