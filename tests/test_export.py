@@ -226,3 +226,25 @@ def test_overwrite_replaces_an_earlier_export(runs, run_cli, tmp_path):
     assert r.returncode == 0, r.stderr
     assert not (out / "model.int8.onnx").exists() and (out / "model.onnx").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folders left
+
+
+def test_readme_onnxruntime_snippet_runs(runs, tmp_path):
+    """The README's plain-onnxruntime example, as written, on a BERT and a RoBERTa export."""
+    import re
+    from pathlib import Path
+
+    from lorafit.export import export_run
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.search(r"Run it with plain ONNX Runtime.*?```python\n(.*?)```", readme, re.S).group(1)
+    for kind, head in (("bert", "mean_linear"), ("roberta", "cls_linear")):
+        out = tmp_path / kind
+        export_run(runs(kind, head), "onnx", out, log=lambda *a: None)
+        snippet = code.replace('"exports/agnews-onnx"', repr(str(out)))
+        p = subprocess.run([sys.executable, "-c", snippet.replace("print(", "print('LABELS', ")], capture_output=True,
+                           text=True, timeout=300)
+        assert p.returncode == 0, p.stderr
+        texts = ["Stocks rally as oil falls", "The striker scored twice"]
+        names = json.loads((out / "labels.json").read_text())
+        expected = [names[k] for k in lorafit_logits(runs(kind, head), texts).argmax(-1)]
+        assert p.stdout.strip().splitlines()[-1] == f"LABELS {expected}"
