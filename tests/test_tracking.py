@@ -11,6 +11,25 @@ import pytest
 from conftest import tiny_config
 
 
+@pytest.fixture(scope="module")
+def migrated_store(tmp_path_factory):
+    """An empty MLflow SQLite store with its tables made: copied into place, it spares each test MLflow's
+    database migrations (seconds each on a busy machine)."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+def store_at(template, path):
+    import shutil
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template, path)
+    return f"sqlite:///{path}"
+
+
 def metrics_rows(run_dir, kind):
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return [r for r in rows if r["type"] == kind]
@@ -56,7 +75,7 @@ def test_tensorboard_events_per_step_and_resume(tmp_path, tiny_roberta, synth_cs
     assert len(hparams) == 1 and "optim.lr: 0.005" in hparams[0].read_text()
 
 
-def test_mlflow_seeds_one_experiment_params_metrics_artefacts(tmp_path, tiny_roberta, synth_csv):
+def test_mlflow_seeds_one_experiment_params_metrics_artefacts(tmp_path, tiny_roberta, synth_csv, migrated_store):
     from mlflow import MlflowClient
 
     from lorafit.train.seeds import run_seeds
@@ -64,8 +83,9 @@ def test_mlflow_seeds_one_experiment_params_metrics_artefacts(tmp_path, tiny_rob
     cfg = tiny_config(tiny_roberta, synth_csv, train__max_steps=4, train__log_every=1, data__limit=100,
                       train__report_to='["mlflow"]')
     out = tmp_path / "seeds"
+    uri = store_at(migrated_store, out / "mlflow.db")  # where the default store is: OUT/mlflow.db
     run_seeds(cfg, [0, 1], out, log=lambda *a: None)
-    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("seeds")
     runs = client.search_runs([exp.experiment_id])
     assert sorted(r.info.run_name for r in runs) == ["seed-0", "seed-1"]
@@ -84,10 +104,10 @@ def test_mlflow_seeds_one_experiment_params_metrics_artefacts(tmp_path, tiny_rob
         assert json.loads((run_dir / "tracking.json").read_text())["mlflow"]["run_id"] == r.info.run_id
 
 
-def test_mlflow_resumed_run_continues_the_same_run(tmp_path, tiny_roberta, synth_csv, monkeypatch):
+def test_mlflow_resumed_run_continues_the_same_run(tmp_path, tiny_roberta, synth_csv, monkeypatch, migrated_store):
     from mlflow import MlflowClient
 
-    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    uri = store_at(migrated_store, tmp_path / "store.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # the environment's store, not the default
     cfg = tiny_config(tiny_roberta, synth_csv, train__epochs=1, train__log_every=1, train__eval_every=4,
                       data__limit=120, train__batch_size=8, train__report_to='["mlflow"]')
@@ -119,3 +139,26 @@ def test_unknown_tracker_is_a_config_error(tiny_roberta, synth_csv):
 
     with pytest.raises(LorafitError, match="train.report_to"):
         tiny_config(tiny_roberta, synth_csv, train__report_to='["wandb"]')
+
+
+def test_sweep_one_mlflow_run_per_trial_under_its_study(tmp_path, tiny_roberta, synth_csv, migrated_store):
+    import yaml
+    from mlflow import MlflowClient
+
+    from lorafit.cli import main
+
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": {"name": str(tiny_roberta)}, "data": {"train": str(synth_csv), "val_size": 0.2, "limit": 80, "max_length": 32},
+        "train": {"max_steps": 2, "batch_size": 16, "log_every": 1, "report_to": ["mlflow"]}, "adapter": {"r": 2},
+        "sweep": {"space": {"optim.lr": [1e-3, 5e-3]}}}))
+    out = tmp_path / "sweep"
+    uri = store_at(migrated_store, out / "mlflow.db")
+    assert main(["sweep", "--config", str(config), "--trials", "2", "--out", str(out)]) == 0
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("study").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["trial-000", "trial-001"]
+    for r in runs:
+        trial = int(r.info.run_name.split("-")[1])
+        assert r.data.tags["optuna.study"] == "study" and r.data.tags["optuna.trial"] == str(trial)
+        assert r.data.params["optim.lr"] in ("0.001", "0.005") and "train/loss" in r.data.metrics

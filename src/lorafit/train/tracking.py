@@ -108,7 +108,7 @@ class Tracking:
                 logging.getLogger(noisy).setLevel(logging.WARNING)  # database migrations, experiment creation
             saved = record.get("mlflow", {})
             uri = saved.get("tracking_uri") or tracking_uri(cfg, g.folder)
-            mlflow.set_tracking_uri(uri)
+            _use_uri(mlflow, uri)
             tags = {"lorafit.run_dir": str(run_dir.resolve()), **{k: str(v) for k, v in g.tags.items()}}
             self.mlflow = MLflowTracker(experiment_name=saved.get("experiment", g.experiment),
                                         logging_dir=str((g.folder / "mlartifacts").resolve()),
@@ -157,6 +157,17 @@ class Tracking:
                 mlflow.end_run(status=status)
             else:
                 t.finish()
+
+
+def _use_uri(mlflow, uri: str) -> None:
+    """mlflow.set_tracking_uri, without its side effect of exporting MLFLOW_TRACKING_URI: the next run
+    in this process (a seed, a trial, a test) would take that for the user's choice and log there."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 def tracking_uri(cfg, folder: Path) -> str:
