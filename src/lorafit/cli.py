@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--batch-size", type=int, default=128)
     pr.add_argument("--with-logits", action="store_true", help="add one logit_<label> column per class")
     _serve_args(sub)
+    _export_args(sub)
     return ap
 
 
@@ -86,6 +87,22 @@ def _serve_args(sub) -> None:
     sv.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without a key")
     sv.add_argument("--grace", type=float, default=30.0, help="seconds in-flight requests get to finish on SIGTERM")
     sv.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+
+
+def _export_args(sub) -> None:
+    x = sub.add_parser("export", help="a finished run as an ONNX model or a standalone transformers folder, checked "
+                                      "against lorafit's predictions before it is written")
+    x.add_argument("run_dir")
+    x.add_argument("--format", required=True, help="onnx (ONNX Runtime, every head) or merged (a transformers folder "
+                                                    "AutoModelForSequenceClassification loads; heads model, lora_dense)")
+    x.add_argument("--out", required=True, help="folder to write (refused if it exists, unless --overwrite)")
+    x.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
+    x.add_argument("--check", metavar="FILE", help="texts to check the export on (default: the run's validation texts)")
+    x.add_argument("--quantize", help="int8: also write model.int8.onnx (ONNX Runtime dynamic quantisation)")
+    x.add_argument("--min-agreement", type=float, default=99.5, metavar="PCT",
+                   help="refuse an int8 model whose labels agree with fp32 on fewer than PCT%% of the check texts "
+                        "(default 99.5)")
+    _input_args(x)
 
 
 def _input_args(p: argparse.ArgumentParser) -> None:
@@ -234,7 +251,16 @@ def cmd_serve(args) -> int:
     return serve(args)
 
 
-COMMANDS = {"serve": cmd_serve, "train": cmd_train, "budget": cmd_budget, "sweep": cmd_sweep, "evaluate": cmd_evaluate, "predict": cmd_predict}
+def cmd_export(args) -> int:
+    from .export import export_run
+
+    export_run(args.run_dir, args.format, args.out, check=args.check, quantize=args.quantize,
+               min_agreement=args.min_agreement, overwrite=args.overwrite, allow_pickle=args.allow_pickle,
+               text_columns=args.text_column, delimiter=args.delimiter, log=lambda line: print(line, file=sys.stderr))
+    return 0
+
+
+COMMANDS = {"serve": cmd_serve, "export": cmd_export, "train": cmd_train, "budget": cmd_budget, "sweep": cmd_sweep, "evaluate": cmd_evaluate, "predict": cmd_predict}
 
 
 def main(argv: list[str] | None = None) -> int:

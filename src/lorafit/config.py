@@ -187,6 +187,12 @@ class TrainConfig(_Section):
     checkpoint_every: Optional[int] = Field(None, ge=1, description="Also write a resumable checkpoint every N optimizer steps.")
     deterministic: bool = Field(True, description="Deterministic kernels and seeded data order.")
     num_workers: int = Field(0, ge=0)
+    report_to: list[Literal["tensorboard", "mlflow"]] = Field(
+        [], description="Experiment trackers (through accelerate): tensorboard writes RUN_DIR/tensorboard/; mlflow logs "
+        "to train.tracking_uri (train/tracking.py).")
+    tracking_uri: Optional[str] = Field(
+        None, description="MLflow tracking URI; default: $MLFLOW_TRACKING_URI, else a local SQLite store "
+        "(sqlite:///RUN_DIR/mlflow.db; OUT/mlflow.db for --seeds and sweeps).")
 
     @field_validator("eval_every")
     @classmethod

@@ -64,8 +64,10 @@ def _class_table(m: dict) -> list[str]:
 def write_report(run_dir: Path, result: dict, names: list[str]) -> None:
     from .io import atomic_write_text
 
+    from .curves import plot_step_curves
+
     rows = read_metrics(run_dir)
-    plot_curves(rows, run_dir / "curves.png")
+    plot_step_curves(rows, run_dir / "curves.png")  # per logged step (curves.py); plot_curves is per epoch
     main = result.get("test") or result["validation"]
     which = "test" if "test" in result else "validation"
     plot_confusion(main["confusion"], names, run_dir / "confusion.png", f"{which} (n={main['n']})")
@@ -80,7 +82,7 @@ def write_report(run_dir: Path, result: dict, names: list[str]) -> None:
         t = result["test"]
         md.append(f"- test: accuracy **{t['accuracy']:.4f}**, macro-F1 {t['macro_f1']:.4f} (n={t['n']})")
     md += [f"- **warning**: {w}" for w in result.get("warnings", [])]
-    md += ["", "## Curves", "", "![loss and accuracy per epoch](curves.png)", "",
+    md += ["", "## Curves", "", "![training loss at every logged step, learning rate, validation metrics at every evaluation](curves.png)", "",
            f"## {which.capitalize()} per class", ""] + _class_table(main)
     md += ["", "![confusion matrix](confusion.png)", "", "## Files", "",
            "- [config.yaml](config.yaml): the resolved config (`lorafit train --config config.yaml` reproduces the run)",

@@ -33,7 +33,7 @@ from ..model.solver import resolve_rank
 from ..progress import progress
 from ..runs.directory import check_run_dir
 from ..runs.weights import initial_lora, save_weights, weights_folder
-from . import checkpoint, evaluation, final_epoch, header, switches
+from . import checkpoint, evaluation, final_epoch, header, switches, tracking
 from .optim import build_optimizer, build_scheduler
 from .state import Position, State
 
@@ -65,10 +65,12 @@ class Recipe:
         # a signal number set (by run_training's handler) while training: stop at the next step boundary
         self.stop_signal: Optional[int] = None
         self.training = False
+        self.tracking: Optional[tracking.Tracking] = None  # train.report_to's trackers (main process), once set up
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> "Recipe":
         check_run_dir(self.run_dir, overwrite=self.overwrite, resume=self.resume)  # before anything slow
+        tracking.check_installed(self.cfg)  # a tracker's missing package: one line, nothing written
         try:
             self._setup()
         except BaseException:
@@ -78,6 +80,7 @@ class Recipe:
             raise
         if self._new_dir is not None:
             self._new_dir.commit()  # only now is the replaced run deleted
+        self.tracking = tracking.start(self)
         self.set_up = True
         return self
 
@@ -212,6 +215,8 @@ class Recipe:
         if self.acc.is_main_process:
             with (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
+            if self.tracking is not None:
+                self.tracking.log_row(row)
 
     def loss_fn(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float(), labels, label_smoothing=self.cfg.train.label_smoothing)
@@ -293,7 +298,7 @@ class Recipe:
             st.step += 1
             if st.step % cfg.log_every == 0:
                 self.record(type="train", step=st.step, epoch=round(st.step / self.steps_per_epoch, 4),
-                            loss=round(loss.item(), 6), lr=self.scheduler.get_last_lr()[0],
+                            loss=round(loss.item(), 6), lr=self.scheduler.get_last_lr()[0], grad_norm=self._grad_norm(),
                             samples_per_s=round(seen * self.acc.num_processes / (time.perf_counter() - t0), 2))
             if eval_steps and st.step % eval_steps == 0 and st.step < self.total_steps:
                 stop = evaluation.evaluate_and_keep(self)
@@ -359,7 +364,7 @@ class Recipe:
         loop's), zero the gradients, trim the heap; all but step and zero_grad only on syncing steps."""
         sync = self.acc.sync_gradients
         if sync and self.cfg.train.max_grad_norm:
-            self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.train.max_grad_norm)
+            self.grad_norm = self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.train.max_grad_norm)
         self.optimizer.step()
         if sync:
             scheduler.step()
@@ -368,6 +373,11 @@ class Recipe:
         self.optimizer.zero_grad(set_to_none=True)
         if sync:
             self.trim_heap()  # after zero_grad: the gradients' pages go back too
+
+    def _grad_norm(self) -> float | None:
+        """The last step's total gradient norm before clipping (None without train.max_grad_norm)."""
+        norm = getattr(self, "grad_norm", None)
+        return None if norm is None else round(float(norm), 6)
 
     def _after_step(self, step: int) -> None:
         """AdaLoRA re-allocates ranks after each optimizer step (PEFT's documented loop)."""
@@ -414,6 +424,8 @@ class Recipe:
                     m = result[split]
                     self.log(f"{split} accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f} (n={m['n']})")
             self.log(f"run saved in {self.run_dir}")
+            if self.tracking is not None:
+                self.tracking.finish(result, weights_folder(cfg))  # the run's files as MLflow artefacts
         self.acc.wait_for_everyone()
         return result
 
@@ -428,5 +440,6 @@ class Recipe:
 
     def cleanup(self) -> None:
         """Drop the prefix cache's temporary files; safe to call after an interrupted run."""
+        tracking.stopped(self)  # trackers of a run that did not finish end as KILLED / FAILED
         if self.prefix is not None:
             self.prefix.close()

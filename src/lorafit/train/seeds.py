@@ -82,6 +82,7 @@ def run_seeds(cfg: RunConfig, seeds: list[int], out: str | Path, *, overwrite: b
     OUT is a folder of runs, not a run: overwrite replaces each OUT/seed-N that is a run (refusing,
     before any training, one that is not) and rewrites seeds.json/seeds.md; nothing else in OUT is touched."""
     from ..runs.directory import check_run_dir, is_run_dir
+    from . import tracking
     from .run import run_training
 
     out = Path(out)
@@ -94,7 +95,8 @@ def run_seeds(cfg: RunConfig, seeds: list[int], out: str | Path, *, overwrite: b
     for s in seeds:
         log(f"seed {s}: training into {out / f'seed-{s}'}")
         t0 = time.perf_counter()
-        result = run_training(seed_config(cfg, s), out / f"seed-{s}", overwrite=overwrite, log=log)
+        with tracking.group(out.name, out, f"seed-{s}", seed=s, group=out.name):  # one MLflow experiment
+            result = run_training(seed_config(cfg, s), out / f"seed-{s}", overwrite=overwrite, log=log)
         result["wall_seconds"] = time.perf_counter() - t0
         result["train_seconds"] = _train_seconds(out / f"seed-{s}")
         runs[s] = result

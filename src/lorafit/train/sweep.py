@@ -84,6 +84,7 @@ def suggest(trial, key: str, spec: Any) -> Any:
 def make_objective(cfg: RunConfig, out: Path, log: Callable, trials: int | None = None) -> Callable:
     import optuna
 
+    from . import tracking
     from .recipe import Recipe
     from .sweep_workers import claim
 
@@ -111,6 +112,8 @@ def make_objective(cfg: RunConfig, out: Path, log: Callable, trials: int | None 
                             on_eval=on_eval)
         except LorafitError as e:
             raise pruned(str(e)) from None
+        recipe.tracking_group = tracking.Group(trial.study.study_name, out, f"trial-{trial.number:03d}",
+                                               {"optuna.study": trial.study.study_name, "optuna.trial": trial.number})
         try:
             recipe.setup()
             trial.set_user_attr("trainable", sum(r.total for r in recipe.rows))

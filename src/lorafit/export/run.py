@@ -1,0 +1,139 @@
+"""`lorafit export RUN_DIR --format onnx|merged --out DIR`: build in a temporary folder, check the
+result against lorafit's own logits on the check texts, and only then move it to --out.
+
+An ONNX export holds model.onnx (fp32; model.int8.onnx with --quantize int8), the tokenizer files,
+config.json (the label map, for optimum's ORTModelForSequenceClassification), labels.json (label
+names in logit order) and export.json (what was checked, and how to feed the graph). A merged
+export holds a transformers model folder (config.json, model.safetensors, tokenizer) with
+labels.json and export.json."""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from .. import __version__
+from ..errors import LorafitError
+from . import check as checking
+from .folder import MANIFEST, check_out, publish
+
+FORMATS = ("onnx", "merged")
+QUANTIZE = ("int8",)
+
+
+def _validate(fmt: str, quantize: Optional[str], min_agreement: float) -> None:
+    if fmt not in FORMATS:
+        raise LorafitError(f"--format: unknown format '{fmt}'; use onnx (ONNX Runtime) or merged (a transformers folder)")
+    if quantize is not None and quantize not in QUANTIZE:
+        raise LorafitError(f"--quantize: unknown scheme '{quantize}'; use int8")
+    if quantize is not None and fmt != "onnx":
+        raise LorafitError("--quantize: int8 quantisation is for --format onnx (ONNX Runtime's dynamic quantisation)")
+    if not 0 < min_agreement <= 100:
+        raise LorafitError(f"--min-agreement: {min_agreement} is a percentage of labels; give a value in (0, 100]")
+
+
+def export_run(run_dir: str | Path, fmt: str, out: str | Path, *, check: Optional[str] = None,
+               quantize: Optional[str] = None, min_agreement: float = 99.5, overwrite: bool = False,
+               allow_pickle: bool = False, text_columns: Optional[Sequence[str]] = None,
+               delimiter: Optional[str] = None, batch_size: int = 64, log: Callable = print) -> dict:
+    """Export a finished run; returns export.json's content. Bad input and a failed check raise
+    LorafitError with nothing written."""
+    from ..runs.directory import read_run
+    from ..runs.weights import weights_folder
+
+    _validate(fmt, quantize, min_agreement)
+    run_dir, out = Path(run_dir), Path(out)
+    cfg, names = read_run(run_dir)
+    if not (run_dir / weights_folder(cfg)).is_dir():
+        raise LorafitError(f"{run_dir}: no trained weights ({weights_folder(cfg)}/ missing); did training finish?")
+    check_out(out, overwrite)
+    if fmt == "merged":
+        from .merged import check_mappable
+
+        check_mappable(cfg.head.type)
+    where, texts = checking.check_texts(run_dir, cfg, check, allow_pickle=allow_pickle, text_columns=text_columns,
+                                        delimiter=delimiter)
+    ref = _lorafit_logits(run_dir, texts, batch_size)
+    manifest = {"format": fmt, "run": str(run_dir.resolve()), "lorafit": __version__, "labels": names,
+                "max_length": cfg.data.max_length, "head": cfg.head.type, "model": cfg.model.name,
+                "check": {"texts": where, "n": len(texts), "atol": checking.ATOL}}
+    with tempfile.TemporaryDirectory(prefix="lorafit-export-") as tmp:
+        built = Path(tmp) / "export"
+        built.mkdir()
+        model, tokenizer, _, _ = _plain_merged(run_dir)
+        if fmt == "onnx":
+            _build_onnx(model, tokenizer, built, texts, ref, cfg, quantize, min_agreement, manifest, batch_size, log)
+        else:
+            _build_merged(model, tokenizer, built, texts, ref, cfg, manifest, batch_size, log)
+        tokenizer.save_pretrained(built)
+        (built / "labels.json").write_text(json.dumps(names, indent=2), encoding="utf-8")
+        (built / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        publish(built, out)
+    log(f"exported {run_dir} as {fmt} to {out}")
+    return manifest
+
+
+def _lorafit_logits(run_dir: Path, texts: list[str], batch_size: int):
+    """What `lorafit predict` computes: its own load path and speed settings."""
+    from ..runs.predict import predict_logits
+    from ..runs.weights import load_trained
+
+    model, tokenizer, cfg, _ = load_trained(run_dir, merge=True)
+    return predict_logits(model, tokenizer, texts, cfg.data.max_length, batch_size)
+
+
+def _plain_merged(run_dir: Path):
+    """The merged model with none of lorafit's speed paths: torch's own modules only, as an exporter needs."""
+    from ..runs.weights import load_trained
+
+    return load_trained(run_dir, merge=True, device="cpu", first_token=False, packed=False)
+
+
+def _refuse(what: str, agreement: checking.Agreement, rule: str) -> LorafitError:
+    return LorafitError(f"export: {what} does not match lorafit on the check texts ({agreement.describe()}; needed {rule}); "
+                        "nothing was written")
+
+
+def _build_onnx(model, tokenizer, built: Path, texts, ref, cfg, quantize, min_agreement, manifest, batch_size, log) -> None:
+    from . import onnx as ox
+
+    path = built / "model.onnx"
+    try:
+        ox.export_onnx(model, tokenizer, path)
+    except Exception as e:
+        raise LorafitError(f"export: torch.onnx.export failed for {type(model).__name__} ({type(e).__name__}: "
+                           f"{' '.join(str(e).split())[:300]}); nothing was written") from e
+    fp32 = ox.ort_logits(ox.session(path), tokenizer, texts, cfg.data.max_length, batch_size)
+    agreement = checking.compare(ref, fp32)
+    if not agreement.passes():
+        raise _refuse("the ONNX model", agreement, f"logits within {checking.ATOL:g} and every label equal")
+    log(f"check: ONNX Runtime fp32 vs lorafit on {len(texts)} texts: {agreement.describe()}")
+    manifest["check"].update(max_abs_diff=agreement.max_abs_diff, labels_equal=agreement.labels_equal)
+    manifest.update(files={"fp32": path.name}, inputs=list(ox.INPUTS), outputs=["logits"], opset=ox.OPSET)
+    model.config.to_json_file(built / "config.json")
+    if quantize == "int8":
+        q = built / "model.int8.onnx"
+        ox.quantize_int8(path, q)
+        int8 = checking.int8_verdict(fp32, ox.ort_logits(ox.session(q), tokenizer, texts, cfg.data.max_length, batch_size),
+                                     min_agreement)
+        log(f"check: int8 vs fp32 on {len(texts)} texts: labels agree on {int8.labels_equal}/{int8.n} "
+            f"({100 * int8.fraction:.2f}%), max |logit difference| {int8.max_abs_diff:.3g}")
+        manifest["files"]["int8"] = q.name
+        manifest["int8"] = {"label_agreement": int8.fraction, "labels_equal": int8.labels_equal, "n": int8.n,
+                            "max_abs_diff": int8.max_abs_diff, "min_agreement_pct": min_agreement}
+
+
+def _build_merged(model, tokenizer, built: Path, texts, ref, cfg, manifest, batch_size, log) -> None:
+    from ..runs.predict import predict_logits
+    from .merged import load_merged, save_merged
+
+    save_merged(model, built)
+    reloaded = load_merged(built)
+    agreement = checking.compare(ref, predict_logits(reloaded, tokenizer, texts, cfg.data.max_length, batch_size))
+    if not agreement.passes():
+        raise _refuse("the merged model, reloaded by AutoModelForSequenceClassification", agreement,
+                      f"logits within {checking.ATOL:g} and every label equal")
+    log(f"check: merged model reloaded by transformers vs lorafit on {len(texts)} texts: {agreement.describe()}")
+    manifest["check"].update(max_abs_diff=agreement.max_abs_diff, labels_equal=agreement.labels_equal)
+    manifest["files"] = {"model": "model.safetensors"}
