@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
+from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score, matthews_corrcoef
 
 
 def classification_metrics(labels: np.ndarray, preds: np.ndarray, names: list[str]) -> dict:
@@ -12,6 +12,8 @@ def classification_metrics(labels: np.ndarray, preds: np.ndarray, names: list[st
         "n": int(len(labels)),
         "accuracy": float(accuracy_score(labels, preds)),
         "macro_f1": float(f1_score(labels, preds, labels=ids, average="macro", zero_division=0)),
+        # Matthews correlation (CoLA's metric; the multiclass R_K form): 0 for constant predictions
+        "mcc": float(matthews_corrcoef(labels, preds)) if len(labels) else 0.0,
         "per_class": {n: {k: float(report[n][k]) for k in ("precision", "recall", "f1-score", "support")} for n in names},
         "confusion": confusion_matrix(labels, preds, labels=ids).tolist(),
     }
