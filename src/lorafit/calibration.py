@@ -129,8 +129,11 @@ def fit(val: Sequence[np.ndarray], test: Optional[Sequence[np.ndarray]] = None, 
     if seen_in_training:
         summary["note"] = ("not fitted: the validation items were trained on (train.final_on_val), so the "
                            "probabilities are the plain softmax (T = 1)")
+    elif len(val[1]) and (np.asarray(val[0]).argmax(1) == np.asarray(val[1])).all():
+        summary["note"] = ("every validation item is predicted right, so the fitted temperature can only sharpen the "
+                           "probabilities; it says little about new data (a larger data.val_size helps)")
     elif t in T_RANGE:
-        summary["note"] = f"the fitted temperature reached its bound {t}: the validation set is too easy or too small to fit it"
+        summary["note"] = f"the fitted temperature reached its bound {t}: the validation set is too small to fit it"
     splits = {"validation": tuple(val)}
     if test is not None:
         summary["test"] = split_summary(*test, t)
