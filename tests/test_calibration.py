@@ -129,3 +129,18 @@ def test_predict_probs_rows_sum_to_one_and_reload_exactly(trained_run, tmp_path)
     assert len(notes) == 1 and "plain softmax, not calibrated" in notes[0]
     np.testing.assert_array_equal(pd.read_csv(out)[cols].to_numpy(dtype=np.float32),
                                   calibration.softmax(logits).astype(np.float32))
+
+
+def test_evaluate_gives_mcc_and_the_ece_before_and_after(trained_run, tmp_path):
+    from lorafit.runs.evaluate import evaluate_file
+
+    run_dir, recipe, result = trained_run
+    data = tmp_path / "val.csv"
+    pd.DataFrame({"text": recipe.data.val.texts, "label": recipe.data.val.labels}).to_csv(data, index=False)
+    got = evaluate_file(str(run_dir), str(data))
+    assert got["mcc"] == pytest.approx(result["validation"]["mcc"])
+    cal, val = got["calibration"], result["calibration"]["validation"]
+    assert cal["temperature"] == calibration.read_temperature(run_dir) and cal["n"] == val["n"]
+    # the reloaded, merged model's logits agree with the trainer's to ~1e-5
+    assert cal["nll_before"] == pytest.approx(val["nll_before"], rel=1e-3)
+    assert cal["nll_after"] == pytest.approx(val["nll_after"], rel=1e-3)

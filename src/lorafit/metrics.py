@@ -35,7 +35,7 @@ def imbalance_note(labels: np.ndarray, names: list[str], metric: str) -> str | N
     n = counts.sum()
     return (f"classes are imbalanced (largest '{names[big]}' {counts[big] / n:.0%}, smallest '{names[small]}' "
             f"{counts[small] / n:.0%} of the training rows); train.metric: accuracy can keep a model that ignores "
-            "the small classes: consider train.metric: macro_f1")
+            "the small classes: consider train.metric: macro_f1 or mcc, and train.class_weights: balanced")
 
 
 def never_predicted(m: dict, names: list[str], split: str = "validation") -> str | None:
@@ -46,5 +46,5 @@ def never_predicted(m: dict, names: list[str], split: str = "validation") -> str
         return None
     shown = ", ".join(f"'{x}'" for x in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
     return (f"the model never predicts {shown} on {split} ({len(missing)} of {len(names)} classes): accuracy "
-            f"{m['accuracy']:.4f} but macro-F1 {m['macro_f1']:.4f}; try train.metric: macro_f1, more epochs or a "
-            "higher optim.lr, or more rows of those classes")
+            f"{m['accuracy']:.4f} but macro-F1 {m['macro_f1']:.4f}; try train.metric: macro_f1, train.class_weights: "
+            "balanced, more epochs or a higher optim.lr, or more rows of those classes")
