@@ -137,6 +137,11 @@ CASES = {
         "`evaluate --data` holds a label name the run never saw",
         lambda e: (["evaluate", e.finished_run(), "--data", e.file("val.csv", "text,label\ngoal,Sports\n")], None),
         r"val\.csv: row 1: label 'Sports' in column 'label' is not in the label set"),
+    "class-weights-unknown-label": (
+        "train.class_weights names a label the training data lacks (labels 0..3)",
+        lambda e: e.train(train__class_weights="{2: 1.5, 7: 3.0}"),
+        r"train\.class_weights: unknown label '7'; the training labels are \['0', '1', '2', '3'\]: name labels as "
+        r"data\.train writes them"),
     "label-column-looks-like-ids": (
         "a label column whose values mostly occur once (an id or a number, not classes)",
         lambda e: e.train(data__train=e.file("ids.csv", "text,label\ngoal match,0\nwar vote,1\nchip,1000000\n")),

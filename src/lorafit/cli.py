@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     _input_args(pr)
     pr.add_argument("--batch-size", type=int, default=128)
     pr.add_argument("--with-logits", action="store_true", help="add one logit_<label> column per class")
+    pr.add_argument("--probs", action="store_true", help="add one prob_<label> column per class: probabilities "
+                                                        "calibrated by the run's temperature (calibration.json)")
     _serve_args(sub)
     _export_args(sub)
     return ap
@@ -240,7 +242,8 @@ def cmd_predict(args) -> int:
 
     n = predict_file(args.run_dir, args.input, args.output, allow_pickle=args.allow_pickle,
                      batch_size=args.batch_size, with_logits=args.with_logits, text_columns=args.text_column,
-                     id_column=args.id_column, delimiter=args.delimiter)
+                     id_column=args.id_column, delimiter=args.delimiter,
+                     probs=args.probs, log=lambda line: print(line, file=sys.stderr))
     print(f"wrote {n} predictions to {args.output}", file=sys.stderr)
     return 0
 

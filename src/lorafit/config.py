@@ -162,7 +162,14 @@ class TrainConfig(_Section):
     precision: Literal["auto", "no", "fp16", "bf16"] = Field("auto", description="auto: bf16 on GPUs that have it, else fp16 on GPU, none on CPU.")
     eval_every: Union[Literal["epoch"], int] = Field("epoch", description="'epoch' or a number of optimizer steps.")
     log_every: int = Field(20, ge=1, description="Log training loss every N optimizer steps.")
-    metric: Literal["accuracy", "macro_f1", "loss"] = Field("accuracy", description="Selects the best checkpoint.")
+    metric: Literal["accuracy", "macro_f1", "mcc", "loss"] = Field(
+        "accuracy", description="Selects the best checkpoint: accuracy, macro_f1, mcc (Matthews correlation) or loss.")
+    class_weights: Union[Literal["none", "balanced"], dict[str, float]] = Field(
+        "none", description="Cross-entropy class weights: none; balanced (n / (K * count), scikit-learn's "
+        "compute_class_weight); or {label: weight} by label value (labels not named weigh 1).")
+    sampler: Literal["shuffle", "balanced"] = Field(
+        "shuffle", description="Training order: shuffle (every item once per epoch); balanced (each epoch draws as "
+        "many items with replacement, every class equally likely; seeded, restored on resume).")
     save_top_k: int = Field(1, ge=1, description="Keep this many best checkpoints.")
     early_stopping: Optional[int] = Field(None, ge=1, description="Stop after N evaluations without improvement.")
     final_on_val: bool = Field(False, description="After training, one more epoch on train+validation (no selection after it).")
@@ -201,6 +208,25 @@ class TrainConfig(_Section):
             raise ValueError("must be 'epoch' or a positive number of steps")
         return v
 
+    @field_validator("class_weights", mode="before")
+    @classmethod
+    def _class_weights_keys(cls, v):
+        # YAML reads `{1: 2.0}` with integer keys; labels are matched by value later (train/imbalance.py)
+        if v is None:
+            return "none"
+        return {str(k): w for k, w in v.items()} if isinstance(v, dict) else v
+
+    @field_validator("class_weights")
+    @classmethod
+    def _class_weights(cls, v):
+        if isinstance(v, dict):
+            if not v:
+                raise ValueError("an empty mapping; give {label: weight, ...}, balanced or none")
+            bad = [k for k, w in v.items() if not (w > 0 and w < float("inf"))]
+            if bad:
+                raise ValueError(f"the weight of label {bad[0]!r} must be a positive finite number")
+        return v
+
     @field_validator("trim_heap")
     @classmethod
     def _trim_heap(cls, v):
@@ -217,7 +243,7 @@ class SweepConfig(_Section):
     space: dict[str, Any] = Field(
         {}, description="Dotted config key -> a list of choices, or {low, high, log} for a number, e.g. "
         "{adapter.r: [4, 8, 16], optim.lr: {low: 1.0e-4, high: 3.0e-3, log: true}}.")
-    metric: Literal["accuracy", "macro_f1", "loss"] = Field("accuracy", description="Validation metric optimised (loss: minimised).")
+    metric: Literal["accuracy", "macro_f1", "mcc", "loss"] = Field("accuracy", description="Validation metric optimised (loss: minimised).")
     startup_trials: int = Field(3, ge=0, description="Median pruning starts after this many finished trials.")
     warmup_evals: int = Field(0, ge=0, description="Never prune a trial before this many evaluations.")
 

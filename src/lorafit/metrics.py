@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
+from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score, matthews_corrcoef
 
 
 def classification_metrics(labels: np.ndarray, preds: np.ndarray, names: list[str]) -> dict:
@@ -12,6 +12,8 @@ def classification_metrics(labels: np.ndarray, preds: np.ndarray, names: list[st
         "n": int(len(labels)),
         "accuracy": float(accuracy_score(labels, preds)),
         "macro_f1": float(f1_score(labels, preds, labels=ids, average="macro", zero_division=0)),
+        # Matthews correlation (CoLA's metric; the multiclass R_K form): 0 for constant predictions
+        "mcc": float(matthews_corrcoef(labels, preds)) if len(labels) else 0.0,
         "per_class": {n: {k: float(report[n][k]) for k in ("precision", "recall", "f1-score", "support")} for n in names},
         "confusion": confusion_matrix(labels, preds, labels=ids).tolist(),
     }
@@ -33,7 +35,7 @@ def imbalance_note(labels: np.ndarray, names: list[str], metric: str) -> str | N
     n = counts.sum()
     return (f"classes are imbalanced (largest '{names[big]}' {counts[big] / n:.0%}, smallest '{names[small]}' "
             f"{counts[small] / n:.0%} of the training rows); train.metric: accuracy can keep a model that ignores "
-            "the small classes: consider train.metric: macro_f1")
+            "the small classes: consider train.metric: macro_f1 or mcc, and train.class_weights: balanced")
 
 
 def never_predicted(m: dict, names: list[str], split: str = "validation") -> str | None:
@@ -44,5 +46,5 @@ def never_predicted(m: dict, names: list[str], split: str = "validation") -> str
         return None
     shown = ", ".join(f"'{x}'" for x in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
     return (f"the model never predicts {shown} on {split} ({len(missing)} of {len(names)} classes): accuracy "
-            f"{m['accuracy']:.4f} but macro-F1 {m['macro_f1']:.4f}; try train.metric: macro_f1, more epochs or a "
-            "higher optim.lr, or more rows of those classes")
+            f"{m['accuracy']:.4f} but macro-F1 {m['macro_f1']:.4f}; try train.metric: macro_f1, train.class_weights: "
+            "balanced, more epochs or a higher optim.lr, or more rows of those classes")

@@ -61,6 +61,30 @@ def _class_table(m: dict) -> list[str]:
     return lines
 
 
+def _mcc(m: dict) -> str:
+    return f", MCC {m['mcc']:.4f}" if "mcc" in m else ""  # eval.json of runs before MCC was measured
+
+
+def _calibration_section(c: dict | None) -> list[str]:
+    """Temperature and expected calibration error before/after (calibration.py), with the reliability diagram."""
+    if not c:
+        return []
+    how = (f"fitted on the validation split ({c['method']})" if c.get("fitted_on") else "not fitted")
+    lines = ["", "## Calibration", "", f"- temperature **{c['temperature']:.4g}**, {how}"]
+    for split in ("validation", "test"):
+        if split in c:
+            s = c[split]
+            lines.append(f"- {split} (n={s['n']}): ECE {s['ece_before']:.4f} → **{s['ece_after']:.4f}**, NLL "
+                         f"{s['nll_before']:.4f} → {s['nll_after']:.4f}"
+                         + (" (in-sample: the items the temperature was fitted on)" if split == "validation"
+                            and c.get("fitted_on") == "validation" else ""))
+    if c.get("note"):
+        lines.append(f"- note: {c['note']}")
+    lines += [f"- ECE: {c['bins']} equal-width bins of the top-class probability", "",
+              "![reliability diagram before and after temperature scaling](calibration.png)"]
+    return lines
+
+
 def write_report(run_dir: Path, result: dict, names: list[str]) -> None:
     from .io import atomic_write_text
 
@@ -76,12 +100,13 @@ def write_report(run_dir: Path, result: dict, names: list[str]) -> None:
     md = ["# lorafit run report", "",
           f"- trainable parameters: {result['trainable']:,} ({params[-1].split(' / ')[-1]}); {params[-2]}",
           f"- best checkpoint: step {result['best_step']} by {result['metric']}",
-          f"- validation: accuracy **{v['accuracy']:.4f}**, macro-F1 {v['macro_f1']:.4f}, loss {v['loss']:.4f} (n={v['n']})"
+          f"- validation: accuracy **{v['accuracy']:.4f}**, macro-F1 {v['macro_f1']:.4f}{_mcc(v)}, loss {v['loss']:.4f} (n={v['n']})"
           + (" — note: validation items were also trained on (train.final_on_val)" if v.get("seen_in_training") else "")]
     if "test" in result:
         t = result["test"]
-        md.append(f"- test: accuracy **{t['accuracy']:.4f}**, macro-F1 {t['macro_f1']:.4f} (n={t['n']})")
+        md.append(f"- test: accuracy **{t['accuracy']:.4f}**, macro-F1 {t['macro_f1']:.4f}{_mcc(t)} (n={t['n']})")
     md += [f"- **warning**: {w}" for w in result.get("warnings", [])]
+    md += _calibration_section(result.get("calibration"))
     md += ["", "## Curves", "", "![training loss at every logged step, learning rate, validation metrics at every evaluation](curves.png)", "",
            f"## {which.capitalize()} per class", ""] + _class_table(main)
     md += ["", "![confusion matrix](confusion.png)", "", "## Files", "",
@@ -89,6 +114,7 @@ def write_report(run_dir: Path, result: dict, names: list[str]) -> None:
            "- [params.txt](params.txt): trainable parameters per module",
            "- [metrics.jsonl](metrics.jsonl): one line per log step, epoch and evaluation",
            "- [eval.json](eval.json): final metrics",
+           "- [calibration.json](calibration.json): the temperature `lorafit predict --probs` applies",
            "- adapter/ (PEFT format) or model/ (full fine-tuning), with the tokenizer", "",
            "## Parameter table", "", "```", *params, "```", ""]
     atomic_write_text(run_dir / "report.md", "\n".join(md))

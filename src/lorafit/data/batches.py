@@ -74,7 +74,8 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
             order = np.argsort(-self.lengths, kind="stable") if self.group else np.arange(n)
             return [order[s:s + bs].tolist() for s in range(0, n, bs)]
         rng = np.random.default_rng([self.seed, self.epoch])
-        order = rng.permutation(n)
+        order = self.epoch_order(rng)
+        n = len(order)
         if not self.group:
             return [order[s:s + bs].tolist() for s in range(0, n, bs)]
         step = bs * self.mega
@@ -91,6 +92,11 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
         longest = max(range(len(batches)), key=lambda i: self.lengths[batches[i]].max())
         batches[0], batches[longest] = batches[longest], batches[0]
         return batches
+
+    def epoch_order(self, rng: np.random.Generator) -> np.ndarray:
+        """The items of one shuffled epoch, before length grouping: each once (train/imbalance.py draws
+        them class-balanced instead)."""
+        return rng.permutation(len(self.lengths))
 
     def __iter__(self):
         skip, self._skip = self._skip, 0
@@ -120,8 +126,10 @@ class Collator:
 
 
 def make_loader(ds: TokenDataset, batch_size: int, pad_id: int, *, shuffle: bool, group_by_length: bool = True,
-                seed: int = 0, num_workers: int = 0) -> torch.utils.data.DataLoader:
-    sampler = LengthGroupedBatches(ds.lengths(), batch_size, shuffle=shuffle, group_by_length=group_by_length, seed=seed)
+                seed: int = 0, num_workers: int = 0, batches: Optional[LengthGroupedBatches] = None
+                ) -> torch.utils.data.DataLoader:
+    sampler = batches or LengthGroupedBatches(ds.lengths(), batch_size, shuffle=shuffle, group_by_length=group_by_length,
+                                              seed=seed)
     # Its own generator: each pass draws a worker seed from it, and drawing from the global RNG instead
     # would shift dropout masks between a run and the same run resumed from a checkpoint.
     return torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=Collator(pad_id), num_workers=num_workers,

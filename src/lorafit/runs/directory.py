@@ -2,7 +2,7 @@
 replace what is not a run), making it so that a failed setup puts everything back, reading a
 finished run, and the resume/ pointer to its newest checkpoint.
 
-Layout: .lorafit-run, config.yaml, labels.json, metrics.jsonl, params.txt, eval.json, curves.png,
+Layout: .lorafit-run, config.yaml, labels.json, metrics.jsonl, params.txt, eval.json, calibration.json, calibration.png, curves.png,
 confusion.png, report.md, adapter/ (PEFT format) or model/ (full fine-tuning), checkpoints/
 (top-k weights by the selection metric), resume/ (resumable state while training: train/checkpoint.py).
 """

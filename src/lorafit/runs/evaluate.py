@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
 
+from ..calibration import read_temperature, split_summary
 from ..data.examples import load_labelled
 from ..metrics import classification_metrics
 from .directory import read_run
@@ -23,4 +24,8 @@ def evaluate_file(run_dir: str, data_path: str, *, allow_pickle: bool = False, b
         log(f"data: {note}")
     model, tokenizer, cfg, names = load_trained(run_dir, merge=True, device=default_device())
     logits = predict_logits(model, tokenizer, ex.texts, cfg.data.max_length, batch_size)
-    return classification_metrics(ex.labels, logits.argmax(-1), names)
+    metrics = classification_metrics(ex.labels, logits.argmax(-1), names)
+    temperature = read_temperature(run_dir)
+    if temperature is not None:  # the ECE of what `predict --probs` gives, and of the plain softmax
+        metrics["calibration"] = {"temperature": temperature, **split_summary(logits, ex.labels, temperature)}
+    return metrics

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -102,9 +102,26 @@ def check_output(out: Path) -> None:
         raise LorafitError(f"--output: cannot write in folder {out.parent} ({e.strerror or e}); choose another --output") from None
 
 
+def probability_columns(run_dir: str, logits: np.ndarray, names: list[str],
+                        log: Optional[Callable[[str], None]] = None) -> pd.DataFrame:
+    """One prob_<label> column per class: softmax(logits / T) with the run's fitted temperature (calibration.py),
+    as float32 written in the shortest text that reads back to the same float32."""
+    from ..calibration import FILE, read_temperature, softmax
+
+    t = read_temperature(run_dir)
+    if t is None:
+        t = 1.0
+        if log:
+            log(f"note: {Path(run_dir) / FILE} is missing (a run trained before temperatures were saved): the "
+                "probabilities are the plain softmax, not calibrated")
+    p = softmax(logits, t).astype(np.float32)
+    return pd.DataFrame({f"prob_{name}": [str(v) for v in p[:, k]] for k, name in enumerate(names)})
+
+
 def predict_file(run_dir: str, input_path: str, output_path: str, *, allow_pickle: bool = False,
                  batch_size: int = 128, with_logits: bool = False, text_columns: Optional[Sequence[str]] = None,
-                 id_column: Optional[str] = None, delimiter: Optional[str] = None) -> int:
+                 id_column: Optional[str] = None, delimiter: Optional[str] = None, probs: bool = False,
+                 log: Optional[Callable[[str], None]] = None) -> int:
     out = Path(output_path)
     check_output(out)
     cfg, _ = read_run(run_dir)
@@ -117,6 +134,8 @@ def predict_file(run_dir: str, input_path: str, output_path: str, *, allow_pickl
     if with_logits:
         for k, name in enumerate(names):
             frame[f"logit_{name}"] = logits[:, k]
+    if probs:
+        frame = frame.join(probability_columns(run_dir, logits, names, log))
     buf = io.StringIO()
     frame.to_csv(buf, index=False, float_format="%.7g")
     try:

@@ -32,10 +32,15 @@ def predict_logits(recipe, loader) -> tuple[np.ndarray, np.ndarray, float]:
 
 
 def evaluate(recipe, loader) -> dict:
+    return evaluate_with_logits(recipe, loader)[0]
+
+
+def evaluate_with_logits(recipe, loader) -> tuple[dict, np.ndarray, np.ndarray]:
+    """The metrics, and the logits and labels they came from (the final evaluation fits the temperature on them)."""
     logits, labels, loss = predict_logits(recipe, loader)
     out = classification_metrics(labels, logits.argmax(-1), recipe.data.label_names)
     out["loss"] = loss
-    return out
+    return out, logits, labels
 
 
 def evaluate_and_keep(recipe) -> bool:
@@ -44,7 +49,8 @@ def evaluate_and_keep(recipe) -> bool:
     recipe._clock(running=False)  # evaluations are not training time
     m = evaluate(recipe, recipe.val_loader)
     recipe.record(type="eval", step=st.step, epoch=round(st.step / recipe.steps_per_epoch, 4), loss=m["loss"],
-                  accuracy=m["accuracy"], macro_f1=m["macro_f1"], n=m["n"], train_seconds=round(recipe.train_seconds, 3))
+                  accuracy=m["accuracy"], macro_f1=m["macro_f1"], mcc=m["mcc"], n=m["n"],
+                  train_seconds=round(recipe.train_seconds, 3))
     recipe.log(f"step {st.step}: val loss {m['loss']:.4f} accuracy {m['accuracy']:.4f} macro-F1 {m['macro_f1']:.4f}")
     recipe.evals += 1
     if recipe.on_eval is not None:

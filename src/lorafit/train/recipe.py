@@ -33,7 +33,8 @@ from ..model.solver import resolve_rank
 from ..progress import progress
 from ..runs.directory import check_run_dir
 from ..runs.weights import initial_lora, save_weights, weights_folder
-from . import checkpoint, evaluation, final_epoch, header, switches, tracking
+from .. import calibration
+from . import checkpoint, evaluation, final_epoch, header, imbalance, switches, tracking
 from .optim import build_optimizer, build_scheduler
 from .state import Position, State
 
@@ -148,6 +149,8 @@ class Recipe:
             checkpoint.check_labels(saved, names, cfg.data.train)
         # the test set is checked now (labels, columns), not after hours of training
         self.test = load_labelled(cfg.data.test, cfg.data, cfg.data.test_split, names, "data.test")[0] if cfg.data.test else None
+        weights = imbalance.class_weights(cfg.train.class_weights, self.data.train.labels, names)  # names checked now
+        self.class_weights = None if weights is None else weights.to(self.acc.device)
         self._check_budget(names)  # before any heavy work: tokenising, loading weights
         self.tokenizer = load_tokenizer(cfg.model)
         if self.tokenizer.pad_token_id is None:
@@ -208,7 +211,8 @@ class Recipe:
     def _loader(self, ds: TokenDataset, batch_size: int, *, shuffle: bool):
         t = self.cfg.train
         return make_loader(ds, batch_size, self.tokenizer.pad_token_id, shuffle=shuffle,
-                           group_by_length=t.group_by_length, seed=self.cfg.seed, num_workers=t.num_workers)
+                           group_by_length=t.group_by_length, seed=self.cfg.seed, num_workers=t.num_workers,
+                           batches=imbalance.train_batches(ds, batch_size, t, self.cfg.seed) if shuffle else None)
 
     # ------------------------------------------------------------------ train
     def record(self, **row) -> None:
@@ -219,7 +223,8 @@ class Recipe:
                 self.tracking.log_row(row)
 
     def loss_fn(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), labels, label_smoothing=self.cfg.train.label_smoothing)
+        return F.cross_entropy(logits.float(), labels, weight=self.class_weights,
+                               label_smoothing=self.cfg.train.label_smoothing)
 
     def train(self) -> "Recipe":
         cfg, st = self.cfg.train, self.state
@@ -394,12 +399,16 @@ class Recipe:
         self.cleanup()  # drop the prefix cache: the full model from here on (final epoch, final metrics, saving)
         if cfg.train.final_on_val:
             final_epoch.train_on_all(self)
+        val, *val_logits = evaluation.evaluate_with_logits(self, self.final_val_loader)
         result = {"best_step": self.state.best_step, "metric": cfg.train.metric, "trainable": sum(r.total for r in self.rows),
-                  "validation": evaluation.evaluate(self, self.final_val_loader)}
+                  "validation": val}
         result["validation"]["seen_in_training"] = cfg.train.final_on_val
+        test_logits = None
         if self.test is not None:
             loader = self.acc.prepare(self._loader(self._dataset(self.test), cfg.train.eval_batch_size, shuffle=False))
-            result["test"] = evaluation.evaluate(self, loader)
+            result["test"], *test_logits = evaluation.evaluate_with_logits(self, loader)
+        calibrated = calibration.fit(val_logits, test_logits, seen_in_training=cfg.train.final_on_val)
+        result["calibration"] = calibrated.summary
         warnings = [w for split in ("validation", "test") if split in result
                     for w in [never_predicted(result[split], self.data.label_names, split)] if w]
         if warnings:
@@ -411,6 +420,7 @@ class Recipe:
                 remove(model)  # torch's modules and SDPA again: nothing of ours reaches saved configs
             try:
                 save_weights(model, self.tokenizer, self.run_dir, cfg, self.lora_init)
+                calibrated.write(self.run_dir)
                 atomic_write_text(self.run_dir / "eval.json", json.dumps(result, indent=2))
                 write_report(self.run_dir, result, self.data.label_names)
             except BaseException:
@@ -435,7 +445,7 @@ class Recipe:
         name = weights_folder(self.cfg)
         for d in (name, f".{name}.tmp"):
             shutil.rmtree(self.run_dir / d, ignore_errors=True)
-        for f in ("eval.json", "report.md", "curves.png", "confusion.png"):
+        for f in ("eval.json", "report.md", "curves.png", "confusion.png", *calibration.FILES):
             (self.run_dir / f).unlink(missing_ok=True)
 
     def cleanup(self) -> None:

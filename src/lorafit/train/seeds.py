@@ -17,7 +17,7 @@ from ..config import RunConfig
 from ..errors import LorafitError
 from ..io import atomic_write_text
 
-METRICS = ("accuracy", "macro_f1", "loss")
+METRICS = ("accuracy", "macro_f1", "mcc", "loss")
 
 
 def parse_seeds(text: str) -> list[int]:

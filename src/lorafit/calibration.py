@@ -1,0 +1,186 @@
+"""Calibrated probabilities, single-label: temperature scaling (Guo et al. 2017), the expected
+calibration error, and the reliability diagram.
+
+At the end of training one temperature T is fitted on the validation logits by minimising their
+negative log-likelihood (torch's LBFGS over log T, float64); probabilities are then
+softmax(logits / T). T > 1 softens an over-confident model, T < 1 sharpens an under-confident one;
+the predicted label never changes. T is saved in RUN/calibration.json (what `lorafit predict
+--probs` reads); eval.json's `calibration` and report.md give the ECE and NLL before (T = 1) and
+after, and calibration.png the reliability diagram.
+
+ECE: 15 equal-width bins of the top-class probability, sum over bins of (items in bin / n) *
+|accuracy in bin - mean confidence in bin|. On validation it is measured on the items T was
+fitted on (in-sample); data.test, when given, is the out-of-sample check.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import LorafitError
+
+BINS = 15
+FILE, PLOT = "calibration.json", "calibration.png"
+FILES = (FILE, PLOT)
+# a validation set the model gets all right pulls T towards 0 (ever sharper is ever better on it):
+# bounded, and said so, rather than saving a temperature that makes every probability 0 or 1
+T_RANGE = (0.05, 20.0)
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Probabilities of softmax(logits / T), in float64, each row summing to 1."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
+    z = torch.as_tensor(np.asarray(logits, dtype=np.float64)) / temperature
+    return float(F.cross_entropy(z, torch.as_tensor(np.asarray(labels, dtype=np.int64))))
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The T > 0 minimising the NLL of softmax(logits / T) on (logits, labels), within T_RANGE."""
+    if len(labels) == 0:
+        return 1.0
+    z = torch.as_tensor(np.asarray(logits, dtype=np.float64))
+    y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=1.0, max_iter=100, tolerance_grad=1e-9, tolerance_change=1e-12,
+                            line_search_fn="strong_wolfe")
+    lo, hi = math.log(T_RANGE[0]), math.log(T_RANGE[1])
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(z / log_t.clamp(lo - 1, hi + 1).exp(), y)
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    t = float(log_t.detach().exp())
+    return min(max(t, T_RANGE[0]), T_RANGE[1]) if math.isfinite(t) else 1.0
+
+
+def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = BINS) -> list[dict]:
+    """Per equal-width confidence bin (lo, hi]: items, mean top-class probability, accuracy."""
+    probs, labels = np.asarray(probs), np.asarray(labels)
+    conf, correct = probs.max(axis=1), probs.argmax(axis=1) == labels
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+    out = []
+    for b in range(bins):
+        sel = which == b
+        n = int(sel.sum())
+        out.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "n": n,
+                    "confidence": float(conf[sel].mean()) if n else None,
+                    "accuracy": float(correct[sel].mean()) if n else None})
+    return out
+
+
+def ece(probs: np.ndarray, labels: np.ndarray, bins: int = BINS) -> float:
+    """Expected calibration error over equal-width bins of the top-class probability."""
+    n = len(labels)
+    if n == 0:
+        return 0.0
+    return float(sum(b["n"] / n * abs(b["accuracy"] - b["confidence"]) for b in reliability(probs, labels, bins) if b["n"]))
+
+
+def split_summary(logits: np.ndarray, labels: np.ndarray, temperature: float) -> dict:
+    return {"n": int(len(labels)),
+            "ece_before": ece(softmax(logits), labels), "ece_after": ece(softmax(logits, temperature), labels),
+            "nll_before": nll(logits, labels), "nll_after": nll(logits, labels, temperature)}
+
+
+@dataclass
+class Calibrated:
+    """The fitted temperature, its summary for eval.json, and what the reliability diagram shows."""
+    temperature: float
+    summary: dict
+    splits: dict = field(default_factory=dict)  # name -> (logits, labels)
+
+    def write(self, run_dir: Path) -> None:
+        from .io import atomic_write_text
+
+        record = {k: self.summary[k] for k in ("temperature", "fitted_on", "method", "bins")}
+        atomic_write_text(Path(run_dir) / FILE, json.dumps(record, indent=2) + "\n")
+        name = "test" if "test" in self.splits else "validation"
+        plot_reliability(*self.splits[name], self.temperature, Path(run_dir) / PLOT, name)
+
+
+def fit(val: Sequence[np.ndarray], test: Optional[Sequence[np.ndarray]] = None, *,
+        seen_in_training: bool = False) -> Calibrated:
+    """Fit T on the validation (logits, labels); measure before/after on validation and test. When the
+    validation items were trained on (train.final_on_val) they would fit a T too sharp: T stays 1."""
+    if seen_in_training:
+        t, fitted_on = 1.0, None
+    else:
+        t, fitted_on = fit_temperature(*val), "validation"
+    summary = {"temperature": t, "fitted_on": fitted_on, "method": "temperature scaling: NLL minimised by LBFGS",
+               "bins": BINS, "validation": split_summary(*val, t)}
+    if seen_in_training:
+        summary["note"] = ("not fitted: the validation items were trained on (train.final_on_val), so the "
+                           "probabilities are the plain softmax (T = 1)")
+    elif len(val[1]) and (np.asarray(val[0]).argmax(1) == np.asarray(val[1])).all():
+        summary["note"] = ("every validation item is predicted right, so the fitted temperature can only sharpen the "
+                           "probabilities; it says little about new data (a larger data.val_size helps)")
+    elif t in T_RANGE:
+        summary["note"] = f"the fitted temperature reached its bound {t}: the validation set is too small to fit it"
+    splits = {"validation": tuple(val)}
+    if test is not None:
+        summary["test"] = split_summary(*test, t)
+        splits["test"] = tuple(test)
+    return Calibrated(t, summary, splits)
+
+
+def read_temperature(run_dir: str | Path) -> Optional[float]:
+    """The run's saved temperature; None for a run trained before calibration was saved."""
+    path = Path(run_dir) / FILE
+    if not path.is_file():
+        return None
+    try:
+        t = json.loads(path.read_text(encoding="utf-8"))["temperature"]
+    except (ValueError, KeyError, TypeError):
+        raise LorafitError(f"{path}: not a lorafit calibration file (no 'temperature'); delete it to use the plain "
+                           "softmax, or train the run again") from None
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not (0 < t < math.inf):
+        raise LorafitError(f"{path}: temperature {t!r} is not a positive number; delete the file to use the plain softmax")
+    return float(t)
+
+
+def plot_reliability(logits: np.ndarray, labels: np.ndarray, temperature: float, path: Path, split: str) -> None:
+    """Accuracy against confidence per bin, before (T = 1) and after temperature scaling."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), sharey=True)
+    for ax, (title, t) in zip(axes, (("before (T = 1)", 1.0), (f"after (T = {temperature:.3g})", temperature))):
+        probs = softmax(logits, t)
+        rows = reliability(probs, labels)
+        width = 1.0 / BINS
+        filled = [r for r in rows if r["n"]]
+        ax.bar([r["lo"] for r in filled], [r["accuracy"] for r in filled], width=width, align="edge",
+               edgecolor="black", color="tab:blue", label="accuracy")
+        ax.bar([r["lo"] for r in filled], [r["confidence"] - r["accuracy"] for r in filled], width=width, align="edge",
+               bottom=[r["accuracy"] for r in filled], color="tab:red", alpha=0.3, edgecolor="tab:red", label="gap")
+        ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence (top-class probability)")
+        ax.set_title(f"{title}: ECE {ece(probs, labels):.4f}")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"accuracy ({split}, n={len(labels)})")
+    axes[0].legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
