@@ -46,6 +46,30 @@ def test_quality_runs_on_tiny_input(tiny_bert, synth_csv, tmp_path):
     assert "lorafit train --config configs/agnews-minilm-best.yaml --seeds 0" in text
 
 
+def test_quality_sst2_rows_seed_by_seed_keep_the_ag_news_section(tiny_bert, tmp_path):
+    """--dataset sst2: binary rows (the AG News configs renamed to two labels, configs/sst2-minilm.yaml),
+    --rows order, and the AG News section of --out is kept."""
+    import pandas as pd
+
+    data = tmp_path / "bin.csv"
+    words = ["good fine great", "bad awful poor"]
+    pd.DataFrame({"text": [f"{words[i % 2]} {i}" for i in range(160)], "label": [i % 2 for i in range(160)]}).to_csv(data, index=False)
+    out = tmp_path / "QUALITY.md"
+    ag = "# Accuracy per parameter: MiniLM-L6 on AG News\n\n| (a) | kept |\n"
+    out.write_text(ag)
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "quality.py"), "--dataset", "sst2", "--model", str(tiny_bert),
+                           "--data", str(data), "--limit", "120", "--val-size", "40", "--max-length", "32", "--rows", "c,a",
+                           "--seeds", "0", "--set", "train.batch_size=16", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    assert text.startswith(ag) and "# Accuracy per parameter: MiniLM-L6 on SST-2\n" in text
+    rows = [x for x in text.splitlines() if x.startswith("| (")]
+    assert rows[1].startswith("| (c) | solver's pick") and rows[2].startswith("| (a) | seeds' recipe"), rows
+    assert "lorafit train --config configs/sst2-minilm.yaml --seeds 0" in text
+    assert "--set 'data.label_names=[negative,positive]'" in text and "--set data.limit=120" in text
+
+
 def test_profile_step_runs_on_tiny_input(tiny_roberta, synth_csv):
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "profile_step.py"), "--model", str(tiny_roberta),
                            "--data", str(synth_csv), "--steps", "3", "--warmup", "2", "--set", "data.max_length=32"],
