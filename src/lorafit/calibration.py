@@ -172,7 +172,8 @@ def plot_reliability(logits: np.ndarray, labels: np.ndarray, temperature: float,
         ax.bar([r["lo"] for r in filled], [r["accuracy"] for r in filled], width=width, align="edge",
                edgecolor="black", color="tab:blue", label="accuracy")
         ax.bar([r["lo"] for r in filled], [r["confidence"] - r["accuracy"] for r in filled], width=width, align="edge",
-               bottom=[r["accuracy"] for r in filled], color="tab:red", alpha=0.3, edgecolor="tab:red", label="gap")
+               bottom=[r["accuracy"] for r in filled], facecolor="none", hatch="//", edgecolor="tab:red",
+               label="gap to the confidence")  # hatched, not filled: visible above and inside the accuracy bar
         ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
