@@ -9,12 +9,17 @@ import sys
 import threading
 from pathlib import Path
 
+from pydantic import BaseModel
+
+
+class Req(BaseModel):  # at module level: FastAPI resolves the annotation from here
+    texts: list[str]
+
 
 def build(run_dir: str):
     import yaml
     from fastapi import FastAPI
     from peft import PeftModel
-    from pydantic import BaseModel
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
     run = Path(run_dir)
@@ -26,9 +31,6 @@ def build(run_dir: str):
                    device=-1, truncation=True, max_length=128)
     lock = threading.Lock()  # a pipeline is not meant to be called from several threads at once
     app = FastAPI()
-
-    class Req(BaseModel):
-        texts: list[str]
 
     @app.post("/predict")
     def predict(req: Req):
