@@ -248,3 +248,18 @@ def test_readme_onnxruntime_snippet_runs(runs, tmp_path):
         names = json.loads((out / "labels.json").read_text())
         expected = [names[k] for k in lorafit_logits(runs(kind, head), texts).argmax(-1)]
         assert p.stdout.strip().splitlines()[-1] == f"LABELS {expected}"
+
+
+def test_export_speed_bench_writes_its_table(runs, synth_csv, tmp_path):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "RESULTS.md"
+    proc = subprocess.run([sys.executable, str(root / "bench" / "export_speed.py"), "--run", str(runs("roberta", "mean_linear")),
+                           "--data", str(synth_csv), "--limit", "40", "--batch", "16", "--repeats", "1", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [x for x in out.read_text().splitlines() if x.startswith("| ") and "samples/s" not in x]
+    assert [r.split(" | ")[0] for r in rows] == ["| lorafit predict (torch)", "| ONNX Runtime fp32",
+                                                 "| ONNX Runtime int8 (dynamic quantisation)"]
+    assert rows[1].endswith("| 100.00% |")  # fp32 gives lorafit's labels
