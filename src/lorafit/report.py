@@ -18,25 +18,6 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def plot_curves(rows: list[dict], path: Path, steps_per_epoch: float | None = None) -> None:
-    """Loss and accuracy per epoch: train (epoch means) and validation (each evaluation)."""
-    ep = [r for r in rows if r["type"] == "epoch"]
-    ev = [r for r in rows if r["type"] == "eval"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot([r["epoch"] for r in ep], [r["train_loss"] for r in ep], "o-", label="train")
-    ax1.plot([r["epoch"] for r in ev], [r["loss"] for r in ev], "s-", label="validation")
-    ax2.plot([r["epoch"] for r in ep], [r["train_accuracy"] for r in ep], "o-", label="train")
-    ax2.plot([r["epoch"] for r in ev], [r["accuracy"] for r in ev], "s-", label="validation")
-    for ax, name in ((ax1, "loss"), (ax2, "accuracy")):
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(name)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def plot_confusion(confusion: list[list[int]], names: list[str], path: Path, title: str) -> None:
     cm = np.asarray(confusion)
     fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2.5, 1.0 * len(names) + 2))
@@ -91,7 +72,7 @@ def write_report(run_dir: Path, result: dict, names: list[str]) -> None:
     from .curves import plot_step_curves
 
     rows = read_metrics(run_dir)
-    plot_step_curves(rows, run_dir / "curves.png")  # per logged step (curves.py); plot_curves is per epoch
+    plot_step_curves(rows, run_dir / "curves.png")  # per logged step (curves.py)
     main = result.get("test") or result["validation"]
     which = "test" if "test" in result else "validation"
     plot_confusion(main["confusion"], names, run_dir / "confusion.png", f"{which} (n={main['n']})")
