@@ -18,16 +18,18 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def plot_curves(rows: list[dict], path: Path, steps_per_epoch: float | None = None) -> None:
-    """Loss and accuracy per epoch: train (epoch means) and validation (each evaluation)."""
+def plot_curves(rows: list[dict], path: Path, steps_per_epoch: float | None = None,
+                keys: tuple[str, str] = ("train_accuracy", "accuracy")) -> None:
+    """Loss and accuracy (keys: another score's epoch and evaluation keys) per epoch: train (epoch means)
+    and validation (each evaluation)."""
     ep = [r for r in rows if r["type"] == "epoch"]
     ev = [r for r in rows if r["type"] == "eval"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     ax1.plot([r["epoch"] for r in ep], [r["train_loss"] for r in ep], "o-", label="train")
     ax1.plot([r["epoch"] for r in ev], [r["loss"] for r in ev], "s-", label="validation")
-    ax2.plot([r["epoch"] for r in ep], [r["train_accuracy"] for r in ep], "o-", label="train")
-    ax2.plot([r["epoch"] for r in ev], [r["accuracy"] for r in ev], "s-", label="validation")
-    for ax, name in ((ax1, "loss"), (ax2, "accuracy")):
+    ax2.plot([r["epoch"] for r in ep], [r[keys[0]] for r in ep], "o-", label="train")
+    ax2.plot([r["epoch"] for r in ev], [r[keys[1]] for r in ev], "s-", label="validation")
+    for ax, name in ((ax1, "loss"), (ax2, keys[1].replace("_", " "))):
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
@@ -65,6 +67,8 @@ def write_report(run_dir: Path, result: dict, names: list[str]) -> None:
     from .io import atomic_write_text
 
     rows = read_metrics(run_dir)
+    if result.get("task") is not None:  # multi_label, regression: their own report
+        return write_task_report(run_dir, result, names, rows)
     plot_curves(rows, run_dir / "curves.png")
     main = result.get("test") or result["validation"]
     which = "test" if "test" in result else "validation"
@@ -89,4 +93,37 @@ def write_report(run_dir: Path, result: dict, names: list[str]) -> None:
            "- [eval.json](eval.json): final metrics",
            "- adapter/ (PEFT format) or model/ (full fine-tuning), with the tokenizer", "",
            "## Parameter table", "", "```", *params, "```", ""]
+    atomic_write_text(run_dir / "report.md", "\n".join(md))
+
+
+def write_task_report(run_dir: Path, result: dict, names: list[str], rows: list[dict]) -> None:
+    """report.md of a multi_label or regression run: its scores, per label (with thresholds) for multi_label."""
+    from . import tasks
+    from .io import atomic_write_text
+
+    task = result["task"]
+    plot_curves(rows, run_dir / "curves.png", keys=tasks.curve_keys(task))
+    v = result["validation"]
+    params = (run_dir / "params.txt").read_text(encoding="utf-8").strip().splitlines()
+    md = ["# lorafit run report", "", f"- task: {task}",
+          f"- trainable parameters: {result['trainable']:,} ({params[-1].split(' / ')[-1]}); {params[-2]}",
+          f"- best checkpoint: step {result['best_step']} by {result['metric']}",
+          f"- validation: {tasks.describe(v, ',')}, loss {v['loss']:.4f} (n={v['n']})"
+          + (" — note: validation items were also trained on (train.final_on_val)" if v.get("seen_in_training") else "")]
+    if "test" in result:
+        md.append(f"- test: {tasks.describe(result['test'], ',')} (n={result['test']['n']})")
+    if task == tasks.MULTI:
+        md.append("- decision thresholds: tuned per label on the validation split (thresholds.json), so the validation "
+                  "scores are optimistic; the test scores are not")
+    md += [f"- **warning**: {w}" for w in result.get("warnings", [])]
+    md += ["", "## Curves", "", "![loss and score per epoch](curves.png)", ""]
+    main = result.get("test") or v
+    if task == tasks.MULTI:
+        md += [f"## {'Test' if 'test' in result else 'Validation'} per label", "",
+               "| label | threshold | precision | recall | F1 | support |", "|---|---|---|---|---|---|"]
+        md += [f"| {n} | {c['threshold']:.2f} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1-score']:.4f} | "
+               f"{int(c['support'])} |" for n, c in main["per_label"].items()]
+    else:
+        md += [f"- {'test' if 'test' in result else 'validation'} RMSE {main['rmse']:.4f}, MAE {main['mae']:.4f}"]
+    md += ["", "## Parameter table", "", "```", *params, "```", ""]
     atomic_write_text(run_dir / "report.md", "\n".join(md))

@@ -18,10 +18,11 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from .. import tasks
 from ..config import RunConfig
 from ..data.batches import TokenDataset, make_loader
+from ..data.encoding import Encoding, encode
 from ..data.examples import load_labelled, load_split, split_seed
-from ..data.tokens import tokenize
 from ..errors import Interrupted, LorafitError, TrainingDiverged
 from ..io import atomic_write_text
 from ..metrics import never_predicted
@@ -64,6 +65,7 @@ class Recipe:
         # a signal number set (by run_training's handler) while training: stop at the next step boundary
         self.stop_signal: Optional[int] = None
         self.training = False
+        self.thresholds: Optional[dict] = None  # multi_label: per-label thresholds, tuned when training ends
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> "Recipe":
@@ -160,6 +162,7 @@ class Recipe:
         self.steps_per_epoch = math.ceil(len(self.train_loader) / cfg.train.grad_accum)
         self.total_steps = cfg.train.max_steps or max(1, int(math.ceil(self.steps_per_epoch * cfg.train.epochs)))
         self.model, self.plan = build_model(cfg, names, total_steps=self.total_steps)
+        self.model.config.problem_type = tasks.problem_type(cfg.data.task)  # in the saved classifier config too
         # PiSSA/OLoRA changed the base weights; their starting A/B let the saved adapter be plain LoRA
         self.lora_init = initial_lora(self.model) if cfg.adapter.init in ("pissa", "olora") else None
         self.rows = trainable_rows(self.model)
@@ -194,10 +197,11 @@ class Recipe:
 
     def _dataset(self, ex, augment: bool = False) -> TokenDataset:
         cfg = self.cfg.data
-        ids = tokenize(self.tokenizer, ex.texts, cfg.max_length)
+        enc = Encoding.of(cfg)
+        ids, types = encode(self.tokenizer, ex.texts, enc, ex.pairs)
         p = cfg.shuffle_sentences_p if augment else 0.0
         return TokenDataset(ids, ex.labels, texts=ex.texts, tokenizer=self.tokenizer, max_length=cfg.max_length,
-                            shuffle_p=p, seed=self.cfg.seed)
+                            shuffle_p=p, seed=self.cfg.seed, types=types, pairs=ex.pairs, encoding=enc)
 
     def _loader(self, ds: TokenDataset, batch_size: int, *, shuffle: bool):
         t = self.cfg.train
@@ -211,6 +215,8 @@ class Recipe:
                 f.write(json.dumps(row) + "\n")
 
     def loss_fn(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.cfg.data.task != tasks.SINGLE:
+            return tasks.loss(self.cfg.data.task, logits, labels)
         return F.cross_entropy(logits.float(), labels, label_smoothing=self.cfg.train.label_smoothing)
 
     def train(self) -> "Recipe":
@@ -280,8 +286,8 @@ class Recipe:
                                            f"{self.divergence_hint()}")
                 self.acc.backward(loss)
                 self._optimizer_step(self.scheduler, st.step + 1)
-            n = labels.numel()
-            sums += torch.stack([loss.detach() * n, (logits.argmax(-1) == labels).sum().float(),
+            n = labels.shape[0]
+            sums += torch.stack([loss.detach() * n, tasks.batch_score(self.cfg.data.task, logits.detach(), labels),
                                  torch.tensor(float(n), device=sums.device)])
             seen += n
             bar.update(n * self.acc.num_processes)
@@ -306,7 +312,7 @@ class Recipe:
         self._clock(running=False)  # the steps since the last evaluation count; the epoch's end does not
         tot = self.acc.reduce(sums, reduction="sum")
         self.record(type="epoch", epoch=epoch + 1, step=st.step, train_loss=(tot[0] / tot[2]).item(),
-                    train_accuracy=(tot[1] / tot[2]).item(),
+                    **tasks.train_scores(self.cfg.data.task, tot[1], tot[2]),
                     samples_per_s=round(seen * self.acc.num_processes / (time.perf_counter() - t0), 2))
         if not stop and (eval_steps is None or st.step >= self.total_steps):
             stop = evaluation.evaluate_and_keep(self)
@@ -381,6 +387,7 @@ class Recipe:
         self.cleanup()  # drop the prefix cache: the full model from here on (final epoch, final metrics, saving)
         if cfg.train.final_on_val:
             final_epoch.train_on_all(self)
+        self.thresholds = evaluation.tuned_thresholds(self)  # multi_label only; the metrics below use them
         result = {"best_step": self.state.best_step, "metric": cfg.train.metric, "trainable": sum(r.total for r in self.rows),
                   "validation": evaluation.evaluate(self, self.final_val_loader)}
         result["validation"]["seen_in_training"] = cfg.train.final_on_val
@@ -389,6 +396,10 @@ class Recipe:
             result["test"] = evaluation.evaluate(self, loader)
         warnings = [w for split in ("validation", "test") if split in result
                     for w in [never_predicted(result[split], self.data.label_names, split)] if w]
+        if cfg.data.task != tasks.SINGLE:
+            result["task"] = cfg.data.task
+        if self.thresholds is not None:
+            result["thresholds"] = self.thresholds
         if warnings:
             result["warnings"] = warnings  # in eval.json and report.md too: a good accuracy can hide them
         if self.acc.is_main_process:
@@ -398,6 +409,7 @@ class Recipe:
                 remove(model)  # torch's modules and SDPA again: nothing of ours reaches saved configs
             try:
                 save_weights(model, self.tokenizer, self.run_dir, cfg, self.lora_init)
+                tasks.save_thresholds(self.run_dir, self.thresholds)
                 atomic_write_text(self.run_dir / "eval.json", json.dumps(result, indent=2))
                 write_report(self.run_dir, result, self.data.label_names)
             except BaseException:
@@ -409,7 +421,7 @@ class Recipe:
             for split in ("validation", "test"):
                 if split in result:
                     m = result[split]
-                    self.log(f"{split} accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f} (n={m['n']})")
+                    self.log(f"{split} {tasks.describe(m, ',')} (n={m['n']})")
             self.log(f"run saved in {self.run_dir}")
         self.acc.wait_for_everyone()
         return result
@@ -420,7 +432,7 @@ class Recipe:
         name = weights_folder(self.cfg)
         for d in (name, f".{name}.tmp"):
             shutil.rmtree(self.run_dir / d, ignore_errors=True)
-        for f in ("eval.json", "report.md", "curves.png", "confusion.png"):
+        for f in ("eval.json", "report.md", "curves.png", "confusion.png", tasks.THRESHOLDS_FILE):
             (self.run_dir / f).unlink(missing_ok=True)
 
     def cleanup(self) -> None:
