@@ -100,13 +100,15 @@ def task_data(tmp_path_factory):
 
 
 SETS = {"regression": dict(data__task="regression", data__label_column="score"),
-        "multi_label": dict(data__task="multi_label", data__label_column="topics")}
+        # mean pooling: the tiny random encoder's first token learns label sets slowly under BCE (measured: no
+        # whole set right after 4 epochs with the model head; 0.55 with mean_linear)
+        "multi_label": dict(data__task="multi_label", data__label_column="topics", head__type="mean_linear")}
 
 
 def task_config(model, task_data, task, **over):
     folder, reg, multi = task_data
-    return tiny_config(model, reg if task == "regression" else multi, optim__lr=2e-2, train__epochs=4, adapter__r=8,
-                       **{**SETS[task], **over})
+    return tiny_config(model, reg if task == "regression" else multi,
+                       **{"optim__lr": 2e-2, "train__epochs": 4, "adapter__r": 8, **SETS[task], **over})
 
 
 @pytest.fixture(scope="module", params=["regression", "multi_label"])
@@ -132,7 +134,7 @@ def test_task_trains_and_reloads_exactly(task_run):
         assert v["pearson"] > 0.5, v  # an untrained head gives ~0
     else:
         assert recipe.data.label_names == sorted(NAMES) and result["metric"] == "micro_f1"
-        assert v["subset_accuracy"] > 0.2, v  # whole label sets right: ~0 by chance
+        assert v["subset_accuracy"] > 0.3 and v["micro_f1"] > 0.7, v  # whole label sets right: ~0 by chance
         saved = json.loads((run_dir / "thresholds.json").read_text())
         assert saved == result["thresholds"] and set(saved) == set(NAMES)
         assert all(0 < t < 1 for t in saved.values())
