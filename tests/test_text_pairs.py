@@ -57,8 +57,8 @@ def test_pair_ids_equal_the_tokenizers_own_pair_encoding(tiny_bert, tiny_roberta
         else:
             assert types is None, name
         # the cache gives the same back, and another pair text is another key
+        assert encode(tok, LONG, Encoding(max_length), PAIRS) == (ids, types)  # stored, then read back
         assert encode(tok, LONG, Encoding(max_length), PAIRS) == (ids, types)
-        assert encode(tok, LONG, Encoding(max_length), PAIRS)[0] == ids
         assert encode(tok, LONG, Encoding(max_length), PAIRS[::-1])[0] != ids, name
 
 
@@ -198,3 +198,24 @@ def test_prefix_cache_with_pairs_gives_the_same_losses(tmp_path, tiny_bert):
         rows = [json.loads(x) for x in (tmp_path / f"run-{cache}" / "metrics.jsonl").read_text().splitlines()]
         losses.append([r["loss"] for r in rows if r["type"] in ("train", "eval")])
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-4)
+
+
+def test_a_tail_truncated_run_predicts_with_its_truncation(tmp_path, tiny_roberta, synth_csv):
+    """data.truncation travels with the run: predict encodes the tail as training did."""
+    from conftest import train_briefly
+
+    from lorafit.runs.predict import predict_file, predict_logits
+
+    recipe, _ = train_briefly(tiny_roberta, synth_csv, tmp_path / "run", data__truncation="tail", data__max_length=8)
+    texts = [t for t in recipe.data.val.texts if len(t.split()) > 8][:8]
+    assert texts
+    model = recipe.acc.unwrap_model(recipe.model).eval()
+    tail = predict_logits(model, recipe.tokenizer, texts, 8, data=recipe.cfg.data)
+    head = predict_logits(model, recipe.tokenizer, texts, 8)
+    gap = np.abs(tail - head).max()
+    assert gap > 0  # (two steps of training leave the logits close together: compared relative to the gap)
+    inp, out = tmp_path / "in.csv", tmp_path / "out.csv"
+    pd.DataFrame({"text": texts}).to_csv(inp, index=False)
+    predict_file(str(tmp_path / "run"), str(inp), str(out), with_logits=True)
+    got = pd.read_csv(out)[[f"logit_{n}" for n in recipe.data.label_names]].to_numpy()
+    assert np.abs(got - tail).max() < 0.1 * gap, (np.abs(got - tail).max(), gap)

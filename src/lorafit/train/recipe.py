@@ -162,7 +162,8 @@ class Recipe:
         self.steps_per_epoch = math.ceil(len(self.train_loader) / cfg.train.grad_accum)
         self.total_steps = cfg.train.max_steps or max(1, int(math.ceil(self.steps_per_epoch * cfg.train.epochs)))
         self.model, self.plan = build_model(cfg, names, total_steps=self.total_steps)
-        self.model.config.problem_type = tasks.problem_type(cfg.data.task)  # in the saved classifier config too
+        if tasks.problem_type(cfg.data.task):  # in the saved classifier config too: a plain reload knows the task
+            self.model.config.problem_type = tasks.problem_type(cfg.data.task)
         # PiSSA/OLoRA changed the base weights; their starting A/B let the saved adapter be plain LoRA
         self.lora_init = initial_lora(self.model) if cfg.adapter.init in ("pissa", "olora") else None
         self.rows = trainable_rows(self.model)
