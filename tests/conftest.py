@@ -51,8 +51,10 @@ def _train_tokenizer(folder: Path, kind: str) -> None:
         cls, sep, pad, unk, mask = "[CLS]", "[SEP]", "[PAD]", "[UNK]", "[MASK]"
     else:
         cls, sep, pad, unk, mask = "<s>", "</s>", "<pad>", "<unk>", "<mask>"
+    # pairs as the real tokenizers encode them: BERT [CLS] A [SEP] B [SEP] (B in segment 1), RoBERTa <s> A </s></s> B </s>
+    pair = f"{cls} $A {sep} $B:1 {sep}:1" if kind == "bert" else f"{cls} $A {sep} {sep} $B {sep}"
     tok.post_processor = processors.TemplateProcessing(
-        single=f"{cls} $A {sep}", special_tokens=[(cls, tok.token_to_id(cls)), (sep, tok.token_to_id(sep))])
+        single=f"{cls} $A {sep}", pair=pair, special_tokens=[(cls, tok.token_to_id(cls)), (sep, tok.token_to_id(sep))])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=pad, unk_token=unk, cls_token=cls, sep_token=sep,
                                    mask_token=mask, model_max_length=512)
     fast.save_pretrained(folder)

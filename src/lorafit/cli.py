@@ -111,6 +111,8 @@ def _input_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-column", action="append", metavar="NAME[,NAME...]",
                    help="column(s) holding the text, as many as the run's data.text_columns, in that order "
                         "(repeatable or comma-separated; default: the run's)")
+    p.add_argument("--text-pair-column", metavar="NAME",
+                   help="column holding the second text of each pair (default: the run's data.text_pair_column)")
     p.add_argument("--delimiter", help="field separator of a .csv/.tsv file: one character, or tab (default: a tab for "
                                        ".tsv; for .csv a comma, unless the header line has none, then sniffed among ; tab |)")
     p.add_argument("--allow-pickle", action="store_true", help="accept .pkl input (unpickling runs code)")
@@ -232,6 +234,7 @@ def cmd_evaluate(args) -> int:
 
     metrics = evaluate_file(args.run_dir, args.data, allow_pickle=args.allow_pickle, text_columns=args.text_column,
                             label_column=args.label_column, delimiter=args.delimiter,
+                            text_pair_column=args.text_pair_column,
                             log=lambda line: print(line, file=sys.stderr))
     print(json.dumps(metrics, indent=2))
     return 0
@@ -242,7 +245,7 @@ def cmd_predict(args) -> int:
 
     n = predict_file(args.run_dir, args.input, args.output, allow_pickle=args.allow_pickle,
                      batch_size=args.batch_size, with_logits=args.with_logits, text_columns=args.text_column,
-                     id_column=args.id_column, delimiter=args.delimiter,
+                     id_column=args.id_column, delimiter=args.delimiter, text_pair_column=args.text_pair_column,
                      probs=args.probs, log=lambda line: print(line, file=sys.stderr))
     print(f"wrote {n} predictions to {args.output}", file=sys.stderr)
     return 0

@@ -17,6 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import LorafitError
 
 
+# metrics each data.task can select on; the first is the default where `accuracy` does not apply
+TASK_METRICS = {"single_label": ("accuracy", "macro_f1", "mcc", "loss"),
+                "multi_label": ("micro_f1", "macro_f1", "subset_accuracy", "loss"),
+                "regression": ("pearson", "spearman", "rmse", "loss")}
+METRIC = Literal["accuracy", "macro_f1", "mcc", "loss", "micro_f1", "subset_accuracy", "pearson", "spearman", "rmse"]
+
+
 class _Section(BaseModel):
     # forbid: a misspelt key must never be silently ignored (e.g. `lr_rate` would train at default lr)
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -61,6 +68,21 @@ class DataConfig(_Section):
     split_seed: Optional[int] = Field(
         None, description="Seed of the shuffle, `limit` and the validation split (default: `seed`); `train --seeds` fixes "
         "it so that every seed is scored on the same validation set.")
+    task: Literal["single_label", "multi_label", "regression"] = Field(
+        "single_label", description="single_label: one class per row (cross-entropy); multi_label: a set of labels per "
+        "row (a JSON list, or a string split on data.label_delimiter; BCE, per-label thresholds tuned on validation); "
+        "regression: a number per row (MSE).")
+    text_pair_column: Optional[str] = Field(
+        None, description="Second text of a pair (e.g. the hypothesis of NLI), encoded as the tokenizer's pair: its own "
+        "separator and segment ids, truncated longest_first.")
+    label_delimiter: Optional[str] = Field(
+        None, min_length=1, description="multi_label: split label strings on this (e.g. '|'); default: a JSON list, or one label.")
+    truncation: Literal["head", "tail", "head_tail"] = Field(
+        "head", description="Which tokens of a long text are kept: the first max_length (head), the last (tail), or "
+        "the first head_tokens and the last max_length - head_tokens (head_tail; Sun et al. 2019).")
+    head_tokens: Optional[int] = Field(
+        None, ge=0, description="head_tail: tokens kept from the start (default: a quarter of what max_length leaves "
+        "for text, as Sun et al.'s 128 of 512).")
 
     @field_validator("val_size")
     @classmethod
@@ -68,6 +90,16 @@ class DataConfig(_Section):
         if v >= 1 and v != int(v):
             raise ValueError("a count of rows must be a whole number (or use a fraction < 1)")
         return v
+
+    @model_validator(mode="after")
+    def _pairs_and_truncation(self) -> "DataConfig":
+        if self.text_pair_column is not None and self.truncation != "head":
+            raise ValueError(f"data.truncation: {self.truncation} applies to single texts; text pairs "
+                             "(data.text_pair_column) are truncated longest_first, as the tokenizer does")
+        if self.text_pair_column is not None and self.text_pair_column in self.text_columns:
+            raise ValueError(f"data.text_pair_column: '{self.text_pair_column}' is also in data.text_columns; "
+                             "name the pair's second text")
+        return self
 
     @staticmethod
     def delimiter_char(v: str) -> str:
@@ -162,8 +194,8 @@ class TrainConfig(_Section):
     precision: Literal["auto", "no", "fp16", "bf16"] = Field("auto", description="auto: bf16 on GPUs that have it, else fp16 on GPU, none on CPU.")
     eval_every: Union[Literal["epoch"], int] = Field("epoch", description="'epoch' or a number of optimizer steps.")
     log_every: int = Field(20, ge=1, description="Log training loss every N optimizer steps.")
-    metric: Literal["accuracy", "macro_f1", "mcc", "loss"] = Field(
-        "accuracy", description="Selects the best checkpoint: accuracy, macro_f1, mcc (Matthews correlation) or loss.")
+    metric: METRIC = Field("accuracy", description="Selects the best checkpoint (per data.task: TASK_METRICS; "
+                           "its first is the default for multi_label and regression).")
     class_weights: Union[Literal["none", "balanced"], dict[str, float]] = Field(
         "none", description="Cross-entropy class weights: none; balanced (n / (K * count), scikit-learn's "
         "compute_class_weight); or {label: weight} by label value (labels not named weigh 1).")
@@ -243,7 +275,7 @@ class SweepConfig(_Section):
     space: dict[str, Any] = Field(
         {}, description="Dotted config key -> a list of choices, or {low, high, log} for a number, e.g. "
         "{adapter.r: [4, 8, 16], optim.lr: {low: 1.0e-4, high: 3.0e-3, log: true}}.")
-    metric: Literal["accuracy", "macro_f1", "mcc", "loss"] = Field("accuracy", description="Validation metric optimised (loss: minimised).")
+    metric: METRIC = Field("accuracy", description="Validation metric optimised (loss, rmse: minimised).")
     startup_trials: int = Field(3, ge=0, description="Median pruning starts after this many finished trials.")
     warmup_evals: int = Field(0, ge=0, description="Never prune a trial before this many evaluations.")
 
@@ -316,6 +348,26 @@ class RunConfig(_Section):
     budget: BudgetConfig = BudgetConfig()
     sweep: SweepConfig = SweepConfig()
     seed: int = Field(42, description="Seeds python, numpy, torch, the split and the data order.")
+
+    @model_validator(mode="after")
+    def _task_metrics(self) -> "RunConfig":
+        """train.metric (and a sweep's metric) must be one of data.task's; left at its default it becomes
+        the task's first (micro_f1, pearson), which config.yaml then records."""
+        task, allowed = self.data.task, TASK_METRICS[self.data.task]
+        if task == "regression" and self.train.class_weights != "none":
+            raise ValueError("train.class_weights: a regression has no classes to weigh; remove it (or use data.task: "
+                             "single_label / multi_label)")
+        if task != "single_label" and self.train.sampler == "balanced":
+            raise ValueError(f"train.sampler: balanced draws by class and needs data.task: single_label (this is {task}); "
+                             "use train.class_weights for multi_label")
+        for section, used in (("train", True), ("sweep", bool(self.sweep.space))):
+            node = getattr(self, section)
+            if node.metric in allowed or not used:
+                continue
+            if "metric" in node.model_fields_set:
+                raise ValueError(f"{section}.metric: {node.metric} is not a {task} metric; use one of {', '.join(allowed)}")
+            node.metric = allowed[0]
+        return self
 
     def to_yaml(self) -> str:
         raw = self.model_dump(mode="json")

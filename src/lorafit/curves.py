@@ -31,8 +31,8 @@ def smooth(values, points: int | None = None) -> np.ndarray:
     return out
 
 
-def step_curves(rows: list[dict]) -> dict[str, tuple[list, list]]:
-    """The plotted series, name -> (steps, values)."""
+def step_curves(rows: list[dict], metrics: tuple[str, ...] = ("accuracy", "macro_f1")) -> dict[str, tuple[list, list]]:
+    """The plotted series, name -> (steps, values); metrics: the validation scores (the task's own)."""
     train, evals = latest_per_step(rows, "train"), latest_per_step(rows, "eval")
     steps = [r["step"] for r in train]
     out = {"train loss": (steps, [r["loss"] for r in train]),
@@ -42,14 +42,15 @@ def step_curves(rows: list[dict]) -> dict[str, tuple[list, list]]:
     if norms:
         out["gradient norm"] = ([s for s, _ in norms], [g for _, g in norms])
     es = [r["step"] for r in evals]
-    for key in ("loss", "accuracy", "macro_f1"):
-        out[f"validation {key}"] = (es, [r[key] for r in evals])
+    for key in ("loss", *metrics):
+        out[f"validation {key}"] = (es, [r.get(key) for r in evals])
     return out
 
 
-def plot_step_curves(rows: list[dict], path: Path) -> dict[str, tuple[list, list]]:
+def plot_step_curves(rows: list[dict], path: Path,
+                     metrics: tuple[str, ...] = ("accuracy", "macro_f1")) -> dict[str, tuple[list, list]]:
     """Draw curves.png; returns the series drawn."""
-    s = step_curves(rows)
+    s = step_curves(rows, metrics)
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4))
     ax1.plot(*s["train loss"], "-", color="tab:blue", alpha=0.3, lw=1, label="train (each logged step)")
     ax1.plot(*s["train loss (smoothed)"], "-", color="tab:blue", lw=2, label="train (smoothed)")
@@ -63,8 +64,8 @@ def plot_step_curves(rows: list[dict], path: Path) -> dict[str, tuple[list, list
         twin.plot(*s["gradient norm"], "-", color="tab:gray", alpha=0.6, lw=1, label="gradient norm")
         twin.set_ylabel("gradient norm (before clipping)")
         twin.legend(loc="upper right")
-    ax3.plot(*s["validation accuracy"], "o-", label="validation accuracy")
-    ax3.plot(*s["validation macro_f1"], "s--", label="validation macro-F1")
+    for key, style in zip(metrics, ("o-", "s--", "^:", "d-.")):
+        ax3.plot(*s[f"validation {key}"], style, label=f"validation {key.replace('_', ' ')}")
     ax3.set_ylabel("metric")
     for ax in (ax1, ax2, ax3):
         ax.set_xlabel("optimizer step")

@@ -20,7 +20,7 @@ def classification_metrics(labels: np.ndarray, preds: np.ndarray, names: list[st
 
 
 def higher_is_better(metric: str) -> bool:
-    return metric != "loss"
+    return metric not in ("loss", "rmse")
 
 
 IMBALANCE = 4  # largest class >= 4x the smallest: accuracy starts to reward ignoring the small ones
@@ -28,6 +28,8 @@ IMBALANCE = 4  # largest class >= 4x the smallest: accuracy starts to reward ign
 
 def imbalance_note(labels: np.ndarray, names: list[str], metric: str) -> str | None:
     """A run-log note when classes are imbalanced and the best checkpoint is picked by accuracy."""
+    if np.asarray(labels).ndim != 1 or np.asarray(labels).dtype.kind not in "iu":
+        return None  # no classes to count: regression targets, multi-label rows
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(names))
     big, small = int(counts.argmax()), int(counts.argmin())
     if metric != "accuracy" or counts[big] < IMBALANCE * counts[small]:
@@ -40,6 +42,8 @@ def imbalance_note(labels: np.ndarray, names: list[str], metric: str) -> str | N
 
 def never_predicted(m: dict, names: list[str], split: str = "validation") -> str | None:
     """A warning when classes that have items in `split` are never predicted (the model collapsed onto the others)."""
+    if "confusion" not in m:
+        return None  # multi_label, regression: no one class per item
     cm = np.asarray(m["confusion"])
     missing = [names[i] for i in range(len(names)) if cm[i].sum() > 0 and cm[:, i].sum() == 0]
     if not missing:

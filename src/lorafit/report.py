@@ -72,6 +72,8 @@ def write_report(run_dir: Path, result: dict, names: list[str]) -> None:
     from .curves import plot_step_curves
 
     rows = read_metrics(run_dir)
+    if result.get("task") is not None:  # multi_label, regression: their own report
+        return write_task_report(run_dir, result, names, rows)
     plot_step_curves(rows, run_dir / "curves.png")  # per logged step (curves.py)
     main = result.get("test") or result["validation"]
     which = "test" if "test" in result else "validation"
@@ -98,4 +100,40 @@ def write_report(run_dir: Path, result: dict, names: list[str]) -> None:
            "- [calibration.json](calibration.json): the temperature `lorafit predict --probs` applies",
            "- adapter/ (PEFT format) or model/ (full fine-tuning), with the tokenizer", "",
            "## Parameter table", "", "```", *params, "```", ""]
+    atomic_write_text(run_dir / "report.md", "\n".join(md))
+
+
+def write_task_report(run_dir: Path, result: dict, names: list[str], rows: list[dict]) -> None:
+    """report.md of a multi_label or regression run: its scores, per label (with thresholds) for multi_label."""
+    from . import tasks
+    from .io import atomic_write_text
+
+    from .config import TASK_METRICS
+    from .curves import plot_step_curves
+
+    task = result["task"]
+    plot_step_curves(rows, run_dir / "curves.png", metrics=tuple(m for m in TASK_METRICS[task] if m != "loss"))
+    v = result["validation"]
+    params = (run_dir / "params.txt").read_text(encoding="utf-8").strip().splitlines()
+    md = ["# lorafit run report", "", f"- task: {task}",
+          f"- trainable parameters: {result['trainable']:,} ({params[-1].split(' / ')[-1]}); {params[-2]}",
+          f"- best checkpoint: step {result['best_step']} by {result['metric']}",
+          f"- validation: {tasks.describe(v, ',')}, loss {v['loss']:.4f} (n={v['n']})"
+          + (" — note: validation items were also trained on (train.final_on_val)" if v.get("seen_in_training") else "")]
+    if "test" in result:
+        md.append(f"- test: {tasks.describe(result['test'], ',')} (n={result['test']['n']})")
+    if task == tasks.MULTI:
+        md.append("- decision thresholds: tuned per label on the validation split (thresholds.json), so the validation "
+                  "scores are optimistic; the test scores are not")
+    md += [f"- **warning**: {w}" for w in result.get("warnings", [])]
+    md += ["", "## Curves", "", "![loss and score per epoch](curves.png)", ""]
+    main = result.get("test") or v
+    if task == tasks.MULTI:
+        md += [f"## {'Test' if 'test' in result else 'Validation'} per label", "",
+               "| label | threshold | precision | recall | F1 | support |", "|---|---|---|---|---|---|"]
+        md += [f"| {n} | {c['threshold']:.2f} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1-score']:.4f} | "
+               f"{int(c['support'])} |" for n, c in main["per_label"].items()]
+    else:
+        md += [f"- {'test' if 'test' in result else 'validation'} RMSE {main['rmse']:.4f}, MAE {main['mae']:.4f}"]
+    md += ["", "## Parameter table", "", "```", *params, "```", ""]
     atomic_write_text(run_dir / "report.md", "\n".join(md))

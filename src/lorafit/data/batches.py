@@ -27,10 +27,12 @@ class TokenDataset(torch.utils.data.Dataset):
     """Token ids (+ labels). With augmentation, items are re-tokenised after a seeded sentence shuffle."""
 
     def __init__(self, ids: list[list[int]], labels: Optional[np.ndarray] = None, *, texts=None, tokenizer=None,
-                 max_length: int = 128, shuffle_p: float = 0.0, seed: int = 0):
+                 max_length: int = 128, shuffle_p: float = 0.0, seed: int = 0, types=None, pairs=None, encoding=None):
         self.ids, self.labels = ids, labels
         self.texts, self.tokenizer, self.max_length = texts, tokenizer, max_length
         self.shuffle_p, self.seed, self.epoch = shuffle_p, seed, 0
+        # text pairs: segment ids per item (BERT-style tokenizers), the pair texts and how to re-encode them
+        self.types, self.pairs, self.encoding = types, pairs, encoding
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -39,13 +41,24 @@ class TokenDataset(torch.utils.data.Dataset):
         return [len(x) for x in self.ids]
 
     def __getitem__(self, i: int):
+        """(ids, label), or (ids, label, segment ids) for a pair; a label is an int class id, or a float
+        target / multi-hot row (data.task)."""
         ids = self.ids[i]
+        types = None if self.types is None else self.types[i]
         if self.shuffle_p > 0:
             rng = random.Random((self.seed * 1_000_003 + self.epoch) * 10_000_019 + i)
             if rng.random() < self.shuffle_p:
                 text = shuffle_sentences(self.texts[i], rng)
-                ids = self.tokenizer(text, truncation=True, max_length=self.max_length)["input_ids"]
-        return ids, (None if self.labels is None else int(self.labels[i]))
+                if self.encoding is None:
+                    ids = self.tokenizer(text, truncation=True, max_length=self.max_length)["input_ids"]
+                else:
+                    from .encoding import encode_one
+
+                    ids, types = encode_one(self.tokenizer, text, self.encoding, None if self.pairs is None else self.pairs[i])
+        label = None if self.labels is None else self.labels[i]
+        if label is not None and np.ndim(label) == 0 and np.issubdtype(np.asarray(label).dtype, np.integer):
+            label = int(label)
+        return (ids, label) if types is None else (ids, label, types)
 
 
 class LengthGroupedBatches(torch.utils.data.Sampler):
@@ -113,15 +126,22 @@ class Collator:
         self.pad_id = pad_id
 
     def __call__(self, items):
-        width = max(len(ids) for ids, _ in items)
+        width = max(len(item[0]) for item in items)
         input_ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(items), width), dtype=torch.long)
-        for row, (ids, _) in enumerate(items):
+        for row, (ids, *_) in enumerate(items):
             input_ids[row, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
             mask[row, : len(ids)] = 1
         batch = {"input_ids": input_ids, "attention_mask": mask}
-        if items[0][1] is not None:
-            batch["labels"] = torch.tensor([lab for _, lab in items], dtype=torch.long)
+        if len(items[0]) > 2:  # a text pair's segment ids (padding: segment 0, as the tokenizers pad)
+            types = torch.zeros((len(items), width), dtype=torch.long)
+            for row, item in enumerate(items):
+                types[row, : len(item[2])] = torch.as_tensor(item[2], dtype=torch.long)
+            batch["token_type_ids"] = types
+        labels = [item[1] for item in items]
+        if labels[0] is not None:
+            batch["labels"] = (torch.tensor(labels, dtype=torch.long) if isinstance(labels[0], int)
+                               else torch.as_tensor(np.stack(labels)))  # float targets, multi-hot rows
         return batch
 
 

@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from .. import tasks
 from ..config import DataConfig
 from ..errors import LorafitError
 from .tables import read_table
@@ -28,6 +29,15 @@ def join_texts(df: pd.DataFrame, cfg: DataConfig, source: str, field_name: str =
         return cols[0].tolist()
     # skip empty parts so a missing title does not leave a dangling separator
     return [cfg.text_separator.join(p for p in parts if p) for parts in zip(*cols)]
+
+
+def pair_texts(df: pd.DataFrame, cfg: DataConfig, source: str, field_name: str = "data.text_pair_column"
+               ) -> Optional[list[str]]:
+    """The second text of each pair (data.text_pair_column), or None when the data has no pairs."""
+    if cfg.text_pair_column is None:
+        return None
+    require_columns(df, [cfg.text_pair_column], source, field_name)
+    return df[cfg.text_pair_column].fillna("").astype(str).str.strip().tolist()
 
 
 def _as_int(v) -> Optional[int]:
@@ -112,13 +122,15 @@ def _not_in_set(values, bad: list[int], names: list[str], source: str, column: s
 @dataclass
 class Examples:
     texts: list[str]
-    labels: Optional[np.ndarray]  # None for unlabelled (predict) inputs
+    labels: Optional[np.ndarray]  # None for unlabelled (predict) inputs; ids, float targets or multi-hot rows (data.task)
+    pairs: Optional[list[str]] = None  # the second text of each pair (data.text_pair_column)
 
     def __len__(self) -> int:
         return len(self.texts)
 
     def subset(self, idx: Sequence[int]) -> "Examples":
-        return Examples([self.texts[i] for i in idx], None if self.labels is None else self.labels[np.asarray(idx)])
+        return Examples([self.texts[i] for i in idx], None if self.labels is None else self.labels[np.asarray(idx, dtype=np.int64)],
+                        None if self.pairs is None else [self.pairs[i] for i in idx])
 
 
 @dataclass
@@ -161,6 +173,7 @@ def load_labelled(name: str, cfg: DataConfig, split: str, label_names: Optional[
     df = read_table(name, split=split, allow_pickle=cfg.allow_pickle, field=field_name, delimiter=cfg.delimiter)
     require_columns(df, [cfg.label_column], name, "--label-column" if cli else "data.label_column")
     texts = join_texts(df, cfg, name, "--text-column" if cli else "data.text_columns")
+    pairs = pair_texts(df, cfg, name, "--text-pair-column" if cli else "data.text_pair_column")
     values = df[cfg.label_column].tolist()
     notes: list[str] = []
     rows = [r for r, v in enumerate(values) if not is_empty_label(v)]
@@ -171,6 +184,10 @@ def load_labelled(name: str, cfg: DataConfig, split: str, label_names: Optional[
             raise LorafitError(f"{name}: {n} row(s) with no label in column '{cfg.label_column}', first at row {first + 1}; {fix}")
         notes.append(f"dropped {n} row(s) with no label from {name}")
         texts, values = [texts[r] for r in rows], [values[r] for r in rows]
+        pairs = None if pairs is None else [pairs[r] for r in rows]
+    if cfg.task != tasks.SINGLE:
+        labels, names = _task_targets(values, cfg, label_names, name, rows, cli)
+        return filter_texts(Examples(texts, labels, pairs), cfg, name, notes, rows), names, notes
     hub_names = df.attrs.get("label_names", {}).get(cfg.label_column)
     if table_names is not None and hub_names:
         table_names.extend(hub_names)
@@ -178,7 +195,20 @@ def load_labelled(name: str, cfg: DataConfig, split: str, label_names: Optional[
     if len(names) < 2:
         raise LorafitError(f"{name}: found {len(names)} label(s) in '{cfg.label_column}'; classification needs at least 2")
     labels = encode_labels(values, names, name, cfg.label_column, ids=bool(cfg.label_names or hub_names), rows=rows, cli=cli)
-    return filter_texts(Examples(texts, labels), cfg, name, notes, rows), names, notes
+    return filter_texts(Examples(texts, labels, pairs), cfg, name, notes, rows), names, notes
+
+
+def _task_targets(values: list, cfg: DataConfig, label_names: Optional[list[str]], source: str, rows: list[int],
+                  cli: bool) -> tuple[np.ndarray, list[str]]:
+    """multi_label: multi-hot rows over the label set (the run's, else data.label_names, else every label
+    the rows name); regression: float targets, and the label column's name as the one output."""
+    if cfg.task == tasks.REGRESSION:
+        return tasks.encode_regression(values, source, cfg.label_column, rows), label_names or [cfg.label_column]
+    lists = tasks.label_lists(values, cfg.label_delimiter, source, cfg.label_column, rows)
+    names = label_names or infer_label_names([x for labels in lists for x in labels], cfg.label_names, None)
+    if len(names) < 2:
+        raise LorafitError(f"{source}: found {len(names)} label(s) in '{cfg.label_column}'; multi_label needs at least 2")
+    return tasks.encode_multi_label(lists, names, label_key, source, cfg.label_column, rows, cli), names
 
 
 def stratified_split(labels: np.ndarray, val_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -197,6 +227,16 @@ def stratified_split(labels: np.ndarray, val_size: float, seed: int) -> tuple[np
     return np.sort(tr), np.sort(va)
 
 
+def random_split(n: int, val_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.model_selection import train_test_split
+
+    n_val = int(val_size) if val_size >= 1 else int(round(val_size * n))
+    if not 2 <= n_val <= n - 2:
+        raise LorafitError(f"data.val_size: {val_size} gives {n_val} validation rows out of {n}; need between 2 and {n - 2}")
+    tr, va = train_test_split(np.arange(n), test_size=n_val, random_state=seed, shuffle=True)
+    return np.sort(tr), np.sort(va)
+
+
 def split_seed(cfg: DataConfig, seed: int) -> int:
     """The seed of the shuffle, limit and split: data.split_seed, else the run's seed."""
     return seed if cfg.split_seed is None else cfg.split_seed
@@ -210,6 +250,9 @@ def load_split(cfg: DataConfig, seed: int) -> SplitData:
     if cfg.limit is not None:
         order = order[: cfg.limit]
     ex = ex.subset(order)
+    if cfg.task != tasks.SINGLE:  # no classes to stratify on (numbers, label sets): a seeded random split
+        tr, va = random_split(len(ex), cfg.val_size, seed)
+        return SplitData(ex.subset(tr), ex.subset(va), names, notes)
     k = len(np.unique(ex.labels))
     if 2 * k > len(ex):
         # no split can hold every class in both parts then; the usual cause is the wrong column

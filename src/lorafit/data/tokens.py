@@ -19,7 +19,8 @@ def cache_root() -> Path:
     return Path(os.environ.get("LORAFIT_CACHE", Path.home() / ".cache" / "lorafit")) / "tokens"
 
 
-def _fingerprint(tokenizer, texts: Sequence[str], max_length: int) -> str:
+def _fingerprint(tokenizer, texts: Sequence[str], max_length: int, extra: Sequence[str] = ()) -> str:
+    """extra: more strings that define the encoding (data/encoding.py: the pair texts, the truncation)."""
     h = hashlib.sha256()
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
@@ -33,6 +34,11 @@ def _fingerprint(tokenizer, texts: Sequence[str], max_length: int) -> str:
     for t in texts:
         h.update(t.encode("utf-8", "surrogatepass"))
         h.update(b"\x00")
+    if extra:
+        h.update(b"|extra|")
+        for t in extra:
+            h.update(t.encode("utf-8", "surrogatepass"))
+            h.update(b"\x00")
     return h.hexdigest()[:32]
 
 
@@ -45,13 +51,26 @@ def _load_cached(folder: Path) -> Optional[list[list[int]]]:
     return [flat[offsets[i]:offsets[i + 1]].tolist() for i in range(len(offsets) - 1)]
 
 
-def _store_cached(folder: Path, ids: list[list[int]]) -> None:
-    """Flat int32 ids + offsets (plain .npy, no pickle), written to a temp folder then renamed."""
+def _load_types(folder: Path) -> Optional[list[list[int]]]:
+    """Segment ids stored beside the ids (text pairs), or None."""
+    try:
+        flat = np.load(folder / "types.npy", mmap_mode="r", allow_pickle=False)
+        offsets = np.load(folder / "offsets.npy", allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    return [flat[offsets[i]:offsets[i + 1]].tolist() for i in range(len(offsets) - 1)]
+
+
+def _store_cached(folder: Path, ids: list[list[int]], types: Optional[list[list[int]]] = None) -> None:
+    """Flat int32 ids + offsets (plain .npy, no pickle), written to a temp folder then renamed.
+    types: segment ids of the same shape (text pairs), stored as types.npy."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
     try:
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
         np.save(tmp / "ids.npy", np.fromiter((t for x in ids for t in x), dtype=np.int32, count=int(lengths.sum())))
+        if types is not None:
+            np.save(tmp / "types.npy", np.fromiter((t for x in types for t in x), dtype=np.int8, count=int(lengths.sum())))
         np.save(tmp / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]))
         os.replace(tmp, folder)
     except OSError:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Callable, Optional, Sequence
 
 from ..calibration import read_temperature, split_summary
+from .. import tasks
 from ..data.examples import load_labelled
-from ..metrics import classification_metrics
 from .directory import read_run
 from .predict import default_device, input_config, predict_logits
 from .weights import load_trained
@@ -14,18 +14,20 @@ from .weights import load_trained
 
 def evaluate_file(run_dir: str, data_path: str, *, allow_pickle: bool = False, batch_size: int = 128,
                   text_columns: Optional[Sequence[str]] = None, label_column: Optional[str] = None,
-                  delimiter: Optional[str] = None, log: Optional[Callable[[str], None]] = None) -> dict:
+                  delimiter: Optional[str] = None, log: Optional[Callable[[str], None]] = None,
+                  text_pair_column: Optional[str] = None) -> dict:
     """Metrics of a run on a labelled file, whose labels are checked against the run's by value."""
     cfg, names = read_run(run_dir)
-    data_cfg = input_config(cfg.data, text_columns, label_column, delimiter,
+    data_cfg = input_config(cfg.data, text_columns, label_column, delimiter, text_pair_column,
                             allow_pickle=allow_pickle or cfg.data.allow_pickle)
     ex, _, notes = load_labelled(data_path, data_cfg, cfg.data.test_split, names, "--data")  # checked before the model loads
     for note in notes if log else ():
         log(f"data: {note}")
+    thresholds = tasks.read_thresholds(run_dir, cfg.data.task)
     model, tokenizer, cfg, names = load_trained(run_dir, merge=True, device=default_device())
-    logits = predict_logits(model, tokenizer, ex.texts, cfg.data.max_length, batch_size)
-    metrics = classification_metrics(ex.labels, logits.argmax(-1), names)
-    temperature = read_temperature(run_dir)
+    logits = predict_logits(model, tokenizer, ex.texts, cfg.data.max_length, batch_size, pairs=ex.pairs, data=cfg.data)
+    metrics = tasks.metrics(cfg.data.task, ex.labels, logits, names, thresholds)
+    temperature = read_temperature(run_dir) if cfg.data.task == tasks.SINGLE else None
     if temperature is not None:  # the ECE of what `predict --probs` gives, and of the plain softmax
         metrics["calibration"] = {"temperature": temperature, **split_summary(logits, ex.labels, temperature)}
     return metrics

@@ -12,11 +12,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .. import tasks
 from ..config import DataConfig
 from ..data.batches import Collator, LengthGroupedBatches, TokenDataset
-from ..data.examples import join_texts, require_columns
+from ..data.encoding import Encoding, encode
+from ..data.examples import join_texts, pair_texts, require_columns
 from ..data.tables import read_table
-from ..data.tokens import tokenize
 from ..errors import LorafitError
 from ..io import atomic_write_text, probe_writable
 from ..progress import progress
@@ -32,10 +33,14 @@ def default_device() -> torch.device:
 
 @torch.inference_mode()
 def predict_logits(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 128,
-                   device: torch.device | None = None) -> np.ndarray:
-    """Logits in input order. Batches are sorted by length so padding stays minimal."""
+                   device: torch.device | None = None, *, pairs: Optional[list[str]] = None,
+                   data: Optional[DataConfig] = None) -> np.ndarray:
+    """Logits in input order. Batches are sorted by length so padding stays minimal. pairs: the second
+    texts of text pairs; data: the run's data settings (its truncation), with max_length as given."""
     device = device or next(model.parameters()).device
-    ds = TokenDataset(tokenize(tokenizer, texts, max_length))
+    enc = Encoding(max_length) if data is None else Encoding(max_length, data.truncation, data.head_tokens)
+    ids, types = encode(tokenizer, texts, enc, pairs)
+    ds = TokenDataset(ids, types=types)
     sampler = LengthGroupedBatches(ds.lengths(), batch_size, shuffle=False)
     collate = Collator(tokenizer.pad_token_id)
     out = np.zeros((len(ds), model.config.num_labels), dtype=np.float32)
@@ -49,7 +54,7 @@ def predict_logits(model, tokenizer, texts: list[str], max_length: int, batch_si
 
 
 def input_config(data: DataConfig, text_columns: Optional[Sequence[str]] = None, label_column: Optional[str] = None,
-                 delimiter: Optional[str] = None, **update) -> DataConfig:
+                 delimiter: Optional[str] = None, text_pair_column: Optional[str] = None, **update) -> DataConfig:
     """The run's data settings with the --text-column / --label-column / --delimiter flags applied.
     --text-column is repeatable or comma-separated and must give as many columns as the run joined."""
     if text_columns:
@@ -61,6 +66,10 @@ def input_config(data: DataConfig, text_columns: Optional[Sequence[str]] = None,
         update["text_columns"] = cols
     if label_column:
         update["label_column"] = label_column
+    if text_pair_column:
+        if data.text_pair_column is None:
+            raise LorafitError("--text-pair-column: the run was trained on single texts (no data.text_pair_column)")
+        update["text_pair_column"] = text_pair_column
     try:
         # the run's data.delimiter was for its training files; other files are sniffed unless told
         update["delimiter"] = DataConfig.delimiter_char(delimiter or "auto")
@@ -70,22 +79,24 @@ def input_config(data: DataConfig, text_columns: Optional[Sequence[str]] = None,
 
 
 def read_inputs(path: str, text_cfg: DataConfig, allow_pickle: bool, *, text_columns: Optional[Sequence[str]] = None,
-                id_column: Optional[str] = None, delimiter: Optional[str] = None) -> tuple[str, list, list[str]]:
-    """(id column name, ids, texts) of an unlabelled input; ids are the row index when there is no
-    --id-column and no ID/id/Id column."""
-    text_cfg = input_config(text_cfg, text_columns, delimiter=delimiter)
+                id_column: Optional[str] = None, delimiter: Optional[str] = None, text_pair_column: Optional[str] = None
+                ) -> tuple[str, list, list[str], Optional[list[str]]]:
+    """(id column name, ids, texts, pair texts or None) of an unlabelled input; ids are the row index when
+    there is no --id-column and no ID/id/Id column."""
+    text_cfg = input_config(text_cfg, text_columns, delimiter=delimiter, text_pair_column=text_pair_column)
     df = read_table(path, allow_pickle=allow_pickle, field="--input", delimiter=text_cfg.delimiter)
     texts = join_texts(df, text_cfg, path, "--text-column")
+    pairs = pair_texts(df, text_cfg, path, "--text-pair-column")
     if id_column:
         require_columns(df, [id_column], path, "--id-column")
     col = id_column or next((c for c in ID_COLUMNS if c in df.columns), None)
     if col is None:
-        return "ID", list(range(len(df))), texts
+        return "ID", list(range(len(df))), texts, pairs
     ids = df[col].tolist()
     dup = df[col][df[col].duplicated()].tolist()
     if dup:
         raise LorafitError(f"{path}: column '{col}' has {len(dup)} duplicate ID(s), first {dup[0]!r}; IDs must be unique")
-    return col, ids, texts
+    return col, ids, texts, pairs
 
 
 def check_output(out: Path) -> None:
@@ -120,17 +131,20 @@ def probability_columns(run_dir: str, logits: np.ndarray, names: list[str],
 
 def predict_file(run_dir: str, input_path: str, output_path: str, *, allow_pickle: bool = False,
                  batch_size: int = 128, with_logits: bool = False, text_columns: Optional[Sequence[str]] = None,
-                 id_column: Optional[str] = None, delimiter: Optional[str] = None, probs: bool = False,
+                 id_column: Optional[str] = None, delimiter: Optional[str] = None,
+                 text_pair_column: Optional[str] = None, probs: bool = False,
                  log: Optional[Callable[[str], None]] = None) -> int:
     out = Path(output_path)
     check_output(out)
     cfg, _ = read_run(run_dir)
     # bad input: refused before the model loads
-    col, ids, texts = read_inputs(input_path, cfg.data, allow_pickle, text_columns=text_columns, id_column=id_column,
-                                  delimiter=delimiter)
+    col, ids, texts, pairs = read_inputs(input_path, cfg.data, allow_pickle, text_columns=text_columns,
+                                         id_column=id_column, delimiter=delimiter, text_pair_column=text_pair_column)
+    thresholds = tasks.read_thresholds(run_dir, cfg.data.task)
     model, tokenizer, cfg, names = load_trained(run_dir, merge=True, device=default_device())
-    logits = predict_logits(model, tokenizer, texts, cfg.data.max_length, batch_size)
-    frame = pd.DataFrame({col: ids, "label": [names[k] for k in logits.argmax(-1)]})
+    logits = predict_logits(model, tokenizer, texts, cfg.data.max_length, batch_size, pairs=pairs, data=cfg.data)
+    labels = tasks.prediction_columns(cfg.data.task, logits, names, thresholds, cfg.data.label_delimiter)
+    frame = pd.DataFrame({col: ids, "label": labels})
     if with_logits:
         for k, name in enumerate(names):
             frame[f"logit_{name}"] = logits[:, k]

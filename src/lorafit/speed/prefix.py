@@ -128,8 +128,9 @@ class PrefixCache:
             for idx in progress(LengthGroupedBatches(ds.lengths(), batch_size, shuffle=False), desc=desc, unit=" batches",
                                 leave=False):
                 batch = collate([ds[i] for i in idx])
-                out = self.encoder(input_ids=batch["input_ids"].to(device),
-                                   attention_mask=batch["attention_mask"].to(device)).last_hidden_state
+                # token_type_ids: a text pair's segments (BERT) enter the embeddings, so the cached states
+                inputs = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+                out = self.encoder(**inputs).last_hidden_state
                 for row, i in enumerate(idx):
                     store.put(i, out[row, : store.lengths[i]])
         finally:
@@ -176,11 +177,11 @@ class CachedCollator:
         self.base, self.store = base_collate, store
 
     def __call__(self, items):
-        batch = self.base([(ids, lab) for ids, lab, _ in items])
+        batch = self.base([item[:-1] for item in items])  # (ids, label[, segment ids]) without the index
         width = batch["input_ids"].shape[1]
         hidden = torch.zeros((len(items), width, self.store.data.shape[1]), dtype=torch.float32)
-        for row, (_, _, i) in enumerate(items):
-            h = self.store.get(i)
+        for row, item in enumerate(items):
+            h = self.store.get(item[-1])
             hidden[row, : h.shape[0]] = h
         batch["prefix_hidden"] = hidden
         return batch
@@ -199,5 +200,4 @@ class IndexedDataset(torch.utils.data.Dataset):
         return self.ds.lengths()
 
     def __getitem__(self, i):
-        ids, lab = self.ds[i]
-        return ids, lab, i
+        return (*self.ds[i], i)

@@ -8,8 +8,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import tasks
 from ..io import save_tensors_durably
-from ..metrics import classification_metrics, higher_is_better
+from ..metrics import higher_is_better
 from ..model.budget import trainable_state
 from ..progress import progress
 
@@ -27,7 +28,8 @@ def predict_logits(recipe, loader) -> tuple[np.ndarray, np.ndarray, float]:
         labs.append(labels.cpu())
     recipe.model.train()
     logits, labels = torch.cat(outs), torch.cat(labs)
-    loss = F.cross_entropy(logits, labels).item()
+    task = recipe.cfg.data.task
+    loss = F.cross_entropy(logits, labels).item() if task == tasks.SINGLE else tasks.loss(task, logits, labels).item()
     return logits.numpy(), labels.numpy(), loss
 
 
@@ -38,9 +40,17 @@ def evaluate(recipe, loader) -> dict:
 def evaluate_with_logits(recipe, loader) -> tuple[dict, np.ndarray, np.ndarray]:
     """The metrics, and the logits and labels they came from (the final evaluation fits the temperature on them)."""
     logits, labels, loss = predict_logits(recipe, loader)
-    out = classification_metrics(labels, logits.argmax(-1), recipe.data.label_names)
+    out = tasks.metrics(recipe.cfg.data.task, labels, logits, recipe.data.label_names, recipe.thresholds)
     out["loss"] = loss
     return out, logits, labels
+
+
+def tuned_thresholds(recipe) -> dict | None:
+    """multi_label: per-label thresholds tuned on the validation split (the full model's own loader)."""
+    if recipe.cfg.data.task != tasks.MULTI:
+        return None
+    logits, labels, _ = predict_logits(recipe, recipe.final_val_loader)
+    return tasks.tune_thresholds(logits, labels, recipe.data.label_names)
 
 
 def evaluate_and_keep(recipe) -> bool:
@@ -49,9 +59,8 @@ def evaluate_and_keep(recipe) -> bool:
     recipe._clock(running=False)  # evaluations are not training time
     m = evaluate(recipe, recipe.val_loader)
     recipe.record(type="eval", step=st.step, epoch=round(st.step / recipe.steps_per_epoch, 4), loss=m["loss"],
-                  accuracy=m["accuracy"], macro_f1=m["macro_f1"], mcc=m["mcc"], n=m["n"],
-                  train_seconds=round(recipe.train_seconds, 3))
-    recipe.log(f"step {st.step}: val loss {m['loss']:.4f} accuracy {m['accuracy']:.4f} macro-F1 {m['macro_f1']:.4f}")
+                  **tasks.scores(m), n=m["n"], train_seconds=round(recipe.train_seconds, 3))
+    recipe.log(f"step {st.step}: val loss {m['loss']:.4f} {tasks.describe(m)}")
     recipe.evals += 1
     if recipe.on_eval is not None:
         recipe.on_eval(recipe.evals, m)

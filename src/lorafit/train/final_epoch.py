@@ -14,8 +14,9 @@ def train_on_all(recipe) -> None:
     10% of optim.lr to 0; nothing is left to select on, so its result is what is saved."""
     from ..data.examples import Examples
 
-    both = Examples(recipe.data.train.texts + recipe.data.val.texts,
-                    np.concatenate([recipe.data.train.labels, recipe.data.val.labels]))
+    tr, va = recipe.data.train, recipe.data.val
+    both = Examples(tr.texts + va.texts, np.concatenate([tr.labels, va.labels]),
+                    None if tr.pairs is None else tr.pairs + va.pairs)
     loader = recipe.acc.prepare(recipe._loader(recipe._dataset(both, augment=True), recipe.cfg.train.batch_size, shuffle=True))
     steps = max(1, math.ceil(len(loader) / recipe.cfg.train.grad_accum))
     for g in recipe.optimizer.param_groups:

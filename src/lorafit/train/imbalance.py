@@ -7,8 +7,10 @@ names labels by value as the data writes them ('3', 3 and 3.0 are the same label
 does not name weigh 1. torch's weighted cross-entropy divides by the summed weights of the batch's
 targets, so a weighted loss stays on the scale of the plain one.
 
-Multi-label's pos_weight belongs here too (one positive-class weight per label for
-BCE-with-logits): `class_weights` is the place to branch on the task.
+Multi-label (data.task: multi_label): the same setting gives BCE-with-logits' pos_weight, one per
+label: `balanced` is negatives / positives of the label in the training rows (torch's documented
+choice: a label present in 1 row of 10 weighs its positives 9), a mapping gives it by label.
+Regression has no classes: config validation refuses class weights and the balanced sampler there.
 """
 from __future__ import annotations
 
@@ -23,11 +25,20 @@ from ..data.examples import label_key
 from ..errors import LorafitError
 
 
-def class_weights(setting: Union[str, dict], labels: np.ndarray, names: list[str]) -> Optional[torch.Tensor]:
-    """Weights per class id for `train.class_weights` (None for none); an unknown label is an error."""
+def class_weights(setting: Union[str, dict], labels: np.ndarray, names: list[str],
+                  task: str = "single_label") -> Optional[torch.Tensor]:
+    """Weights per class id for `train.class_weights` (None for none); for multi_label the pos_weight per
+    label; an unknown label is an error."""
     if setting == "none":
         return None
     k = len(names)
+    if setting == "balanced" and task == "multi_label":
+        y = np.asarray(labels, dtype=np.float64) > 0.5
+        pos = y.sum(axis=0)
+        if (pos == 0).any():
+            raise LorafitError(f"train.class_weights: balanced: label {names[int(np.argmin(pos))]!r} is in no training "
+                               "row, so it has no pos_weight; give weights by label ({label: weight}) or drop it")
+        return torch.tensor((len(y) - pos) / pos, dtype=torch.float32)
     if setting == "balanced":
         from sklearn.utils.class_weight import compute_class_weight
 

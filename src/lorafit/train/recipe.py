@@ -18,10 +18,11 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from .. import tasks
 from ..config import RunConfig
 from ..data.batches import TokenDataset, make_loader
+from ..data.encoding import Encoding, encode
 from ..data.examples import load_labelled, load_split, split_seed
-from ..data.tokens import tokenize
 from ..errors import Interrupted, LorafitError, TrainingDiverged
 from ..io import atomic_write_text
 from ..metrics import never_predicted
@@ -67,6 +68,7 @@ class Recipe:
         self.stop_signal: Optional[int] = None
         self.training = False
         self.tracking: Optional[tracking.Tracking] = None  # train.report_to's trackers (main process), once set up
+        self.thresholds: Optional[dict] = None  # multi_label: per-label thresholds, tuned when training ends
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> "Recipe":
@@ -149,7 +151,8 @@ class Recipe:
             checkpoint.check_labels(saved, names, cfg.data.train)
         # the test set is checked now (labels, columns), not after hours of training
         self.test = load_labelled(cfg.data.test, cfg.data, cfg.data.test_split, names, "data.test")[0] if cfg.data.test else None
-        weights = imbalance.class_weights(cfg.train.class_weights, self.data.train.labels, names)  # names checked now
+        weights = imbalance.class_weights(cfg.train.class_weights, self.data.train.labels, names,
+                                          cfg.data.task)  # names checked now
         self.class_weights = None if weights is None else weights.to(self.acc.device)
         self._check_budget(names)  # before any heavy work: tokenising, loading weights
         self.tokenizer = load_tokenizer(cfg.model)
@@ -169,6 +172,8 @@ class Recipe:
         self.model, self.plan = build_model(cfg, names, total_steps=self.total_steps)
         self.dtype_hooks, note = base_dtype.apply(self.model, cfg.model.dtype, self.acc.device)  # model/dtype.py
         self.log(note)
+        if tasks.problem_type(cfg.data.task):  # in the saved classifier config too: a plain reload knows the task
+            self.model.config.problem_type = tasks.problem_type(cfg.data.task)
         # PiSSA/OLoRA changed the base weights; their starting A/B let the saved adapter be plain LoRA
         self.lora_init = initial_lora(self.model) if cfg.adapter.init in ("pissa", "olora") else None
         self.rows = trainable_rows(self.model)
@@ -203,10 +208,11 @@ class Recipe:
 
     def _dataset(self, ex, augment: bool = False) -> TokenDataset:
         cfg = self.cfg.data
-        ids = tokenize(self.tokenizer, ex.texts, cfg.max_length)
+        enc = Encoding.of(cfg)
+        ids, types = encode(self.tokenizer, ex.texts, enc, ex.pairs)
         p = cfg.shuffle_sentences_p if augment else 0.0
         return TokenDataset(ids, ex.labels, texts=ex.texts, tokenizer=self.tokenizer, max_length=cfg.max_length,
-                            shuffle_p=p, seed=self.cfg.seed)
+                            shuffle_p=p, seed=self.cfg.seed, types=types, pairs=ex.pairs, encoding=enc)
 
     def _loader(self, ds: TokenDataset, batch_size: int, *, shuffle: bool):
         t = self.cfg.train
@@ -223,6 +229,8 @@ class Recipe:
                 self.tracking.log_row(row)
 
     def loss_fn(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.cfg.data.task != tasks.SINGLE:
+            return tasks.loss(self.cfg.data.task, logits, labels, pos_weight=self.class_weights)
         return F.cross_entropy(logits.float(), labels, weight=self.class_weights,
                                label_smoothing=self.cfg.train.label_smoothing)
 
@@ -293,8 +301,8 @@ class Recipe:
                                            f"{self.divergence_hint()}")
                 self.acc.backward(loss)
                 self._optimizer_step(self.scheduler, st.step + 1)
-            n = labels.numel()
-            sums += torch.stack([loss.detach() * n, (logits.argmax(-1) == labels).sum().float(),
+            n = labels.shape[0]
+            sums += torch.stack([loss.detach() * n, tasks.batch_score(self.cfg.data.task, logits.detach(), labels),
                                  torch.tensor(float(n), device=sums.device)])
             seen += n
             bar.update(n * self.acc.num_processes)
@@ -319,7 +327,7 @@ class Recipe:
         self._clock(running=False)  # the steps since the last evaluation count; the epoch's end does not
         tot = self.acc.reduce(sums, reduction="sum")
         self.record(type="epoch", epoch=epoch + 1, step=st.step, train_loss=(tot[0] / tot[2]).item(),
-                    train_accuracy=(tot[1] / tot[2]).item(),
+                    **tasks.train_scores(self.cfg.data.task, tot[1], tot[2]),
                     samples_per_s=round(seen * self.acc.num_processes / (time.perf_counter() - t0), 2))
         if not stop and (eval_steps is None or st.step >= self.total_steps):
             stop = evaluation.evaluate_and_keep(self)
@@ -399,6 +407,7 @@ class Recipe:
         self.cleanup()  # drop the prefix cache: the full model from here on (final epoch, final metrics, saving)
         if cfg.train.final_on_val:
             final_epoch.train_on_all(self)
+        self.thresholds = evaluation.tuned_thresholds(self)  # multi_label only; the metrics below use them
         val, *val_logits = evaluation.evaluate_with_logits(self, self.final_val_loader)
         result = {"best_step": self.state.best_step, "metric": cfg.train.metric, "trainable": sum(r.total for r in self.rows),
                   "validation": val}
@@ -407,10 +416,16 @@ class Recipe:
         if self.test is not None:
             loader = self.acc.prepare(self._loader(self._dataset(self.test), cfg.train.eval_batch_size, shuffle=False))
             result["test"], *test_logits = evaluation.evaluate_with_logits(self, loader)
-        calibrated = calibration.fit(val_logits, test_logits, seen_in_training=cfg.train.final_on_val)
-        result["calibration"] = calibrated.summary
+        calibrated = None  # a temperature scales softmax classes: single_label only
+        if cfg.data.task == tasks.SINGLE:
+            calibrated = calibration.fit(val_logits, test_logits, seen_in_training=cfg.train.final_on_val)
+            result["calibration"] = calibrated.summary
         warnings = [w for split in ("validation", "test") if split in result
                     for w in [never_predicted(result[split], self.data.label_names, split)] if w]
+        if cfg.data.task != tasks.SINGLE:
+            result["task"] = cfg.data.task
+        if self.thresholds is not None:
+            result["thresholds"] = self.thresholds
         if warnings:
             result["warnings"] = warnings  # in eval.json and report.md too: a good accuracy can hide them
         if self.acc.is_main_process:
@@ -420,7 +435,9 @@ class Recipe:
                 remove(model)  # torch's modules and SDPA again: nothing of ours reaches saved configs
             try:
                 save_weights(model, self.tokenizer, self.run_dir, cfg, self.lora_init)
-                calibrated.write(self.run_dir)
+                if calibrated is not None:
+                    calibrated.write(self.run_dir)
+                tasks.save_thresholds(self.run_dir, self.thresholds)
                 atomic_write_text(self.run_dir / "eval.json", json.dumps(result, indent=2))
                 write_report(self.run_dir, result, self.data.label_names)
             except BaseException:
@@ -432,7 +449,7 @@ class Recipe:
             for split in ("validation", "test"):
                 if split in result:
                     m = result[split]
-                    self.log(f"{split} accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f} (n={m['n']})")
+                    self.log(f"{split} {tasks.describe(m, ',')} (n={m['n']})")
             self.log(f"run saved in {self.run_dir}")
             if self.tracking is not None:
                 self.tracking.finish(result, weights_folder(cfg))  # the run's files as MLflow artefacts
@@ -445,7 +462,7 @@ class Recipe:
         name = weights_folder(self.cfg)
         for d in (name, f".{name}.tmp"):
             shutil.rmtree(self.run_dir / d, ignore_errors=True)
-        for f in ("eval.json", "report.md", "curves.png", "confusion.png", *calibration.FILES):
+        for f in ("eval.json", "report.md", "curves.png", "confusion.png", tasks.THRESHOLDS_FILE, *calibration.FILES):
             (self.run_dir / f).unlink(missing_ok=True)
 
     def cleanup(self) -> None:

@@ -17,7 +17,7 @@ from ..config import RunConfig
 from ..errors import LorafitError
 from ..io import atomic_write_text
 
-METRICS = ("accuracy", "macro_f1", "mcc", "loss")
+METRICS = ("accuracy", "macro_f1", "mcc", "loss", "micro_f1", "subset_accuracy", "pearson", "spearman", "rmse")  # those a run has
 
 
 def parse_seeds(text: str) -> list[int]:

@@ -1,0 +1,98 @@
+"""Texts to the token ids a model reads: one text, or a pair encoded by the tokenizer itself (its
+own separator and segment ids, truncated longest_first), and which tokens of a long single text
+are kept (data.truncation: head, tail, head_tail).
+
+`head` without a pair is the plain path of data/tokens.py, unchanged (same ids, same cache keys).
+Pairs and the other truncations are cached there too, keyed also by the pair texts / the truncation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from ..progress import progress
+from .tokens import _fingerprint, _load_cached, _load_types, _store_cached, cache_root, tokenize
+
+
+@dataclass(frozen=True)
+class Encoding:
+    max_length: int
+    truncation: str = "head"          # head | tail | head_tail
+    head_tokens: Optional[int] = None  # head_tail: tokens kept from the start (None: a quarter of the room)
+
+    @classmethod
+    def of(cls, data_cfg) -> "Encoding":
+        return cls(data_cfg.max_length, data_cfg.truncation, data_cfg.head_tokens)
+
+
+def uses_segment_ids(tokenizer) -> bool:
+    """BERT-style tokenizers give token_type_ids (0 for the first text, 1 for the second); RoBERTa's do not."""
+    return "token_type_ids" in (getattr(tokenizer, "model_input_names", None) or ())
+
+
+def encode(tokenizer, texts: Sequence[str], enc: Encoding, pairs: Optional[Sequence[str]] = None, *,
+           desc: str = "tokenising", chunk: int = 2048, cache: bool = True
+           ) -> tuple[list[list[int]], Optional[list[list[int]]]]:
+    """(token ids, segment ids or None) of every text (and its pair), unpadded, at most max_length."""
+    if pairs is None and enc.truncation == "head":
+        return tokenize(tokenizer, texts, enc.max_length, desc=desc, chunk=chunk, cache=cache), None
+    if pairs is not None and len(pairs) != len(texts):
+        raise ValueError(f"{len(texts)} texts but {len(pairs)} pair texts")
+    with_types = pairs is not None and uses_segment_ids(tokenizer)
+    extra = ["pair", *pairs] if pairs is not None else [f"truncation={enc.truncation}:{enc.head_tokens}"]
+    folder = cache_root() / _fingerprint(tokenizer, texts, enc.max_length, extra) if cache else None
+    if folder is not None and folder.is_dir():
+        ids = _load_cached(folder)
+        types = _load_types(folder) if with_types else None
+        if ids is not None and (types is not None or not with_types):
+            return ids, types
+    ids: list[list[int]] = []
+    types: Optional[list[list[int]]] = [] if with_types else None
+    with progress(total=len(texts), desc=desc, unit=" items", leave=False, disable=len(texts) < chunk) as bar:
+        for s in range(0, len(texts), chunk):
+            part = list(texts[s:s + chunk])
+            if pairs is not None:
+                out = tokenizer(part, list(pairs[s:s + chunk]), truncation="longest_first", max_length=enc.max_length,
+                                add_special_tokens=True)
+                ids.extend(out["input_ids"])
+                if types is not None:
+                    types.extend(out["token_type_ids"])
+            else:
+                ids.extend(cut(tokenizer, part, enc))
+            bar.update(len(part))
+    if folder is not None:
+        _store_cached(folder, ids, types)
+    return ids, types
+
+
+def cut(tokenizer, texts: Sequence[str], enc: Encoding) -> list[list[int]]:
+    """Single texts encoded whole, then cut to max_length keeping the special tokens where the tokenizer
+    put them and, of the text's own tokens, the first (head), the last (tail) or both ends (head_tail)."""
+    out = tokenizer(list(texts), truncation=False, add_special_tokens=True, return_special_tokens_mask=True, verbose=False)
+    result = []
+    for ids, special in zip(out["input_ids"], out["special_tokens_mask"]):
+        if len(ids) <= enc.max_length:
+            result.append(list(ids))
+            continue
+        content = [i for i, m in enumerate(special) if not m]
+        room = max(0, enc.max_length - (len(ids) - len(content)))
+        keep = set(i for i, m in enumerate(special) if m)
+        keep.update(kept_positions(content, room, enc))
+        result.append([ids[i] for i in sorted(keep)])
+    return result
+
+
+def kept_positions(content: list[int], room: int, enc: Encoding) -> list[int]:
+    if enc.truncation == "head":
+        return content[:room]
+    if enc.truncation == "tail":
+        return content[len(content) - room:] if room else []
+    k = min(room, room // 4 if enc.head_tokens is None else enc.head_tokens)
+    tail = room - k
+    return content[:k] + (content[len(content) - tail:] if tail else [])
+
+
+def encode_one(tokenizer, text: str, enc: Encoding, pair: Optional[str] = None) -> tuple[list[int], Optional[list[int]]]:
+    """One item, uncached (the sentence-shuffle augmentation re-encodes items every epoch)."""
+    ids, types = encode(tokenizer, [text], enc, None if pair is None else [pair], cache=False)
+    return ids[0], None if types is None else types[0]
