@@ -10,7 +10,6 @@ import pickle
 import shutil
 from pathlib import Path
 
-import pytest
 
 from conftest import tiny_config
 from lorafit.cli import main

@@ -1,6 +1,5 @@
 """The loop learns, the run directory is complete, and reloading is exact by every route."""
 import json
-import math
 
 import numpy as np
 import pandas as pd

@@ -4,7 +4,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from conftest import assert_reload_exact, run_cli, train_briefly
 from lorafit.runs.predict import predict_logits

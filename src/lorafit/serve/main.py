@@ -10,7 +10,6 @@ import ipaddress
 import signal
 import socket
 import sys
-from pathlib import Path
 
 from ..errors import LorafitError
 from .auth import read_key

@@ -21,7 +21,7 @@ from __future__ import annotations
 import gc
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
