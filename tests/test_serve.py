@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 
 from conftest import run_cli, synthetic_rows, train_briefly
+from lorafit.calibration import read_temperature, softmax
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -129,7 +130,7 @@ def _predict(url, name, texts, **kw):
     return r.json()
 
 
-def test_answers_equal_predict_whatever_else_is_in_the_batch(server, reference):
+def test_answers_equal_predict_whatever_else_is_in_the_batch(server, reference, runs):
     """Concurrent requests over all three runs, each a different slice of TEXTS (so forwards mix
     lengths, requests and runs): labels equal and logits within 1e-4 of `lorafit predict`."""
     rng = np.random.default_rng(0)
@@ -147,6 +148,8 @@ def test_answers_equal_predict_whatever_else_is_in_the_batch(server, reference):
         assert [str(x) for x in ans["labels"]] == [labels[i] for i in idx]
         np.testing.assert_allclose(np.array(ans["logits"]), logits[idx], atol=1e-4)
         np.testing.assert_allclose(np.array(ans["probs"]).sum(1), 1.0, atol=1e-6)
+        # the run's fitted temperature, as `lorafit predict --probs` applies it
+        np.testing.assert_allclose(ans["probs"], softmax(logits[idx], read_temperature(runs[name])), atol=1e-4)
         assert ans["label_ids"] == np.argmax(logits[idx], 1).tolist()
     # the batcher did gather: some forward held more than one request's texts
     metrics = httpx.get(f"{server.url}/metrics").text
@@ -218,7 +221,17 @@ def test_startup_errors_are_one_line_exit_2(runs, tmp_path):
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
     busy.listen()
+    import shutil
+
+    import yaml
+
+    regression = tmp_path / "regression"  # a run of another task type: refused, not answered by argmax
+    shutil.copytree(runs["topics"], regression)
+    cfg = yaml.safe_load((regression / "config.yaml").read_text())
+    cfg["data"]["task"], cfg["train"]["metric"] = "regression", "pearson"
+    (regression / "config.yaml").write_text(yaml.safe_dump(cfg))
     cases = [
+        ([str(regression)], "answers single_label runs only"),
         ([str(tmp_path / "missing")], "no such run directory"),
         ([str(tmp_path)], "not a finished lorafit run"),
         ([f"a={runs['topics']}", f"a={runs['binary']}"], "two runs are named 'a'"),

@@ -92,12 +92,6 @@ def parse_request(body: bytes, limits: Limits) -> PredictRequest:
     return req
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64)
-    z = np.exp(z - z.max(-1, keepdims=True))
-    return z / z.sum(-1, keepdims=True)
-
-
 def _metrics(registry_names: list[str]):
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -210,7 +204,9 @@ def create_app(registry: Registry, limits: Limits | None = None, api_key: str | 
             ids = logits.argmax(-1)
             out: dict = {"model": name, "labels": [run.labels[k] for k in ids], "label_ids": ids.tolist()}
             if req.probs:
-                out["probs"] = _softmax(logits).tolist()
+                from ..calibration import softmax
+
+                out["probs"] = softmax(logits, run.temperature).tolist()  # calibrated, as predict --probs
             if req.logits:
                 out["logits"] = logits.astype(np.float64).tolist()
             m["texts"].labels(name).inc(len(texts))

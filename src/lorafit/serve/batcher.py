@@ -56,10 +56,12 @@ class Job:
 
 
 def tokenize_texts(run, texts: list[str]) -> list[list[int]]:
-    """The token ids `lorafit predict` computes for these texts (data.tokens.tokenize, without its disk cache)."""
-    from ..data.tokens import tokenize
+    """The token ids `lorafit predict` computes for these texts: the run's truncation (data.encoding),
+    without the disk cache."""
+    from ..data.encoding import Encoding, encode
 
-    return tokenize(run.tokenizer, texts, run.max_length, cache=False)
+    d = run.cfg.data
+    return encode(run.tokenizer, texts, Encoding(run.max_length, d.truncation, d.head_tokens), None, cache=False)[0]
 
 
 @torch.inference_mode()

@@ -46,6 +46,7 @@ class ServedRun:
     own_parameters: int = 0      # parameters this run holds alone (adapter, head, trained norms)
     shared_parameters: int = 0   # parameters it reads from the shared base copy
     max_length: int = 128
+    temperature: float = 1.0     # calibration.json's, as `lorafit predict --probs` applies it
 
     def describe(self) -> dict:
         return {"name": self.name, "labels": self.labels, "base": self.cfg.model.name,
@@ -88,6 +89,13 @@ def check_run(folder: Path) -> None:
     weights = folder / weights_folder(cfg)
     if not weights.is_dir():
         raise LorafitError(f"{folder}: no trained weights ({weights.name}/ missing); did training finish?")
+    # the API answers one label per text; other runs would get argmax answers that mean nothing
+    if cfg.data.task != "single_label":
+        raise LorafitError(f"{folder}: a {cfg.data.task} run; lorafit serve answers single_label runs only so far "
+                           f"(use lorafit predict {folder} for it)")
+    if cfg.data.text_pair_column:
+        raise LorafitError(f"{folder}: trained on text pairs (data.text_pair_column); lorafit serve takes single "
+                           f"texts only so far (use lorafit predict {folder} for it)")
 
 
 def _plain_name(name: str) -> str:
@@ -175,6 +183,7 @@ class Registry:
     @classmethod
     def load(cls, specs: list[tuple[str, Path]], device: torch.device | None = None, log=lambda line: None,
              packed: bool | None = None) -> "Registry":
+        from .. import calibration
         from ..runs.predict import default_device
         from ..runs.weights import load_trained
 
@@ -195,7 +204,7 @@ class Registry:
             if cfg.train.packed_inference if packed is None else packed:
                 _pack_shared(model, device, pack_pool)
             runs[name] = ServedRun(name, Path(folder), model, tokenizer, cfg, list(labels), device, own, shared,
-                                   cfg.data.max_length)
+                                   cfg.data.max_length, calibration.read_temperature(folder) or 1.0)
             log(f"loaded {name} ({folder}): {cfg.adapter.method} over {cfg.model.name}, {own:,} own parameters, "
                 f"{shared:,} shared")
         return cls(runs)
