@@ -97,6 +97,9 @@ def test_onnx_every_head_matches_lorafit(runs, kind, head, tmp_path):
     np.testing.assert_allclose(plain_ort(out, [TEXTS[3], TEXTS[6]], 32), ref[[3, 6]], atol=1e-4)
     cfg = json.loads((out / "config.json").read_text())
     assert [cfg["id2label"][str(i)] for i in range(len(cfg["id2label"]))] == manifest["labels"]
+    # what a user needs beside the graph: the task, how texts were cut, predict --probs' temperature
+    assert manifest["task"] == "single_label" and manifest["truncation"] == "head"
+    assert json.loads((out / "calibration.json").read_text()) == json.loads((run_dir / "calibration.json").read_text())
 
 
 def test_onnx_full_finetune_and_check_file(runs, run_cli, tmp_path):

@@ -9,6 +9,7 @@ labels.json and export.json."""
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -47,6 +48,9 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, *, check: Optiona
     cfg, names = read_run(run_dir)
     if not (run_dir / weights_folder(cfg)).is_dir():
         raise LorafitError(f"{run_dir}: no trained weights ({weights_folder(cfg)}/ missing); did training finish?")
+    if cfg.data.text_pair_column:  # the graph takes input_ids + attention_mask: BERT's segment ids would be lost
+        raise LorafitError(f"{run_dir}: trained on text pairs (data.text_pair_column); lorafit export takes "
+                           "single-text runs only so far (use lorafit predict for it)")
     check_out(out, overwrite)
     if fmt == "merged":
         from .merged import check_mappable
@@ -57,6 +61,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, *, check: Optiona
     ref = _lorafit_logits(run_dir, texts, batch_size)
     manifest = {"format": fmt, "run": str(run_dir.resolve()), "lorafit": __version__, "labels": names,
                 "max_length": cfg.data.max_length, "head": cfg.head.type, "model": cfg.model.name,
+                "task": cfg.data.task, "truncation": cfg.data.truncation,
                 "check": {"texts": where, "n": len(texts), "atol": checking.ATOL}}
     with tempfile.TemporaryDirectory(prefix="lorafit-export-") as tmp:
         built = Path(tmp) / "export"
@@ -68,6 +73,9 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, *, check: Optiona
             _build_merged(model, tokenizer, built, texts, ref, cfg, manifest, batch_size, log)
         tokenizer.save_pretrained(built)
         (built / "labels.json").write_text(json.dumps(names, indent=2), encoding="utf-8")
+        for extra in ("thresholds.json", "calibration.json"):  # multi_label's thresholds; predict --probs' temperature
+            if (run_dir / extra).is_file():
+                shutil.copyfile(run_dir / extra, built / extra)
         (built / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         publish(built, out)
     log(f"exported {run_dir} as {fmt} to {out}")
