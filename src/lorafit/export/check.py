@@ -21,7 +21,7 @@ def check_texts(run_dir: Path, cfg, check: Optional[str], *, allow_pickle: bool 
     if check:
         from ..runs.predict import read_inputs
 
-        _, _, texts = read_inputs(check, cfg.data, allow_pickle, text_columns=text_columns, delimiter=delimiter)
+        texts = read_inputs(check, cfg.data, allow_pickle, text_columns=text_columns, delimiter=delimiter)[2]
         where = check
     else:
         from ..data.examples import load_split, split_seed

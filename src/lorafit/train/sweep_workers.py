@@ -41,11 +41,23 @@ def storage(url: str, heartbeat: int = HEARTBEAT):
     if url.startswith("sqlite"):
         # several local workers share the file: wait for its lock instead of failing at once ("database is locked")
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
-    with warnings.catch_warnings():  # heartbeat and retries are marked experimental; they make workers safe
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
-                                          failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=3),
-                                          **kwargs)
+    import time
+
+    from sqlalchemy.exc import DBAPIError
+
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():  # heartbeat and retries are marked experimental; they make workers safe
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
+                    failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=3), **kwargs)
+        except DBAPIError:
+            # workers starting together on a new database race to create its tables ("table ... already
+            # exists"); creating them is idempotent, so the loser opens it again once the winner is done
+            if attempt == 4:
+                raise
+            time.sleep(0.5 * (attempt + 1))
 
 
 def counts(study) -> tuple[int, list]:
