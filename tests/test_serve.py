@@ -4,6 +4,7 @@ start-up errors one line, auth, overload, SIGTERM draining."""
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 import os
 import re
 import selectors
@@ -159,13 +160,16 @@ def test_answers_equal_predict_whatever_else_is_in_the_batch(server, reference, 
     assert counts[8.0] > 0 and counts[8.0] - counts.get(4.0, 0) > 0  # forwards of 5-8 texts happened
 
 
-def test_models_health_ready_openapi(server):
+def test_models_health_ready_openapi(server, runs):
     models = httpx.get(f"{server.url}/v1/models").json()["models"]
     by = {m["name"]: m for m in models}
     assert set(by) == {"topics", "binary", "named"}
     assert by["named"]["labels"] == ["business", "politics", "sport"]
     assert [str(x) for x in by["binary"]["labels"]] == ["0", "1"] and len(by["topics"]["labels"]) == 4
     assert 0 < by["binary"]["trainable_parameters"] < by["binary"]["shared_parameters"]
+    for name, run in runs.items():  # the count training reported, whether the run's base is shared or merged
+        assert by[name]["trainable_parameters"] == json.loads((run / "eval.json").read_text())["trainable"]
+    assert by["named"]["shared_parameters"] == 0  # alone over its base: merged, predict's own path
     assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
     assert httpx.get(f"{server.url}/readyz").status_code == 200
     spec = httpx.get(f"{server.url}/openapi.json").json()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import gc
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,11 +48,13 @@ class ServedRun:
     shared_parameters: int = 0   # parameters it reads from the shared base copy
     max_length: int = 128
     temperature: float = 1.0     # calibration.json's, as `lorafit predict --probs` applies it
+    trainable: int = 0           # eval.json's count of trained parameters
 
     def describe(self) -> dict:
         return {"name": self.name, "labels": self.labels, "base": self.cfg.model.name,
                 "method": self.cfg.adapter.method, "head": self.cfg.head.type,
-                "trainable_parameters": self.own_parameters, "shared_parameters": self.shared_parameters,
+                "trainable_parameters": self.trainable, "own_parameters": self.own_parameters,
+                "shared_parameters": self.shared_parameters,
                 "max_length": self.max_length}
 
 
@@ -80,8 +83,8 @@ def parse_specs(specs: list[str]) -> list[tuple[str, Path]]:
     return out
 
 
-def check_run(folder: Path) -> None:
-    """A finished run, checked without loading weights (what predict checks, before anything is bound)."""
+def check_run(folder: Path):
+    """A finished run's config, checked without loading weights (what predict checks, before anything is bound)."""
     from ..runs.directory import read_run
     from ..runs.weights import weights_folder
 
@@ -96,6 +99,20 @@ def check_run(folder: Path) -> None:
     if cfg.data.text_pair_column:
         raise LorafitError(f"{folder}: trained on text pairs (data.text_pair_column); lorafit serve takes single "
                            f"texts only so far (use lorafit predict {folder} for it)")
+    return cfg
+
+
+def _trainable(folder: Path) -> int:
+    try:
+        return int(json.loads((Path(folder) / "eval.json").read_text(encoding="utf-8"))["trainable"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0  # an old run without the count: the API says 0 rather than failing to start
+
+
+def _base_key(cfg) -> str:
+    """Runs with one key share one base copy: a local folder by its resolved path, else the hub id."""
+    path = Path(cfg.model.name).expanduser()
+    return str(path.resolve()) if path.exists() else cfg.model.name
 
 
 def _plain_name(name: str) -> str:
@@ -188,23 +205,27 @@ class Registry:
         from ..runs.weights import load_trained
 
         device = device or default_device()
-        for _, folder in specs:
-            check_run(folder)
+        cfgs = [check_run(folder) for _, folder in specs]
+        per_base = Counter(_base_key(c) for c in cfgs if c.adapter.method != "full")
         pool, pack_pool, runs = SharedBase(), {}, {}
-        for name, folder in specs:
-            # unmerged (the base stays shared), unpacked (packing is done once per shared weight below)
-            model, tokenizer, cfg, labels = load_trained(folder, merge=False, device=device, packed=False)
-            model.requires_grad_(False)
-            if cfg.adapter.method == "full":
+        for (name, folder), run_cfg in zip(specs, cfgs):
+            pack = run_cfg.train.packed_inference if packed is None else packed
+            if run_cfg.adapter.method == "full" or per_base[_base_key(run_cfg)] == 1:
+                # nothing to share its base with: predict's own path (LoRA merged, packed as predict packs)
+                model, tokenizer, cfg, labels = load_trained(folder, merge=True, device=device, packed=pack)
+                model.requires_grad_(False)
                 own, shared = sum(p.numel() for p in model.parameters()), 0
             else:
-                own, shared = pool.share(model, str(Path(cfg.model.name).expanduser().resolve())
-                                         if Path(cfg.model.name).expanduser().exists() else cfg.model.name)
-            _free_memory()
-            if cfg.train.packed_inference if packed is None else packed:
-                _pack_shared(model, device, pack_pool)
+                # unmerged (the base stays shared), unpacked (packing is done once per shared weight below)
+                model, tokenizer, cfg, labels = load_trained(folder, merge=False, device=device, packed=False)
+                model.requires_grad_(False)
+                own, shared = pool.share(model, _base_key(cfg))
+                _free_memory()
+                if pack:
+                    _pack_shared(model, device, pack_pool)
             runs[name] = ServedRun(name, Path(folder), model, tokenizer, cfg, list(labels), device, own, shared,
-                                   cfg.data.max_length, calibration.read_temperature(folder) or 1.0)
+                                   cfg.data.max_length, calibration.read_temperature(folder) or 1.0,
+                                   _trainable(folder))
             log(f"loaded {name} ({folder}): {cfg.adapter.method} over {cfg.model.name}, {own:,} own parameters, "
                 f"{shared:,} shared")
         return cls(runs)
