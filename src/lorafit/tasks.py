@@ -110,16 +110,16 @@ def encode_regression(values: Sequence, source: str, column: str, rows: Optional
 
 # ---------------------------------------------------------------- training
 
-def loss(task: str, logits, labels, label_smoothing: float = 0.0, pos_weight=None):
-    """multi_label: BCE with logits over every label (pos_weight: train.class_weights per label);
-    regression: MSE of the one output."""
+def loss(task: str, logits, labels, label_smoothing: float = 0.0, weight=None):
+    """single_label: cross-entropy (weight: train.class_weights per class); multi_label: BCE with logits
+    over every label (weight: its pos_weight per label); regression: MSE of the one output."""
     import torch.nn.functional as F
 
     if task == MULTI:
-        return F.binary_cross_entropy_with_logits(logits.float(), labels.float(), pos_weight=pos_weight)
+        return F.binary_cross_entropy_with_logits(logits.float(), labels.float(), pos_weight=weight)
     if task == REGRESSION:
         return F.mse_loss(logits.float().squeeze(-1), labels.float())
-    return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+    return F.cross_entropy(logits.float(), labels, weight=weight, label_smoothing=label_smoothing)
 
 
 def batch_score(task: str, logits, labels):

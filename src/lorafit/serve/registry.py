@@ -13,9 +13,10 @@ run's own copy is freed. What is shared is therefore exactly what is equal, neve
 LoRA A/B, heads, trained LayerNorms and anything that differs stay per run. Full fine-tuning runs
 train every tensor: they are their own model and share nothing.
 
-The one difference from predict: LoRA is not merged into the base (a merge would change the shared
-weights for every run), so each LoRA layer adds its low-rank product at run time; logits agree with
-predict's merged model to float rounding (tests/test_serve.py checks 1e-4)."""
+The one difference from predict, for runs that share a base: LoRA is not merged into it (a merge
+would change the shared weights for every run), so each LoRA layer adds its low-rank product at run
+time; logits agree with predict's merged model to float rounding (tests/test_serve.py checks 1e-4).
+A run alone over its base (and a full fine-tuning run) is loaded exactly as predict loads it, merged."""
 from __future__ import annotations
 
 import gc

@@ -6,7 +6,6 @@ import shutil
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .. import tasks
 from ..io import save_tensors_durably
@@ -28,8 +27,7 @@ def predict_logits(recipe, loader) -> tuple[np.ndarray, np.ndarray, float]:
         labs.append(labels.cpu())
     recipe.model.train()
     logits, labels = torch.cat(outs), torch.cat(labs)
-    task = recipe.cfg.data.task
-    loss = F.cross_entropy(logits, labels).item() if task == tasks.SINGLE else tasks.loss(task, logits, labels).item()
+    loss = tasks.loss(recipe.cfg.data.task, logits, labels).item()  # unweighted: the validation loss is comparable
     return logits.numpy(), labels.numpy(), loss
 
 

@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 
-from .. import tasks
+from .. import calibration, tasks
 from ..config import RunConfig
 from ..data.batches import TokenDataset, make_loader
 from ..data.encoding import Encoding, encode
@@ -34,7 +33,6 @@ from ..model.solver import resolve_rank
 from ..progress import progress
 from ..runs.directory import check_run_dir
 from ..runs.weights import initial_lora, save_weights, weights_folder
-from .. import calibration
 from . import checkpoint, evaluation, final_epoch, header, imbalance, switches, tracking
 from .optim import build_optimizer, build_scheduler
 from .state import Position, State
@@ -229,10 +227,7 @@ class Recipe:
                 self.tracking.log_row(row)
 
     def loss_fn(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if self.cfg.data.task != tasks.SINGLE:
-            return tasks.loss(self.cfg.data.task, logits, labels, pos_weight=self.class_weights)
-        return F.cross_entropy(logits.float(), labels, weight=self.class_weights,
-                               label_smoothing=self.cfg.train.label_smoothing)
+        return tasks.loss(self.cfg.data.task, logits, labels, self.cfg.train.label_smoothing, self.class_weights)
 
     def train(self) -> "Recipe":
         cfg, st = self.cfg.train, self.state
