@@ -1,5 +1,6 @@
 """From a table to examples: texts (joined columns), labels by value (or ids the data names),
-empty labels and texts, the length filter, and the seeded stratified train/validation split."""
+empty labels and texts, the length filter, and the seeded train/validation split (stratified by class;
+per label for multi_label, data/multilabel_split.py; random for regression)."""
 from __future__ import annotations
 
 import re
@@ -12,6 +13,7 @@ import pandas as pd
 from .. import tasks
 from ..config import DataConfig
 from ..errors import LorafitError
+from .multilabel_split import iterative_split, unvalidated_note
 from .tables import read_table
 
 
@@ -211,11 +213,16 @@ def _task_targets(values: list, cfg: DataConfig, label_names: Optional[list[str]
     return tasks.encode_multi_label(lists, names, label_key, source, cfg.label_column, rows, cli), names
 
 
+def val_rows(val_size: float, n: int) -> int:
+    """data.val_size as a number of rows: a count (>= 1), or a fraction of n rounded."""
+    return int(val_size) if val_size >= 1 else int(round(val_size * n))
+
+
 def stratified_split(labels: np.ndarray, val_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.model_selection import train_test_split
 
     n = len(labels)
-    n_val = int(val_size) if val_size >= 1 else int(round(val_size * n))
+    n_val = val_rows(val_size, n)
     k = len(np.unique(labels))
     if not k <= n_val <= n - k:
         raise LorafitError(f"data.val_size: {val_size} gives {n_val} validation rows out of {n}; "
@@ -230,11 +237,16 @@ def stratified_split(labels: np.ndarray, val_size: float, seed: int) -> tuple[np
 def random_split(n: int, val_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.model_selection import train_test_split
 
-    n_val = int(val_size) if val_size >= 1 else int(round(val_size * n))
+    tr, va = train_test_split(np.arange(n), test_size=checked_val_rows(val_size, n), random_state=seed, shuffle=True)
+    return np.sort(tr), np.sort(va)
+
+
+def checked_val_rows(val_size: float, n: int) -> int:
+    """val_rows, refused unless both parts keep at least 2 rows (regression, multi_label)."""
+    n_val = val_rows(val_size, n)
     if not 2 <= n_val <= n - 2:
         raise LorafitError(f"data.val_size: {val_size} gives {n_val} validation rows out of {n}; need between 2 and {n - 2}")
-    tr, va = train_test_split(np.arange(n), test_size=n_val, random_state=seed, shuffle=True)
-    return np.sort(tr), np.sort(va)
+    return n_val
 
 
 def split_seed(cfg: DataConfig, seed: int) -> int:
@@ -250,7 +262,11 @@ def load_split(cfg: DataConfig, seed: int) -> SplitData:
     if cfg.limit is not None:
         order = order[: cfg.limit]
     ex = ex.subset(order)
-    if cfg.task != tasks.SINGLE:  # no classes to stratify on (numbers, label sets): a seeded random split
+    if cfg.task == tasks.MULTI:  # label sets: stratified per label, so rare labels get validation positives
+        tr, va = iterative_split(ex.labels, checked_val_rows(cfg.val_size, len(ex)), seed)
+        note = unvalidated_note(ex.labels[tr], ex.labels[va], names, tasks.DEFAULT_THRESHOLD)
+        return SplitData(ex.subset(tr), ex.subset(va), names, notes + ([note] if note else []))
+    if cfg.task == tasks.REGRESSION:  # numbers, no classes to stratify on: a seeded random split
         tr, va = random_split(len(ex), cfg.val_size, seed)
         return SplitData(ex.subset(tr), ex.subset(va), names, notes)
     k = len(np.unique(ex.labels))
