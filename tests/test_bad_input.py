@@ -3,6 +3,7 @@
 behind, a failed `predict` no output file. notes/make_bad_inputs.py lists every message from CASES."""
 from __future__ import annotations
 
+import json
 import pickle
 import re
 import shutil
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from conftest import run_cli, tiny_config
 from lorafit.cli import main
@@ -105,6 +107,38 @@ def _no_tokenizer(env: Env) -> Path:
     for name in ("config.json", "model.safetensors"):
         shutil.copy(env.model / name, folder / name)
     return folder
+
+
+def _task_run(env: Env, name: str, labels: list[str], thresholds: bool = True, **over) -> Path:
+    """A finished run of another data.task or with pairs (config.yaml, labels.json, thresholds.json)."""
+    run = env.tmp / name
+    run.mkdir()
+    (run / "config.yaml").write_text(tiny_config(env.model, env.data, **over).to_yaml())
+    (run / "labels.json").write_text(json.dumps(labels))
+    if thresholds:
+        (run / "thresholds.json").write_text(json.dumps({n: 0.5 for n in labels}))
+    return run
+
+
+def _config_with(env: Env, **over) -> tuple[list, Path]:
+    """`train` with a config file holding settings tiny_config would refuse (section__key=value)."""
+    raw = yaml.safe_load(tiny_config(env.model, env.data).to_yaml())
+    for k, v in over.items():
+        section, key = k.split("__")
+        raw[section][key] = v
+    p = env.tmp / "c.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    run = env.tmp / "run"
+    return ["train", "--config", p, "--out", run], run
+
+
+def _multi_label_run(env: Env, thresholds: bool = True) -> Path:
+    return _task_run(env, "tags-run", ["business", "sports", "tech"], thresholds, data__task="multi_label",
+                     data__label_delimiter="'|'")
+
+
+def _pair_run(env: Env) -> Path:
+    return _task_run(env, "pair-run", ["0", "1", "2", "3"], False, data__text_pair_column="hypothesis")
 
 
 # name -> (what is wrong, build(env) -> (argv, path that must not exist afterwards), pattern of the one error line)
@@ -301,6 +335,84 @@ CASES = {
         "`--set adapter.targets=query` (a list field given one word)",
         lambda e: ([*e.train()[0], "--set", "adapter.targets=query"], e.tmp / "run"),
         r"^error: --set adapter\.targets: Input should be a valid list \(write a list: --set adapter\.targets=\[query\]\)$"),
+    # ---- issue 16: task types, text pairs, long texts, imbalance
+    "multi-label-unknown-label-evaluate": (
+        "`evaluate --data` on a multi_label run: a row names a label outside the run's label set",
+        lambda e: (["evaluate", _multi_label_run(e), "--data",
+                    e.file("val.csv", "text,label\ngoal match,sports\noil and chips,business|weather\n")], None),
+        r"val\.csv: row 2: label 'weather' in column 'label' is not in the label set \['business', 'sports', 'tech'\] "
+        r"\(1 of 2 rows name labels outside it\); fix the row: the run knows only these labels"),
+    "multi-label-unreadable-list": (
+        "data.task: multi_label, a label cell that starts like a JSON list but is not one, no data.label_delimiter",
+        lambda e: e.train(data__task="multi_label",
+                          data__train=e.file("tags.csv", 'text,label\ngoal match,"[""sports""]"\nchip news,[tech\n')),
+        r"tags\.csv: row 2: labels '\[tech' in column 'label' are not a JSON list; write \[\"a\", \"b\"\], or set "
+        r"data\.label_delimiter \(e\.g\. '\|'\) to split strings like a\|b"),
+    "multi-label-one-label": (
+        "data.task: multi_label on data whose rows name only one label in all",
+        lambda e: e.train(data__task="multi_label",
+                          data__train=e.file("tags.csv", "text,label\ngoal match,sports\nmatch day,sports\n")),
+        r"tags\.csv: found 1 label\(s\) in 'label'; multi_label needs at least 2"),
+    "multi-label-run-without-thresholds": (
+        "`evaluate` on a multi_label run whose thresholds.json is gone (a run that never finished)",
+        lambda e: (["evaluate", _multi_label_run(e, thresholds=False), "--data",
+                    e.file("val.csv", "text,label\ngoal match,sports\n")], None),
+        r"tags-run: thresholds\.json missing; a multi_label run writes it when training finishes"),
+    "regression-target-not-a-number": (
+        "data.task: regression, a target cell that is not a number",
+        lambda e: e.train(data__task="regression",
+                          data__train=e.file("scores.csv", "text,label\ngoal match,0.5\nwar vote,high\nchip,2\n")),
+        r"scores\.csv: row 2: target 'high' in column 'label' is not a number \(1 of 3 rows are not\); data\.task: "
+        r"regression needs a finite number in every row"),
+    "pair-column-missing-train": (
+        "data.text_pair_column names a column the training file lacks",
+        lambda e: e.train(data__text_pair_column="hypothesis"),
+        r"synth\.csv: column 'hypothesis' not found \(set data\.text_pair_column\); columns present: text, label"),
+    "pair-column-missing-predict": (
+        "`predict --input` for a run trained on pairs, the file lacks the pair column",
+        lambda e: (["predict", _pair_run(e), "--input", e.file("in.csv", "text\ngoal match\n"), "--output",
+                    e.tmp / "pred.csv"], e.tmp / "pred.csv"),
+        r"in\.csv: column 'hypothesis' not found \(set --text-pair-column\); columns present: text"),
+    "pair-column-on-a-single-text-run": (
+        "`predict --text-pair-column` for a run trained on single texts",
+        lambda e: e.predict(e.file("in.csv", "text,other\ngoal,match\n"), "--text-pair-column", "other"),
+        r"--text-pair-column: the run was trained on single texts \(no data\.text_pair_column\); drop --text-pair-column$"),
+    "pair-column-also-a-text-column": (
+        "data.text_pair_column names a column that data.text_columns already joins",
+        lambda e: _config_with(e, data__text_pair_column="text"),
+        r"c\.yaml: data\.text_pair_column: 'text' is also in data\.text_columns; name the pair's second text"),
+    "truncation-tail-with-pairs": (
+        "data.truncation: tail together with a pair column (pairs are cut longest_first)",
+        lambda e: _config_with(e, data__text_pair_column="hypothesis", data__truncation="tail"),
+        r"c\.yaml: data\.truncation: tail applies to single texts; text pairs \(data\.text_pair_column\) are truncated "
+        r"longest_first, as the tokenizer does"),
+    "head-tokens-without-head-tail": (
+        "data.head_tokens with data.truncation: head (it is read only by head_tail)",
+        lambda e: _config_with(e, data__head_tokens=8),
+        r"c\.yaml: data\.head_tokens: applies to data\.truncation: head_tail \(this is head\); set truncation: head_tail or "
+        r"remove head_tokens"),
+    "head-tokens-beyond-max-length": (
+        "data.head_tokens: 40 with data.max_length: 32 (no room left for the tail)",
+        lambda e: _config_with(e, data__truncation="head_tail", data__head_tokens=40),
+        r"c\.yaml: data\.head_tokens: 40 leaves no room for the tail within data\.max_length 32; set it below 32"),
+    "metric-of-another-task": (
+        "train.metric: pearson (a regression metric) on a single_label run",
+        lambda e: _config_with(e, train__metric="pearson"),
+        r"train\.metric: pearson is not a single_label metric; use one of accuracy, macro_f1, mcc, loss"),
+    "balanced-sampler-on-regression": (
+        "train.sampler: balanced with data.task: regression (no classes to draw by)",
+        lambda e: _config_with(e, data__task="regression", train__sampler="balanced"),
+        r"train\.sampler: balanced draws by class and needs data\.task: single_label \(this is regression\)"),
+    "class-weights-on-regression": (
+        "train.class_weights with data.task: regression",
+        lambda e: _config_with(e, data__task="regression", train__class_weights="balanced"),
+        r"train\.class_weights: a regression has no classes to weigh; remove it"),
+    "class-weights-unknown-label-multi-label": (
+        "train.class_weights (pos_weight) names a label the multi_label training data lacks",
+        lambda e: e.train(data__task="multi_label", data__label_delimiter="'|'", train__class_weights="{sports: 2.0, art: 3.0}",
+                          data__train=e.file("tags.csv", "text,label\n" + "".join(
+                              f"item {i},{['sports', 'tech', 'sports|tech'][i % 3]}\n" for i in range(30)))),
+        r"train\.class_weights: unknown label 'art'; the training labels are \['sports', 'tech'\]"),
     "resume-with-config": (
         "`--resume` combined with --config (a resumed run uses its own config.yaml)",
         lambda e: (["train", "--resume", e.finished_run(), "--config", e.config()], None),

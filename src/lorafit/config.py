@@ -99,6 +99,14 @@ class DataConfig(_Section):
         if self.text_pair_column is not None and self.text_pair_column in self.text_columns:
             raise ValueError(f"data.text_pair_column: '{self.text_pair_column}' is also in data.text_columns; "
                              "name the pair's second text")
+        # head_tokens is read only by head_tail, and must leave room for the tail: refused rather than
+        # silently ignored or clamped, so a run never trains on another cut than the config says
+        if self.head_tokens is not None and self.truncation != "head_tail":
+            raise ValueError(f"data.head_tokens: applies to data.truncation: head_tail (this is {self.truncation}); "
+                             "set truncation: head_tail or remove head_tokens")
+        if self.head_tokens is not None and self.head_tokens >= self.max_length:
+            raise ValueError(f"data.head_tokens: {self.head_tokens} leaves no room for the tail within data.max_length "
+                             f"{self.max_length}; set it below {self.max_length} (default: a quarter of the room)")
         return self
 
     @staticmethod
@@ -417,7 +425,9 @@ def _format_errors(err: ValidationError, source: str, set_keys: Sequence[str] = 
         loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         key = ".".join(str(p) for p in loc)
         flag = max((k for k in set_keys if key == k or key.startswith(k + ".")), key=len, default=None)
-        where = "" if not key or key == flag else f"'{key}': "
+        text = e["msg"].removeprefix("Value error, ")
+        # a section's own check names its fields itself ("data.head_tokens: ..."): no "'data': " before it
+        where = "" if not key or key == flag or text.startswith(key + ".") else f"'{key}': "
         if e["type"] == "extra_forbidden":
             parent = _section_model(loc[:-1])
             guess = suggest(str(loc[-1]), _known_keys(parent))
@@ -425,7 +435,7 @@ def _format_errors(err: ValidationError, source: str, set_keys: Sequence[str] = 
                 f" (known: {', '.join(_known_keys(parent))})"
             msg = f"unknown key{'' if key == flag else f' {key!r}'}{hint}"
         else:
-            msg = f"{where}{e['msg'].removeprefix('Value error, ')}{_list_hint(e, key, flag)}"
+            msg = f"{where}{text}{_list_hint(e, key, flag)}"
         if flag is None:
             from_file.append(msg)
         else:

@@ -68,7 +68,8 @@ def input_config(data: DataConfig, text_columns: Optional[Sequence[str]] = None,
         update["label_column"] = label_column
     if text_pair_column:
         if data.text_pair_column is None:
-            raise LorafitError("--text-pair-column: the run was trained on single texts (no data.text_pair_column)")
+            raise LorafitError("--text-pair-column: the run was trained on single texts (no data.text_pair_column); "
+                               "drop --text-pair-column")
         update["text_pair_column"] = text_pair_column
     try:
         # the run's data.delimiter was for its training files; other files are sniffed unless told
