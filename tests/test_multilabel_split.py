@@ -1,13 +1,17 @@
 """The multi_label validation split (issue 16): stratified per label (data/multilabel_split.py), so a
 rare label has validation positives to tune its threshold on; exact val_size; seeded; a label too
-rare to stratify is said in the run log's data notes, not a crash. No model: only load_split."""
+rare to stratify is said in the run log's data notes, not a crash. Only the last test trains (a step)."""
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import tiny_config
 from lorafit import tasks
+from lorafit.cli import main
 from lorafit.config import DataConfig
 from lorafit.data.examples import load_split
 from lorafit.data.multilabel_split import iterative_split
@@ -92,3 +96,15 @@ def test_val_size_leaving_too_few_rows_is_refused(tmp_path):
     path = label_table(tmp_path / "m.csv", 40, {"a": 0.5, "b": 0.5})
     with pytest.raises(LorafitError, match=r"data.val_size: 39(\.0)? gives 39 validation rows out of \d+; need between 2 and"):
         load_split(config(path, val_size=39), 0)
+
+
+def test_the_run_log_names_a_label_without_validation_positives(tmp_path, tiny_roberta, capsys):
+    path = label_table(tmp_path / "m.csv", 80, {"a": 0.6, "b": 0.5}, fixed={"once": [5]})
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(tiny_config(tiny_roberta, path, data__task="multi_label", data__label_column="tags",
+                               data__label_delimiter="'|'", data__empty_labels="drop", train__max_steps=1).to_yaml())
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "run")]) == 0
+    log = capsys.readouterr().out
+    assert "data: 1 label(s) have no positive row in the validation split, too rare to stratify: 'once' (1 in train); " \
+           "their thresholds stay 0.5 (not tuned)" in log
+    assert json.loads((tmp_path / "run" / "thresholds.json").read_text())["once"] == tasks.DEFAULT_THRESHOLD
