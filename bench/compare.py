@@ -1,6 +1,6 @@
 """Side-by-side speed: HF Trainer + PEFT (the notebook every course team wrote) vs lorafit.
 
-    python bench/compare.py --model PATH --data PATH/train.csv [--val-size 2000] [--epochs 1]
+    python bench/compare.py --model PATH --data PATH/train.csv [--val-size 2000] [--epochs 1] [--dtypes float32,bfloat16]
 
 Both sides get the same model, the same train/validation split (files written once), the same
 machine, one after the other, each in its own process (so peak RSS is its own). The anchor
@@ -9,7 +9,9 @@ smoothing 0.1, every item padded to 128 tokens. lorafit runs its default fast pa
 hyper-parameters: dynamic padding, length-grouped batches, tokenise once, merged weights for
 prediction. Training time excludes evaluation on both sides (the anchor evaluates once at the
 end; lorafit evaluates every --eval-every steps to find when it first reaches the anchor's final
-accuracy). Results: a table on stdout and in --out (bench/RESULTS.md), with date, machine and versions.
+accuracy). `--dtypes` runs lorafit once per frozen-base dtype (model.dtype), each in its own process
+after the anchor's, one column each, so a bf16 base is compared with the float32 one and the anchor in
+one run. Results: a table on stdout and in --out (bench/RESULTS.md), with date, machine and versions.
 """
 from __future__ import annotations
 
@@ -208,26 +210,33 @@ def append_section(out: str, title: str, detail: str, lines: list[str]) -> str:
     return text
 
 
-def table(a: dict, b: dict) -> str:
-    def ratio(x, y, invert=False):
-        if x is None or y is None:
-            return "n/a"
-        return f"{(y / x if invert else x / y):.2f}x"
-    a_sps, b_sps = a["train_samples"] / a["train_s"], b["train_samples"] / b["train_s"]
-    a_psps, b_psps = a["predict_samples"] / a["predict_s"], b["predict_samples"] / b["predict_s"]
-    ttt = b["time_to_target_s"]
-    rows = [
-        ("train samples/s", f"{a_sps:.1f}", f"{b_sps:.1f}", ratio(b_sps, a_sps)),
-        ("time to anchor's final val accuracy (s)", f"{a['time_to_target_s']:.0f}",
-         "not reached" if ttt is None else f"{ttt:.0f}", ratio(a["time_to_target_s"], ttt)),
-        ("final val accuracy", f"{a['final_accuracy']:.4f}", f"{b['final_accuracy']:.4f}",
-         f"{100 * (b['final_accuracy'] - a['final_accuracy']):+.2f} pt"),
-        ("predict samples/s", f"{a_psps:.1f}", f"{b_psps:.1f}", ratio(b_psps, a_psps)),
-        ("peak RSS (MB)", f"{a['peak_rss_mb']:.0f}", f"{b['peak_rss_mb']:.0f}", ratio(b["peak_rss_mb"], a["peak_rss_mb"])),
-        ("trainable parameters", f"{a['trainable']:,}", f"{b['trainable']:,}", ""),
-    ]
-    lines = ["| metric | HF Trainer + PEFT | lorafit | lorafit vs anchor |", "|---|---|---|---|"]
-    lines += [f"| {m} | {x} | {y} | {r} |" for m, x, y, r in rows]
+def table(a: dict, ours: dict[str, dict]) -> str:
+    """The anchor against each lorafit run (one value column and one ratio column per frozen-base dtype)."""
+    def ratio(x, y):
+        return "n/a" if x is None or y is None else f"{x / y:.2f}x"
+
+    def rows(b: dict) -> list[tuple[str, str]]:
+        sps, psps, ttt = b["train_samples"] / b["train_s"], b["predict_samples"] / b["predict_s"], b["time_to_target_s"]
+        return [(f"{sps:.1f}", ratio(sps, a["train_samples"] / a["train_s"])),
+                ("not reached" if ttt is None else f"{ttt:.0f}", ratio(a["time_to_target_s"], ttt)),
+                (f"{b['final_accuracy']:.4f}", f"{100 * (b['final_accuracy'] - a['final_accuracy']):+.2f} pt"),
+                (f"{psps:.1f}", ratio(psps, a["predict_samples"] / a["predict_s"])),
+                (f"{b['peak_rss_mb']:.0f}", ratio(b["peak_rss_mb"], a["peak_rss_mb"])),
+                (f"{b['rss_phases_mb'].get('train', 0):.0f}", ratio(b["rss_phases_mb"].get("train"),
+                                                                     a["rss_phases_mb"].get("train"))),
+                (f"{b['trainable']:,}", "")]
+    anchor = [f"{a['train_samples'] / a['train_s']:.1f}", f"{a['time_to_target_s']:.0f}", f"{a['final_accuracy']:.4f}",
+              f"{a['predict_samples'] / a['predict_s']:.1f}", f"{a['peak_rss_mb']:.0f}",
+              f"{a['rss_phases_mb'].get('train', 0):.0f}", f"{a['trainable']:,}"]
+    names = ["train samples/s", "time to anchor's final val accuracy (s)", "final val accuracy", "predict samples/s",
+             "peak RSS (MB)", "peak RSS while training (MB)", "trainable parameters"]
+    # one dtype keeps the table's old columns; several name the base dtype in each lorafit column
+    heads = ["lorafit" if len(ours) == 1 else f"lorafit, {dt} base" for dt in ours]
+    cols = [rows(b) for b in ours.values()]
+    lines = ["| metric | HF Trainer + PEFT | " + " | ".join(f"{h} | {h} vs anchor" for h in heads) + " |",
+             "|---|---|" + "---|---|" * len(heads)]
+    for i, name in enumerate(names):
+        lines.append(f"| {name} | {anchor[i]} | " + " | ".join(f"{c[i][0]} | {c[i][1]}" for c in cols) + " |")
     return "\n".join(lines)
 
 
@@ -241,6 +250,8 @@ def main() -> int:
     ap.add_argument("--max-length", type=int, default=128, help="the anchor pads to this; both truncate to it")
     ap.add_argument("--eval-every", type=int, default=25, help="lorafit evaluates every N steps (time to accuracy)")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="extra lorafit config override")
+    ap.add_argument("--dtypes", default="float32",
+                    help="lorafit runs, one per frozen-base dtype (model.dtype), e.g. float32,bfloat16")
     ap.add_argument("--out", default=str(ROOT / "bench" / "RESULTS.md"))
     ap.add_argument("--role", help=argparse.SUPPRESS)
     ap.add_argument("--spec", help=argparse.SUPPRESS)
@@ -276,8 +287,12 @@ def main() -> int:
     anchor = child("anchor", spec)
     print(f"bench: anchor final accuracy {anchor['final_accuracy']:.4f}; running lorafit", flush=True)
     spec["target_accuracy"] = anchor["final_accuracy"]
-    ours = child("lorafit", spec)
+    ours = {}
+    for dt in args.dtypes.split(","):
+        print(f"bench: running lorafit, model.dtype={dt}", flush=True)
+        ours[dt] = child("lorafit", {**spec, "lorafit_sets": [f"model.dtype={dt}", *args.sets]})
     md = table(anchor, ours)
+    first = next(iter(ours.values()))
     cmd = "python bench/compare.py " + " ".join(a for a in sys.argv[1:])
     text = (f"# Speed: lorafit vs HF Trainer + PEFT\n\n- date: {date.today()}\n- machine: {machine()}\n"
             f"- data: {len(split.train)} train / {len(split.val)} validation items from {args.data}, {args.epochs} epoch(s)\n"
@@ -286,11 +301,14 @@ def main() -> int:
             f"anchor pads to 128, lorafit pads per batch\n"
             f"- lorafit's process runs as the lorafit command's does (torch's huge pages requested before torch loads)\n"
             f"- training time excludes evaluation on both sides; lorafit predicts as `lorafit predict` does (merged "
-            f"weights, last layer on the first token, Linear layers on prepacked oneDNN weights); its labels equal "
-            f"the plain unmerged model's: {ours['merged_equals_unmerged']} (the plain model, also length-sorted: "
-            f"{ours['predict_samples'] / ours['plain_predict_s']:.1f} samples/s)\n\n{md}\n\n"
-            f"lorafit evaluations (step, training seconds, accuracy): {ours['evals']}\n\n"
-            f"peak RSS by phase (MB): anchor {anchor['rss_phases_mb']}; lorafit {ours['rss_phases_mb']}\n")
+            f"weights, last layer on the first token, Linear layers on prepacked oneDNN weights; a 16-bit base's "
+            f"run is predicted on the float32 base with its float32 adapter merged); its labels equal "
+            f"the plain unmerged model's: {all(b['merged_equals_unmerged'] for b in ours.values())} (the plain "
+            f"model, also length-sorted: {first['predict_samples'] / first['plain_predict_s']:.1f} samples/s)\n\n{md}\n\n"
+            + "".join(f"lorafit ({dt}) evaluations (step, training seconds, accuracy): {b['evals']}\n\n"
+                      for dt, b in ours.items())
+            + f"peak RSS by phase (MB): anchor {anchor['rss_phases_mb']}; "
+            + "; ".join(f"lorafit ({dt}) {b['rss_phases_mb']}" for dt, b in ours.items()) + "\n")
     out = Path(args.out)
     old = out.read_text() if out.exists() else ""
     kept = old[old.find("\n## "):] if "\n## " in old else ""  # sections bench/switches.py appended

@@ -11,12 +11,17 @@ def test_compare_runs_on_tiny_input(tiny_roberta, synth_csv, tmp_path):
     out.write_text("# Speed: an older table\n\n## Optional switches (appended by switches.py)\n\n| kept |\n")
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "compare.py"), "--model", str(tiny_roberta),
                            "--data", str(synth_csv), "--limit", "200", "--val-size", "40", "--max-length", "32",
-                           "--eval-every", "2", "--out", str(out)], capture_output=True, text=True, timeout=600)
+                           "--eval-every", "2", "--dtypes", "float32,bfloat16", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()
     for row in ("train samples/s", "time to anchor's final val accuracy", "final val accuracy", "predict samples/s",
-                "peak RSS (MB)"):
+                "peak RSS (MB)", "peak RSS while training (MB)"):
         assert f"| {row}" in text
+    # one column pair per frozen-base dtype, each row filled for both
+    assert "| lorafit, float32 base | lorafit, float32 base vs anchor | lorafit, bfloat16 base |" in text
+    assert all(line.count("|") == 7 for line in text.splitlines() if line.startswith("| train samples/s"))
+    assert "lorafit (bfloat16) evaluations" in text
     assert "equal the plain unmerged model's: True" in text
     assert "peak RSS by phase (MB): anchor {'setup': " in text and "'predict unmerged': " in text
     assert "older table" not in text and text.endswith("## Optional switches (appended by switches.py)\n\n| kept |\n")
