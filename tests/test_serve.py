@@ -300,3 +300,47 @@ def test_auth_overload_recovery_and_sigterm_drain(runs, tmp_path):
         assert key not in "".join(s.log) + s.proc.stderr.read()
     finally:
         s.stop()
+
+
+def test_runs_over_one_base_hold_one_copy_of_its_files(runs, tiny_roberta, tmp_path):
+    """Registry in-process: topics and binary (one tiny RoBERTa folder) are built over one read of its
+    checkpoint (their frozen tensors are the same memory); a run over a byte-equal copy of that folder
+    gets its own (shared by file identity, never by a path it did not read) and the same logits as
+    binary; a checkpoint whose file changed is read again."""
+    import os
+    import shutil
+
+    import torch
+    import yaml
+
+    from lorafit.serve.batcher import run_logits, tokenize_texts
+    from lorafit.serve.registry import Registry, _owned, base_state, check_run
+
+    copy, other = tmp_path / "tiny-roberta-copy", tmp_path / "other"
+    shutil.copytree(tiny_roberta, copy)
+    shutil.copytree(runs["binary"], other)
+    cfg = yaml.safe_load((other / "config.yaml").read_text())
+    cfg["model"]["name"] = str(copy)
+    (other / "config.yaml").write_text(yaml.safe_dump(cfg))
+    reg = Registry.load([("topics", runs["topics"]), ("binary", runs["binary"]), ("other", other)],
+                        device=torch.device("cpu"))
+    frozen = {name: {n.rsplit("base_model.model.", 1)[-1]: p.data_ptr() for n, p in run.model.named_parameters()
+                     if not _owned(n)} for name, run in reg.runs.items()}
+    word = "roberta.embeddings.word_embeddings.weight"
+    assert frozen["topics"][word] == frozen["binary"][word] != frozen["other"][word]
+    both = set(frozen["topics"].values()) & set(frozen["binary"].values())
+    assert len(both) >= len(frozen["topics"]) - 4  # all but the original heads (each run's own)
+    assert not set(frozen["other"].values()) & (set(frozen["topics"].values()) | set(frozen["binary"].values()))
+    ids = tokenize_texts(reg.runs["binary"], TEXTS[:8])
+    np.testing.assert_allclose(run_logits(reg.runs["other"], ids, 8), run_logits(reg.runs["binary"], ids, 8), atol=1e-6)
+
+    states, run_cfg = {}, check_run(runs["topics"])
+    first = base_state(run_cfg, "cpu", states)
+    assert base_state(run_cfg, "cpu", states) is first and len(states) == 1
+    weights = Path(run_cfg.model.name) / "model.safetensors"
+    st = weights.stat()
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # as if rewritten: not the file read before
+    try:
+        assert base_state(run_cfg, "cpu", states) is not first and len(states) == 2
+    finally:
+        os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
