@@ -22,9 +22,9 @@ import asyncio
 import os
 import random
 import re
-import selectors
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -64,21 +64,20 @@ def env() -> dict:
 
 
 def start(cmd: list[str], timeout: float = 600) -> tuple[subprocess.Popen, str]:
-    """A server process and its URL, read from its start line (`serving ... on http://HOST:PORT`)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env())
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stderr, selectors.EVENT_READ)
-    end, log = time.monotonic() + timeout, []
+    """A server process and its URL, read from its start line (`serving ... on http://HOST:PORT`).
+    Its stderr goes to a file (kept as proc.log_path), not a pipe: a pipe nobody reads after the start
+    line would block the server once it fills, and the file says why a server died."""
+    log_file = tempfile.NamedTemporaryFile("w", prefix="serve-", suffix=".log", delete=False)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log_file, text=True, env=env())
+    proc.log_path = log_file.name
+    end = time.monotonic() + timeout
     while time.monotonic() < end and proc.poll() is None:
-        if not sel.select(1.0):
-            continue
-        line = proc.stderr.readline()
-        log.append(line)
-        m = re.search(r"serving .*on (http://[\d.]+:\d+)", line)
+        time.sleep(0.5)
+        m = re.search(r"serving .*on (http://[\d.]+:\d+)", Path(log_file.name).read_text(errors="replace"))
         if m:
             return proc, m.group(1)
     proc.kill()
-    raise RuntimeError("server did not start:\n" + "".join(log))
+    raise RuntimeError("server did not start:\n" + Path(log_file.name).read_text(errors="replace")[-4000:])
 
 
 def memory_mb(pid: int) -> tuple[float, float]:
