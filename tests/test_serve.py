@@ -344,3 +344,70 @@ def test_runs_over_one_base_hold_one_copy_of_its_files(runs, tiny_roberta, tmp_p
         assert base_state(run_cfg, "cpu", states) is not first and len(states) == 2
     finally:
         os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_plan_forwards_is_the_cut_that_pads_least():
+    """Every text once, longest first, at most max_batch per forward, and the least padded tokens plus
+    overhead per forward of all contiguous cuts of the sorted lengths (checked by enumerating them)."""
+    import itertools
+
+    from lorafit.serve.batcher import plan_forwards
+
+    def cost(lens, forwards, overhead):
+        return sum(len(f) * max(lens[i] for i in f) + overhead for f in forwards)
+
+    rng = np.random.default_rng(0)
+    for trial in range(60):
+        n, b, overhead = int(rng.integers(1, 9)), int(rng.integers(1, 5)), int(rng.choice([0, 3, 40]))
+        lens = rng.integers(1, 30, size=n).tolist()
+        plan = plan_forwards(lens, b, overhead)
+        flat = [i for f in plan for i in f]
+        assert sorted(flat) == list(range(n)) and all(1 <= len(f) <= b for f in plan)
+        assert [lens[i] for i in flat] == sorted(lens, reverse=True)
+        order = sorted(range(n), key=lambda i: -lens[i])
+        best = min(cost(lens, [order[a:z] for a, z in zip((0, *cuts), (*cuts, n))], overhead)
+                   for k in range(n) for cuts in itertools.combinations(range(1, n), k)
+                   if all(z - a <= b for a, z in zip((0, *cuts), (*cuts, n))))
+        assert cost(lens, plan, overhead) == best, (lens, b, overhead, plan)
+
+
+def test_a_round_takes_several_forwards_worth_sorted_by_length(runs):
+    """Four requests of three texts wait together (submitted under the batcher's lock): with
+    --max-batch 4 one round takes all twelve, sorted by length and cut as plan_forwards cuts them
+    (no forward over 4 texts), and every text gets the logits it has alone; --max-round 4 bounds a
+    round to the requests that fit (each request then its own round)."""
+    import asyncio
+
+    import torch
+
+    from lorafit.serve.batcher import Batcher, forward_logits, plan_forwards, tokenize_texts
+    from lorafit.serve.registry import Registry
+
+    run = Registry.load([("topics", runs["topics"])], device=torch.device("cpu")).runs["topics"]
+    requests = [TEXTS[-1:] + TEXTS[0:2], TEXTS[-2:-1] + TEXTS[2:4], TEXTS[-3:-2] + TEXTS[4:6], TEXTS[6:9]]
+    flat = [t.strip() for r in requests for t in r]
+    ids = tokenize_texts(run, flat)
+    alone = np.concatenate([forward_logits(run, [x]) for x in ids])
+
+    def serve(**kw):
+        forwards, rounds = [], []
+
+        async def go():
+            batcher = Batcher(max_batch=4, max_wait_ms=50, on_batch=forwards.append, on_round=rounds.append, **kw)
+            batcher.start()
+            try:
+                with batcher.cond:  # all four wait before the batcher looks
+                    jobs = [batcher.submit(run, [t.strip() for t in r]) for r in requests]
+                return await asyncio.wait_for(asyncio.gather(*(j.future for j in jobs)), 120)
+            finally:
+                batcher.stop()
+        return np.concatenate(asyncio.run(go())), forwards, rounds
+
+    logits, forwards, rounds = serve()
+    assert rounds == [12]
+    assert forwards == [len(f) for f in plan_forwards([len(x) for x in ids], 4)] and max(forwards) <= 4
+    assert len(forwards) >= 3  # 12 texts in forwards of at most 4
+    np.testing.assert_allclose(logits, alone, atol=1e-4)
+    logits, forwards, rounds = serve(max_round=4)
+    assert rounds == [3, 3, 3, 3]
+    np.testing.assert_allclose(logits, alone, atol=1e-4)
