@@ -375,7 +375,8 @@ def test_a_round_takes_several_forwards_worth_sorted_by_length(runs):
     """Four requests of three texts wait together (submitted under the batcher's lock): with
     --max-batch 4 one round takes all twelve, sorted by length and cut as plan_forwards cuts them
     (no forward over 4 texts), and every text gets the logits it has alone; --max-round 4 bounds a
-    round to the requests that fit (each request then its own round)."""
+    round to the requests that fit (each request then its own round); the bound is per run (two runs'
+    requests alternating, --max-round 6: one round of 6 + 6)."""
     import asyncio
 
     import torch
@@ -383,13 +384,19 @@ def test_a_round_takes_several_forwards_worth_sorted_by_length(runs):
     from lorafit.serve.batcher import Batcher, forward_logits, plan_forwards, tokenize_texts
     from lorafit.serve.registry import Registry
 
-    run = Registry.load([("topics", runs["topics"])], device=torch.device("cpu")).runs["topics"]
-    requests = [TEXTS[-1:] + TEXTS[0:2], TEXTS[-2:-1] + TEXTS[2:4], TEXTS[-3:-2] + TEXTS[4:6], TEXTS[6:9]]
-    flat = [t.strip() for r in requests for t in r]
-    ids = tokenize_texts(run, flat)
-    alone = np.concatenate([forward_logits(run, [x]) for x in ids])
+    reg = Registry.load([("topics", runs["topics"]), ("binary", runs["binary"])], device=torch.device("cpu"))
+    texts = [TEXTS[-1:] + TEXTS[0:2], TEXTS[-2:-1] + TEXTS[2:4], TEXTS[-3:-2] + TEXTS[4:6], TEXTS[6:9]]
+    texts = [[t.strip() for t in r] for r in texts]
 
-    def serve(**kw):
+    def alone(requests):  # per request: each text in a forward of its own
+        return [np.concatenate([forward_logits(run, [x]) for x in tokenize_texts(run, r)]) for run, r in requests]
+
+    def check(got, want):
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, atol=1e-4)
+
+    def serve(requests, **kw):
         forwards, rounds = [], []
 
         async def go():
@@ -397,17 +404,24 @@ def test_a_round_takes_several_forwards_worth_sorted_by_length(runs):
             batcher.start()
             try:
                 with batcher.cond:  # all four wait before the batcher looks
-                    jobs = [batcher.submit(run, [t.strip() for t in r]) for r in requests]
+                    jobs = [batcher.submit(run, r) for run, r in requests]
                 return await asyncio.wait_for(asyncio.gather(*(j.future for j in jobs)), 120)
             finally:
                 batcher.stop()
-        return np.concatenate(asyncio.run(go())), forwards, rounds
+        return asyncio.run(go()), forwards, rounds
 
-    logits, forwards, rounds = serve()
+    topics = reg.runs["topics"]
+    one_run = [(topics, r) for r in texts]
+    logits, forwards, rounds = serve(one_run)
     assert rounds == [12]
+    ids = tokenize_texts(topics, [t for r in texts for t in r])
     assert forwards == [len(f) for f in plan_forwards([len(x) for x in ids], 4)] and max(forwards) <= 4
     assert len(forwards) >= 3  # 12 texts in forwards of at most 4
-    np.testing.assert_allclose(logits, alone, atol=1e-4)
-    logits, forwards, rounds = serve(max_round=4)
+    check(logits, alone(one_run))
+    logits, forwards, rounds = serve(one_run, max_round=4)
     assert rounds == [3, 3, 3, 3]
-    np.testing.assert_allclose(logits, alone, atol=1e-4)
+    check(logits, alone(one_run))
+    two_runs = [(reg.runs[("topics", "binary")[k % 2]], r) for k, r in enumerate(texts)]
+    logits, forwards, rounds = serve(two_runs, max_round=6)
+    assert rounds == [12]
+    check(logits, alone(two_runs))

@@ -33,7 +33,7 @@ class Limits:
     max_chars: int = 100_000
     max_body_bytes: int = 0       # 0: derived from max_texts x max_chars (see body_limit)
     retry_after_s: int = 1
-    max_round: int = 0            # texts a round may take when many wait; 0: 4 x max_batch (batcher.ROUND_BATCHES)
+    max_round: int = 0            # texts per run a round may take when many wait; 0: 4 x max_batch (batcher.ROUND_BATCHES)
 
     def body_limit(self) -> int:
         # every text at its limit, each char escaped as \uXXXX (6 bytes), plus room for the JSON around it

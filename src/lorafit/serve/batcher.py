@@ -2,8 +2,8 @@
 texts, run in one worker thread (off the event loop: health checks answer while a batch computes).
 
 A round waits until max_batch texts wait or the oldest has waited max_wait_ms, then takes every
-waiting request in arrival order up to max_round texts (several forwards' worth; a request with
-more texts than that is taken whole), groups the texts per run, tokenises them as `lorafit
+waiting request in arrival order up to max_round texts per run (several forwards' worth; a request
+with more texts than that is taken whole), groups the texts per run, tokenises them as `lorafit
 predict` does, sorts them by length and cuts them into forwards of at most max_batch texts, each
 padded to its longest item (plan_forwards). A request is answered as soon as its last text is
 computed; the logits go back to each request in its own order. A run's rows never see another
@@ -169,7 +169,7 @@ class Batcher:
             self.thread.join(timeout)
 
     def _take(self) -> list[Job] | None:
-        """Wait for work until max_batch texts wait or the oldest waited max_wait; take up to max_round texts."""
+        """Wait for work until max_batch texts wait or the oldest waited max_wait; take up to max_round texts per run."""
         with self.cond:
             while not self.pending and not self.stopping:
                 self.cond.wait(0.5)
@@ -182,13 +182,20 @@ class Batcher:
                 if n >= self.max_batch or left <= 0:
                     break
                 self.cond.wait(left)
-            jobs, n = [], 0
-            while self.pending and (not jobs or n + len(self.pending[0].texts) <= self.max_round):
+            # up to max_round texts per run, in arrival order (the first request that does not fit ends
+            # the round: no request overtakes an older one); a run's texts are sorted and cut apart from
+            # other runs', so the cap is per run: 4 runs over one base pad no more than one
+            jobs, per_run = [], {}
+            while self.pending:
+                head = self.pending[0]
+                n = per_run.get(head.run.name, 0)
+                if n and n + len(head.texts) > self.max_round:
+                    break
                 job = self.pending.popleft()
                 if job.cancelled or job.future.done():
                     continue
                 jobs.append(job)
-                n += len(job.texts)
+                per_run[job.run.name] = n + len(job.texts)
             self.running += len(jobs)
             return jobs
 
