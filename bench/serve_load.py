@@ -244,7 +244,8 @@ def main() -> int:
               "| server | " + " | ".join(f"C={c} texts/fwd, CPU s server / client, wall s" for c in levels) + " |",
               "|---|" + "---|" * len(levels)]
     for k, res in results.items():
-        lines.append(f"| ({k}) | " + " | ".join(f"{r['per_forward']:.1f}, {r['server_cpu']:.1f} / {r['client_cpu']:.1f}, "
+        fwd = lambda r: "-" if r["per_forward"] != r["per_forward"] else f"{r['per_forward']:.1f}"  # nan: no /metrics
+        lines.append(f"| ({k}) | " + " | ".join(f"{fwd(r)}, {r['server_cpu']:.1f} / {r['client_cpu']:.1f}, "
                                                 f"{r['wall']:.1f}" for r in res["rows"].values()) + " |")
     sat = {k: max(r["texts_s"] for r in res["rows"].values()) for k, res in results.items()}
     p99 = lambda k: results[k]["rows"].get(4, {}).get("p99", float("nan")) if k in results else float("nan")
