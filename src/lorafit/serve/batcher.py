@@ -73,7 +73,7 @@ def tokenize_texts(run, texts: list[str]) -> list[list[int]]:
 
 # What one more forward costs beyond its padded tokens, in tokens: per-call overhead and small
 # matrices running below the CPU's speed. From interleaved runs on 2 cores (MiniLM, 512 AG News texts
-# in rounds of 64/256): 256 was faster than cutting at every max_batch texts (1.3-1.5x) and than 64
+# in rounds of 64/256, load ~4): 256 was faster than cutting at every max_batch texts (1.2-1.5x) and than 64
 # (more, smaller forwards).
 FORWARD_COST_TOKENS = 256
 
