@@ -50,6 +50,8 @@ def served_memory(runs: list[Path]) -> tuple[float, float]:
                 r.raise_for_status()
         time.sleep(1.0)
         return memory_mb(proc.pid)
+    except httpx.HTTPError as e:
+        raise RuntimeError(f"{e}; the server's log ends:\n" + Path(proc.log_path).read_text(errors="replace")[-4000:]) from e
     finally:
         stop(proc)
 

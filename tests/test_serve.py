@@ -300,3 +300,128 @@ def test_auth_overload_recovery_and_sigterm_drain(runs, tmp_path):
         assert key not in "".join(s.log) + s.proc.stderr.read()
     finally:
         s.stop()
+
+
+def test_runs_over_one_base_hold_one_copy_of_its_files(runs, tiny_roberta, tmp_path):
+    """Registry in-process: topics and binary (one tiny RoBERTa folder) are built over one read of its
+    checkpoint (their frozen tensors are the same memory); a run over a byte-equal copy of that folder
+    gets its own (shared by file identity, never by a path it did not read) and the same logits as
+    binary; a checkpoint whose file changed is read again."""
+    import os
+    import shutil
+
+    import torch
+    import yaml
+
+    from lorafit.serve.batcher import run_logits, tokenize_texts
+    from lorafit.serve.registry import Registry, _owned, base_state, check_run
+
+    copy, other = tmp_path / "tiny-roberta-copy", tmp_path / "other"
+    shutil.copytree(tiny_roberta, copy)
+    shutil.copytree(runs["binary"], other)
+    cfg = yaml.safe_load((other / "config.yaml").read_text())
+    cfg["model"]["name"] = str(copy)
+    (other / "config.yaml").write_text(yaml.safe_dump(cfg))
+    reg = Registry.load([("topics", runs["topics"]), ("binary", runs["binary"]), ("other", other)],
+                        device=torch.device("cpu"))
+    frozen = {name: {n.rsplit("base_model.model.", 1)[-1]: p.data_ptr() for n, p in run.model.named_parameters()
+                     if not _owned(n)} for name, run in reg.runs.items()}
+    word = "roberta.embeddings.word_embeddings.weight"
+    assert frozen["topics"][word] == frozen["binary"][word] != frozen["other"][word]
+    both = set(frozen["topics"].values()) & set(frozen["binary"].values())
+    assert len(both) >= len(frozen["topics"]) - 4  # all but the original heads (each run's own)
+    assert not set(frozen["other"].values()) & (set(frozen["topics"].values()) | set(frozen["binary"].values()))
+    ids = tokenize_texts(reg.runs["binary"], TEXTS[:8])
+    np.testing.assert_allclose(run_logits(reg.runs["other"], ids, 8), run_logits(reg.runs["binary"], ids, 8), atol=1e-6)
+
+    states, run_cfg = {}, check_run(runs["topics"])
+    first = base_state(run_cfg, "cpu", states)
+    assert base_state(run_cfg, "cpu", states) is first and len(states) == 1
+    weights = Path(run_cfg.model.name) / "model.safetensors"
+    st = weights.stat()
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # as if rewritten: not the file read before
+    try:
+        assert base_state(run_cfg, "cpu", states) is not first and len(states) == 2
+    finally:
+        os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_plan_forwards_is_the_cut_that_pads_least():
+    """Every text once, longest first, at most max_batch per forward, and the least padded tokens plus
+    overhead per forward of all contiguous cuts of the sorted lengths (checked by enumerating them)."""
+    import itertools
+
+    from lorafit.serve.batcher import plan_forwards
+
+    def cost(lens, forwards, overhead):
+        return sum(len(f) * max(lens[i] for i in f) + overhead for f in forwards)
+
+    rng = np.random.default_rng(0)
+    for trial in range(60):
+        n, b, overhead = int(rng.integers(1, 9)), int(rng.integers(1, 5)), int(rng.choice([0, 3, 40]))
+        lens = rng.integers(1, 30, size=n).tolist()
+        plan = plan_forwards(lens, b, overhead)
+        flat = [i for f in plan for i in f]
+        assert sorted(flat) == list(range(n)) and all(1 <= len(f) <= b for f in plan)
+        assert [lens[i] for i in flat] == sorted(lens, reverse=True)
+        order = sorted(range(n), key=lambda i: -lens[i])
+        best = min(cost(lens, [order[a:z] for a, z in zip((0, *cuts), (*cuts, n))], overhead)
+                   for k in range(n) for cuts in itertools.combinations(range(1, n), k)
+                   if all(z - a <= b for a, z in zip((0, *cuts), (*cuts, n))))
+        assert cost(lens, plan, overhead) == best, (lens, b, overhead, plan)
+
+
+def test_a_round_takes_several_forwards_worth_sorted_by_length(runs):
+    """Four requests of three texts wait together (submitted under the batcher's lock): with
+    --max-batch 4 one round takes all twelve, sorted by length and cut as plan_forwards cuts them
+    (no forward over 4 texts), and every text gets the logits it has alone; --max-round 4 bounds a
+    round to the requests that fit (each request then its own round); the bound is per run (two runs'
+    requests alternating, --max-round 6: one round of 6 + 6)."""
+    import asyncio
+
+    import torch
+
+    from lorafit.serve.batcher import Batcher, forward_logits, plan_forwards, tokenize_texts
+    from lorafit.serve.registry import Registry
+
+    reg = Registry.load([("topics", runs["topics"]), ("binary", runs["binary"])], device=torch.device("cpu"))
+    texts = [TEXTS[-1:] + TEXTS[0:2], TEXTS[-2:-1] + TEXTS[2:4], TEXTS[-3:-2] + TEXTS[4:6], TEXTS[6:9]]
+    texts = [[t.strip() for t in r] for r in texts]
+
+    def alone(requests):  # per request: each text in a forward of its own
+        return [np.concatenate([forward_logits(run, [x]) for x in tokenize_texts(run, r)]) for run, r in requests]
+
+    def check(got, want):
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, atol=1e-4)
+
+    def serve(requests, **kw):
+        forwards, rounds = [], []
+
+        async def go():
+            batcher = Batcher(max_batch=4, max_wait_ms=50, on_batch=forwards.append, on_round=rounds.append, **kw)
+            batcher.start()
+            try:
+                with batcher.cond:  # all four wait before the batcher looks
+                    jobs = [batcher.submit(run, r) for run, r in requests]
+                return await asyncio.wait_for(asyncio.gather(*(j.future for j in jobs)), 120)
+            finally:
+                batcher.stop()
+        return asyncio.run(go()), forwards, rounds
+
+    topics = reg.runs["topics"]
+    one_run = [(topics, r) for r in texts]
+    logits, forwards, rounds = serve(one_run)
+    assert rounds == [12]
+    ids = tokenize_texts(topics, [t for r in texts for t in r])
+    assert forwards == [len(f) for f in plan_forwards([len(x) for x in ids], 4)] and max(forwards) <= 4
+    assert len(forwards) >= 3  # 12 texts in forwards of at most 4
+    check(logits, alone(one_run))
+    logits, forwards, rounds = serve(one_run, max_round=4)
+    assert rounds == [3, 3, 3, 3]
+    check(logits, alone(one_run))
+    two_runs = [(reg.runs[("topics", "binary")[k % 2]], r) for k, r in enumerate(texts)]
+    logits, forwards, rounds = serve(two_runs, max_round=6)
+    assert rounds == [12]
+    check(logits, alone(two_runs))

@@ -201,9 +201,13 @@ def quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
-def load_base(cfg: ModelConfig, label_names: list[str], *, weights: bool = True):
+def load_base(cfg: ModelConfig, label_names: list[str], *, weights: bool = True,
+              state: dict[str, torch.Tensor] | None = None):
     """AutoModelForSequenceClassification with the label map. weights=False builds it on the meta
-    device from config.json alone: exact shapes for parameter counting, no memory, no download."""
+    device from config.json alone: exact shapes for parameter counting, no memory, no download.
+    state: the checkpoint's tensors already in memory (read_checkpoint): the model is built over
+    them, its parameters *are* those tensors (transformers assigns them, no copy) and nothing is read
+    from disk; lorafit serve builds every run over one base this way (serve/registry.py)."""
     from transformers import AutoModelForSequenceClassification
 
     mcfg = load_model_config(cfg, len(label_names), label_names)
@@ -211,17 +215,63 @@ def load_base(cfg: ModelConfig, label_names: list[str], *, weights: bool = True)
     if not weights:
         with torch.device("meta"):
             return AutoModelForSequenceClassification.from_config(mcfg, trust_remote_code=cfg.trust_remote_code)
-    check_local_folder(cfg, need_weights=True)
+    if state is None:
+        check_local_folder(cfg, need_weights=True)
     try:
         with quiet_transformers():
-            model, info = AutoModelForSequenceClassification.from_pretrained(
-                cfg.name, config=mcfg, trust_remote_code=cfg.trust_remote_code,
-                use_safetensors=None if cfg.allow_pickle_weights else True, output_loading_info=True)
+            if state is not None:
+                # the Auto class wants a name to read; the concrete class takes a state dict instead
+                model, info = AutoModelForSequenceClassification._model_mapping[type(mcfg)].from_pretrained(
+                    None, config=mcfg, state_dict=state, output_loading_info=True)
+            else:
+                model, info = AutoModelForSequenceClassification.from_pretrained(
+                    cfg.name, config=mcfg, trust_remote_code=cfg.trust_remote_code,
+                    use_safetensors=None if cfg.allow_pickle_weights else True, output_loading_info=True)
     except Exception as e:
         raise _wrap("the model", cfg.name, e) from None
     # heads.py refuses to freeze a layer that is freshly initialised (e.g. a BERT checkpoint without pooler)
     setattr(model, NEW_WEIGHTS_ATTR, set(info.get("missing_keys", ())))
     return model
+
+
+def checkpoint_files(cfg: ModelConfig) -> list[Path] | None:
+    """The safetensors files of the base checkpoint (a local folder, or the hub cache's copy of a hub
+    id), resolved; None when the weights are not plain local safetensors (pickled weights, a hub id not
+    cached, remote code: those load only through transformers' own from_pretrained)."""
+    import json
+
+    if cfg.trust_remote_code:
+        return None
+    p = Path(cfg.name).expanduser()
+    if not p.exists():
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            found = next((f for f in (try_to_load_from_cache(cfg.name, n) for n in SAFE_WEIGHTS) if isinstance(f, str)),
+                         None)
+        except Exception:  # not a valid repo id
+            return None
+        if found is None:
+            return None
+        p = Path(found).parent
+    if (p / "model.safetensors").is_file():
+        return [(p / "model.safetensors").resolve()]
+    index = p / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        files = [(p / s).resolve() for s in shards]
+        return files if all(f.is_file() for f in files) else None
+    return None
+
+
+def read_checkpoint(files: list[Path], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """Every tensor of the checkpoint in memory on `device` (one copy), for load_base(state=...)."""
+    from safetensors.torch import load_file
+
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(load_file(str(f), device=str(device)))
+    return state
 
 
 def checkpoint_keys(cfg: ModelConfig) -> set[str] | None:

@@ -87,7 +87,8 @@ def save_weights(model: torch.nn.Module, tokenizer, run_dir: Path, cfg: RunConfi
 
 
 def load_trained(run_dir: str | Path, *, merge: bool = False, device: str | torch.device = "cpu",
-                 first_token: bool | None = None, packed: bool | None = None):
+                 first_token: bool | None = None, packed: bool | None = None,
+                 base_state: dict[str, torch.Tensor] | None = None):
     """(model in eval mode, tokenizer, cfg, label names) from a run directory.
 
     Adapters load through `PeftModel.from_pretrained` over the base model with the same head
@@ -95,7 +96,10 @@ def load_trained(run_dir: str | Path, *, merge: bool = False, device: str | torc
     first_token: run the last layer on the first token only where that applies (speed/first_token.py);
     None follows the run's train.last_layer_first_token, False gives the plain model.
     packed: Linear layers on prepacked oneDNN weights on CPU (speed/packed.py; for inference only); None
-    follows the run's train.packed_inference."""
+    follows the run's train.packed_inference.
+    base_state: the base checkpoint's tensors already in memory (model.load.read_checkpoint): the
+    run is built over them instead of reading the base from disk, and holds them, not a copy (so
+    only for unmerged adapter runs: a merge or a full fine-tuning load would write into them)."""
     from ..model import head_plan
     from ..model.load import cap_max_length, load_base, load_tokenizer
 
@@ -105,7 +109,10 @@ def load_trained(run_dir: str | Path, *, merge: bool = False, device: str | torc
     if not weights.is_dir():
         raise LorafitError(f"{run_dir}: no trained weights ({weights.name}/ missing); did training finish?")
     tokenizer = load_tokenizer(cfg.model, str(weights))
-    base = load_base(cfg.model, names)
+    if base_state is not None and (merge or cfg.adapter.method == "full"):
+        # both write into the base tensors (merge: LoRA folded in; full: the run's weights copied over)
+        raise ValueError("load_trained: base_state is for unmerged adapter runs; it would be overwritten")
+    base = load_base(cfg.model, names, state=base_state)
     cfg = cap_max_length(cfg, base.config, tokenizer)
     head_plan(base, cfg)
     if cfg.adapter.method == "full":

@@ -33,6 +33,7 @@ class Limits:
     max_chars: int = 100_000
     max_body_bytes: int = 0       # 0: derived from max_texts x max_chars (see body_limit)
     retry_after_s: int = 1
+    max_round: int = 0            # texts per run a round may take when many wait; 0: 4 x max_batch (batcher.ROUND_BATCHES)
 
     def body_limit(self) -> int:
         # every text at its limit, each char escaped as \uXXXX (6 bytes), plus room for the JSON around it
@@ -103,6 +104,8 @@ def _metrics(registry_names: list[str]):
                              buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30), registry=reg),
         "batch": Histogram("lorafit_batch_texts", "Texts per model forward", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
                            registry=reg),
+        "round": Histogram("lorafit_round_texts", "Texts the batcher took per round (cut into forwards)",
+                           buckets=(1, 4, 16, 64, 128, 256, 512, 1024), registry=reg),
         "texts": Counter("lorafit_texts", "Texts classified, by model", ["model"], registry=reg),
         "queue": Gauge("lorafit_queue_depth", "Requests waiting or running in the batcher", registry=reg),
     }
@@ -118,7 +121,8 @@ def create_app(registry: Registry, limits: Limits | None = None, api_key: str | 
 
     limits = limits or Limits()
     prom, m = _metrics(registry.names())
-    batcher = Batcher(limits.max_batch, limits.max_wait_ms, limits.queue, on_batch=m["batch"].observe)
+    batcher = Batcher(limits.max_batch, limits.max_wait_ms, limits.queue, on_batch=m["batch"].observe,
+                      max_round=limits.max_round, on_round=m["round"].observe)
     m["queue"].set_function(batcher.depth)
 
     @asynccontextmanager

@@ -1,5 +1,5 @@
-"""The served runs: each loaded as `lorafit predict` loads it, then its frozen base tensors swapped
-for one shared copy per base model, so N adapters over one base hold the base once.
+"""The served runs: each built as `lorafit predict` builds it, over one copy of its base's weights
+per base, so N adapters over one base hold the base once.
 
 Why not PEFT's multi-adapter model (one PeftModel, `load_adapter` per run, `set_adapter` or
 `adapter_names=` per batch): every lorafit run has its own head, and runs over one base may differ
@@ -7,11 +7,26 @@ in head type (`cls_linear` replaces the classifier module, `model` keeps it), in
 shapes), in trained LayerNorms (modules_to_save) and in attention settings. One PeftModel holds one
 module tree, so those would have to be swapped per batch. Here each run keeps its own module tree,
 built by `load_trained` exactly as for `lorafit predict` (same head surgery, same first-token speed
-path), and only the parameter tensors are shared: a frozen base tensor of a run that is equal
-(torch.equal, bit for bit) to one already held for the same base is replaced by that one, and the
-run's own copy is freed. What is shared is therefore exactly what is equal, never an approximation:
-LoRA A/B, heads, trained LayerNorms and anything that differs stay per run. Full fine-tuning runs
-train every tensor: they are their own model and share nothing.
+path), and only the frozen base tensors are shared.
+
+How the base is shared. The base checkpoint's safetensors files are read into memory once
+(model.load.read_checkpoint), and every run over that base is built over those tensors
+(`load_trained(base_state=...)`: transformers assigns them to the new model's parameters, no copy),
+then PEFT adds the run's own adapter and head from its adapter/ folder. No run materialises a
+second copy of the base, not even for a moment (loading each run whole and then swapping its tensors
+for the shared ones left ~200 MB of freed heap in the process per roberta-base run: glibc keeps it).
+What is shared must be bit for bit what that run would have read itself, so the pool of checkpoints
+is keyed by the identity of the base's weight files: resolved path, device, inode, size and
+modification time (ns) of each safetensors file. Why not a hash of the contents: it would read
+every base again (~500 MB for roberta-base) to learn what the path and stat already say during a
+start-up of seconds; and not the safetensors header: it holds names, dtypes, shapes and offsets,
+not values, so two different fine-tunes of one architecture have the same header. A base in another
+folder (even a byte-equal copy) or rewritten between two runs' loads gets its own copy: never a
+wrong share, at worst a missed one. Bases that are not plain local safetensors (pickled weights,
+remote code, a hub id not in the cache) load as predict loads them, and then every frozen tensor
+equal (torch.equal, bit for bit) to one already held for that base is swapped for the held one.
+Either way LoRA A/B, heads, trained LayerNorms and anything that differs stay per run (SharedBase
+counts them). Full fine-tuning runs train every tensor: they are their own model and share nothing.
 
 The one difference from predict, for runs that share a base: LoRA is not merged into it (a merge
 would change the shared weights for every run), so each LoRA layer adds its low-rank product at run
@@ -147,7 +162,7 @@ class SharedBase:
                     continue
                 key = (base, _plain_name(full), tuple(p.shape), p.dtype, p.device)
                 held = self.tensors.setdefault(key, [])
-                twin = next((q for q in held if q is p or torch.equal(q, p)), None)
+                twin = next((q for q in held if q is p or _same_view(q, p) or torch.equal(q, p)), None)
                 if twin is None:
                     held.append(p)
                     shared += p.numel()  # the first run's tensor becomes the held one
@@ -156,6 +171,30 @@ class SharedBase:
                     module._parameters[leaf] = twin
                 shared += p.numel()
         return own, shared
+
+
+def _same_view(a, b) -> bool:
+    """Two parameters over the same memory (runs built over one read checkpoint): equal without reading it."""
+    return a.data_ptr() == b.data_ptr() and a.stride() == b.stride() and a.storage_offset() == b.storage_offset()
+
+
+def _identity(f: Path) -> tuple:
+    st = f.stat()
+    return str(f), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def base_state(cfg, device, states: dict) -> dict | None:
+    """The base checkpoint's tensors, read once per identity of its files (see the module docstring);
+    None when the base is not plain safetensors (then it loads from disk and equal tensors are shared)."""
+    from ..model.load import checkpoint_files, read_checkpoint
+
+    files = checkpoint_files(cfg.model)
+    if files is None:
+        return None
+    key = (tuple(_identity(f) for f in files), str(device))
+    if key not in states:
+        states[key] = read_checkpoint(files, device)
+    return states[key]
 
 
 def _free_memory() -> None:
@@ -208,7 +247,7 @@ class Registry:
         device = device or default_device()
         cfgs = [check_run(folder) for _, folder in specs]
         per_base = Counter(_base_key(c) for c in cfgs if c.adapter.method != "full")
-        pool, pack_pool, runs = SharedBase(), {}, {}
+        pool, pack_pool, states, runs = SharedBase(), {}, {}, {}
         for (name, folder), run_cfg in zip(specs, cfgs):
             pack = run_cfg.train.packed_inference if packed is None else packed
             if run_cfg.adapter.method == "full" or per_base[_base_key(run_cfg)] == 1:
@@ -218,10 +257,13 @@ class Registry:
                 own, shared = sum(p.numel() for p in model.parameters()), 0
             else:
                 # unmerged (the base stays shared), unpacked (packing is done once per shared weight below)
-                model, tokenizer, cfg, labels = load_trained(folder, merge=False, device=device, packed=False)
+                state = base_state(run_cfg, device, states)
+                model, tokenizer, cfg, labels = load_trained(folder, merge=False, device=device, packed=False,
+                                                             base_state=state)
                 model.requires_grad_(False)
                 own, shared = pool.share(model, _base_key(cfg))
-                _free_memory()
+                if state is None:
+                    _free_memory()  # the run's own copy of the base, just swapped out
                 if pack:
                     _pack_shared(model, device, pack_pool)
             runs[name] = ServedRun(name, Path(folder), model, tokenizer, cfg, list(labels), device, own, shared,
@@ -229,6 +271,7 @@ class Registry:
                                    _trainable(folder))
             log(f"loaded {name} ({folder}): {cfg.adapter.method} over {cfg.model.name}, {own:,} own parameters, "
                 f"{shared:,} shared")
+        del states  # checkpoint tensors no model took (e.g. unexpected keys) go now
         return cls(runs)
 
 
