@@ -155,7 +155,10 @@ def test_two_workers_on_postgresql_survive_a_sigkill(postgres_url, tiny_roberta,
     dead = study.trials[killed]
     assert dead.state.name == "FAIL"  # by the survivor's heartbeat check
     retry = [t for t in study.trials if t.user_attrs.get("note", "").startswith(f"retry of trial {killed} ")]
-    assert len(retry) == 1 and retry[0].params == dead.params and retry[0].state.is_finished()
+    # the retry re-uses every value the dead trial had drawn; a worker killed between two suggest calls
+    # had drawn only some (CI once: {'adapter.r': 2} without optim.lr), and the retry draws the rest
+    assert len(retry) == 1 and retry[0].state.is_finished()
+    assert {k: retry[0].params.get(k) for k in dead.params} == dead.params
     rows = _check_outputs(study, out)
     assert rows.set_index("trial").loc[killed, "state"] == "fail"
 
