@@ -313,7 +313,7 @@ def test_runs_over_one_base_hold_one_copy_of_its_files(runs, tiny_roberta, tmp_p
     import torch
     import yaml
 
-    from lorafit.serve.batcher import run_logits, tokenize_texts
+    from lorafit.serve.batcher import forward_logits, tokenize_texts
     from lorafit.serve.registry import Registry, _owned, base_state, check_run
 
     copy, other = tmp_path / "tiny-roberta-copy", tmp_path / "other"
@@ -332,7 +332,7 @@ def test_runs_over_one_base_hold_one_copy_of_its_files(runs, tiny_roberta, tmp_p
     assert len(both) >= len(frozen["topics"]) - 4  # all but the original heads (each run's own)
     assert not set(frozen["other"].values()) & (set(frozen["topics"].values()) | set(frozen["binary"].values()))
     ids = tokenize_texts(reg.runs["binary"], TEXTS[:8])
-    np.testing.assert_allclose(run_logits(reg.runs["other"], ids, 8), run_logits(reg.runs["binary"], ids, 8), atol=1e-6)
+    np.testing.assert_allclose(forward_logits(reg.runs["other"], ids), forward_logits(reg.runs["binary"], ids), atol=1e-6)
 
     states, run_cfg = {}, check_run(runs["topics"])
     first = base_state(run_cfg, "cpu", states)

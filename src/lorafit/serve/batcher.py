@@ -107,14 +107,6 @@ def forward_logits(run, ids: list[list[int]]) -> np.ndarray:
     return run.model(**{k: v.to(run.device) for k, v in batch.items()}).logits.float().cpu().numpy()
 
 
-def run_logits(run, ids: list[list[int]], max_batch: int) -> np.ndarray:
-    """Logits in input order, over plan_forwards' forwards."""
-    out = np.zeros((len(ids), len(run.labels)), dtype=np.float32)
-    for idx in plan_forwards([len(x) for x in ids], max_batch):
-        out[idx] = forward_logits(run, [ids[i] for i in idx])
-    return out
-
-
 ROUND_BATCHES = 4  # a round takes at most this many forwards' worth of waiting texts unless told (max_round)
 
 

@@ -271,7 +271,6 @@ class Registry:
                                    _trainable(folder))
             log(f"loaded {name} ({folder}): {cfg.adapter.method} over {cfg.model.name}, {own:,} own parameters, "
                 f"{shared:,} shared")
-        del states  # checkpoint tensors no model took (e.g. unexpected keys) go now
         return cls(runs)
 
 
