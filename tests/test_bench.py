@@ -92,3 +92,19 @@ def test_predict_speed_runs_on_a_finished_run(trained_run, synth_csv, tmp_path):
     rows = [x for x in out.read_text().splitlines() if x.startswith("| ") and "samples/s" not in x]
     assert len(rows) == 4 and rows[0].startswith("| default (as lorafit predict) |")
     assert all(x.endswith("| True |") for x in rows), rows  # every variant gives the plain model's labels
+
+
+def test_merge_dtype_runs_on_a_finished_run(trained_run, synth_csv):
+    """bench/merge_dtype.py prints its four prediction paths; the 16-bit ones with an agreement share,
+    a finite logit difference and a speed (numbers are not judged on a tiny random model)."""
+    import re
+
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "merge_dtype.py"), "--run", str(trained_run[0]),
+                           "--data", str(synth_csv), "--limit", "40", "--batch-size", "16"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [x for x in proc.stdout.splitlines() if x.startswith("| ") and "samples/s" not in x]
+    assert len(rows) == 4 and "| 100% | 0 |" in rows[0] and "| 100% | 0 |" in rows[1], proc.stdout
+    for row in rows[2:]:
+        agree, diff, sps = re.fullmatch(r"\| bfloat16 base, .* \| ([\d.]+)% \| ([\d.]+) \| ([\d.]+) \|", row).groups()
+        assert 0 <= float(agree) <= 100 and float(diff) < 1e3 and float(sps) > 0, row

@@ -243,6 +243,7 @@ def test_startup_errors_are_one_line_exit_2(runs, tmp_path):
         ([str(runs["topics"]), "--api-key-file", str(tmp_path / "nokey")], "--api-key-file: cannot read"),
         ([str(runs["topics"]), "--api-key-file", str(key)], "--api-key-file:"),
         ([str(runs["topics"]), "--host", "0.0.0.0"], "--api-key-file FILE (or --insecure"),
+        ([str(runs["topics"]), "--streams", "-1"], "--streams: -1 is below 0"),
     ]
     try:
         with cf.ThreadPoolExecutor(2) as pool:
@@ -425,3 +426,55 @@ def test_a_round_takes_several_forwards_worth_sorted_by_length(runs):
     logits, forwards, rounds = serve(two_runs, max_round=6)
     assert rounds == [12]
     check(logits, alone(two_runs))
+
+
+def test_streams_compute_side_by_side_sharing_the_cores(runs):
+    """Two streams: while one stream's forward is held (its on_batch hook blocks), a later request is
+    computed by the other stream and answered; a forward alone gets every core torch had, two at once
+    share them. One stream: the later request waits for the held one (the contrast that makes the
+    first check mean something)."""
+    import asyncio
+    import threading
+
+    import torch
+
+    from lorafit.serve.batcher import Batcher
+    from lorafit.serve.registry import Registry
+
+    run = Registry.load([("topics", runs["topics"])], device=torch.device("cpu")).runs["topics"]
+    cores = torch.get_num_threads()
+
+    def serve(streams):
+        seen, release = [], threading.Event()
+
+        def hook(size):  # runs in the stream's thread, just before its forward
+            seen.append(torch.get_num_threads())
+            if len(seen) == 1:
+                release.wait(60)
+
+        async def go():
+            batcher = Batcher(max_batch=4, max_wait_ms=0, on_batch=hook, streams=streams).start()
+            try:
+                held = batcher.submit(run, [TEXTS[0]])
+                for _ in range(600):  # until the first forward is held
+                    if seen:
+                        break
+                    await asyncio.sleep(0.01)
+                later = batcher.submit(run, [TEXTS[1]])
+                try:
+                    await asyncio.wait_for(asyncio.shield(later.future), 1.0 if streams == 1 else 60)
+                    answered_while_held = True
+                except asyncio.TimeoutError:
+                    answered_while_held = False
+                release.set()
+                await asyncio.wait_for(asyncio.gather(held.future, later.future), 60)
+                return answered_while_held
+            finally:
+                release.set()
+                batcher.stop()
+        return asyncio.run(go()), seen
+
+    answered, seen = serve(2)
+    assert answered and seen == [cores, max(1, cores // 2)]
+    answered, seen = serve(1)
+    assert not answered and seen == [cores, cores]

@@ -84,6 +84,8 @@ def _serve_args(sub) -> None:
     sv.add_argument("--max-wait-ms", type=float, default=5.0, help="how long the first waiting text waits for others")
     sv.add_argument("--max-round", type=int, default=0, help="most waiting texts of one run a round takes, sorted by length and "
                                                              "cut into forwards (default 0: 4 x --max-batch)")
+    sv.add_argument("--streams", type=int, default=0, help="worker threads computing rounds side by side, sharing the cores "
+                                                           "(default 0: 2 on a CPU, 1 on a GPU)")
     sv.add_argument("--queue", type=int, default=512, help="most requests waiting or running; more get 503 + Retry-After")
     sv.add_argument("--max-texts", type=int, default=256, help="most texts per request")
     sv.add_argument("--max-chars", type=int, default=100_000, help="most characters per text")

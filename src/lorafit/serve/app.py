@@ -19,7 +19,7 @@ from fastapi import Request
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr, ValidationError
 
 from .auth import BearerAuth, read_key
-from .batcher import Batcher, QueueFull, Stopped
+from .batcher import Batcher, QueueFull, Stopped, auto_streams
 from .registry import Registry
 
 
@@ -34,6 +34,7 @@ class Limits:
     max_body_bytes: int = 0       # 0: derived from max_texts x max_chars (see body_limit)
     retry_after_s: int = 1
     max_round: int = 0            # texts per run a round may take when many wait; 0: 4 x max_batch (batcher.ROUND_BATCHES)
+    streams: int = 0              # worker threads computing rounds; 0: batcher.auto_streams (2 on a CPU, 1 on a GPU)
 
     def body_limit(self) -> int:
         # every text at its limit, each char escaped as \uXXXX (6 bytes), plus room for the JSON around it
@@ -122,7 +123,8 @@ def create_app(registry: Registry, limits: Limits | None = None, api_key: str | 
     limits = limits or Limits()
     prom, m = _metrics(registry.names())
     batcher = Batcher(limits.max_batch, limits.max_wait_ms, limits.queue, on_batch=m["batch"].observe,
-                      max_round=limits.max_round, on_round=m["round"].observe)
+                      max_round=limits.max_round, on_round=m["round"].observe,
+                      streams=limits.streams or auto_streams(run.device for run in registry.runs.values()))
     m["queue"].set_function(batcher.depth)
 
     @asynccontextmanager

@@ -18,7 +18,17 @@ only arises when more than max_batch texts wait (under load they wait in the que
 
 The queue is bounded (max_queue requests waiting or running): `submit` refuses at once when it is
 full (the server answers 503 + Retry-After), so memory stays bounded under any load. A request
-whose client went away is dropped before its texts are computed (also between a round's forwards)."""
+whose client went away is dropped before its texts are computed (also between a round's forwards).
+
+Streams: `streams` worker threads take rounds from the one queue (a round per thread; arrival order
+kept). Why more than one on a CPU: one forward over torch's intra-op threads (one per core) loses a
+core whenever anything else runs on the machine (the HTTP loop, a load generator, the other thread
+of the same op waits at every op's barrier for the one that was descheduled), so the served model
+kept ~1.6 of 2 cores busy where offline predict keeps 2. Two streams each run their forward on
+cores / busy-streams intra-op threads, chosen per forward: under load each stream has its own
+core and nothing waits on a descheduled partner (1.2-1.3x the texts/s of one stream, bench/RESULTS.md),
+and when only one stream is busy (light load) its forward uses every core, so a lone request is
+as fast as before. On a GPU one stream (kernels of several threads share the device anyway)."""
 from __future__ import annotations
 
 import asyncio
@@ -107,12 +117,20 @@ def forward_logits(run, ids: list[list[int]]) -> np.ndarray:
     return run.model(**{k: v.to(run.device) for k, v in batch.items()}).logits.float().cpu().numpy()
 
 
+def auto_streams(devices) -> int:
+    """Worker streams when not told: 1 on a GPU; 2 on a CPU with at least 2 cores (measured on 2
+    cores; more streams mean more threads taking turns at the GIL between ops, so not one per core)."""
+    if any(torch.device(d).type != "cpu" for d in devices):
+        return 1
+    return min(2, torch.get_num_threads())
+
+
 ROUND_BATCHES = 4  # a round takes at most this many forwards' worth of waiting texts unless told (max_round)
 
 
 class Batcher:
     def __init__(self, max_batch: int = 64, max_wait_ms: float = 5.0, max_queue: int = 512, on_batch=None,
-                 max_round: int = 0, on_round=None):
+                 max_round: int = 0, on_round=None, streams: int = 1):
         self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait_ms / 1000.0, max_queue
         self.max_round = max_round or ROUND_BATCHES * max_batch
         self.on_batch = on_batch or (lambda size: None)  # metrics hooks: texts per forward, per round
@@ -121,10 +139,15 @@ class Batcher:
         self.running = 0                 # requests taken by the worker, not finished
         self.cond = threading.Condition()
         self.stopping = False
-        self.thread = threading.Thread(target=self._loop, name="lorafit-batcher", daemon=True)
+        # intra-op threads to share among the streams busy at a forward's start (the creating thread's
+        # torch setting: OMP_NUM_THREADS or the core count)
+        self.streams, self.cores, self.busy = max(1, streams), torch.get_num_threads(), 0
+        self.threads = [threading.Thread(target=self._loop, name=f"lorafit-batcher-{k}", daemon=True)
+                        for k in range(self.streams)]
 
     def start(self) -> "Batcher":
-        self.thread.start()
+        for t in self.threads:
+            t.start()
         return self
 
     def depth(self) -> int:
@@ -157,8 +180,10 @@ class Batcher:
         with self.cond:
             self.stopping = True
             self.cond.notify_all()
-        if self.thread.is_alive():
-            self.thread.join(timeout)
+        end = time.monotonic() + timeout
+        for t in self.threads:
+            if t.is_alive():
+                t.join(max(0.0, end - time.monotonic()))
 
     def _take(self) -> list[Job] | None:
         """Wait for work until max_batch texts wait or the oldest waited max_wait; take up to max_round texts per run."""
@@ -198,11 +223,20 @@ class Batcher:
                 if self.stopping:
                     return
                 continue
+            with self.cond:
+                self.busy += 1
             try:
                 self._compute(jobs)
             finally:
                 with self.cond:
                     self.running -= len(jobs)
+                    self.busy -= 1
+
+    def _share_cores(self) -> None:
+        """This stream's intra-op threads for its next forward: the cores over the streams busy now.
+        Set before every forward, one stream too: torch's count is per thread, but a new thread starts
+        with the count some other thread set last (another batcher's stream, in the same process)."""
+        torch.set_num_threads(max(1, self.cores // max(1, self.busy)))
 
     def _compute(self, jobs: list[Job]) -> None:
         self.on_round(sum(len(j.texts) for j in jobs))
@@ -227,6 +261,7 @@ class Batcher:
                 idx = [i for i in idx if not group[owner[i]].cancelled]  # its client went away meanwhile
                 if not idx:
                     continue
+                self._share_cores()
                 self.on_batch(len(idx))
                 out[idx] = forward_logits(run, [ids[i] for i in idx])
                 for i in idx:

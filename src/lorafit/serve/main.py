@@ -45,7 +45,7 @@ def bind(host: str, port: int) -> socket.socket:
 def check_limits(args) -> None:
     for flag, value, low in (("--port", args.port, 0), ("--max-batch", args.max_batch, 1), ("--queue", args.queue, 1),
                              ("--max-texts", args.max_texts, 1), ("--max-chars", args.max_chars, 1),
-                             ("--max-round", args.max_round, 0)):
+                             ("--max-round", args.max_round, 0), ("--streams", args.streams, 0)):
         if value < low:
             raise LorafitError(f"{flag}: {value} is below {low}")
     if args.port > 65535:
@@ -80,7 +80,7 @@ def _run(args, specs, key, sock, log) -> int:
 
     registry = Registry.load(specs, log=log)
     limits = Limits(args.max_batch, args.max_wait_ms, args.queue, args.max_texts, args.max_chars,
-                    max_round=args.max_round)
+                    max_round=args.max_round, streams=args.streams)
     app = create_app(registry, limits, key)
     host, port = sock.getsockname()[:2]
 
