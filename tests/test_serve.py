@@ -155,6 +155,8 @@ def test_answers_equal_predict_whatever_else_is_in_the_batch(server, reference, 
     # the batcher did gather: some forward held more than one request's texts
     metrics = httpx.get(f"{server.url}/metrics").text
     assert 'lorafit_requests_total{model="named",status="200"}' in metrics
+    assert 1 <= float(re.search(r"^lorafit_streams ([\d.]+)$", metrics, re.M).group(1)) <= 2  # CPU default: 2 (1 core: 1)
+    assert re.search(r"^lorafit_streams_busy [\d.]+$", metrics, re.M)
     counts = {float(m.group(1)): float(m.group(2))
               for m in re.finditer(r'lorafit_batch_texts_bucket\{le="([\d.+inf]+)"\} ([\d.]+)', metrics) if m.group(1) != "+Inf"}
     assert counts[8.0] > 0 and counts[8.0] - counts.get(4.0, 0) > 0  # forwards of 5-8 texts happened
@@ -478,3 +480,7 @@ def test_streams_compute_side_by_side_sharing_the_cores(runs):
     assert answered and seen == [cores, max(1, cores // 2)]
     answered, seen = serve(1)
     assert not answered and seen == [cores, cores]
+    from lorafit.serve.batcher import auto_streams
+
+    assert auto_streams([torch.device("cpu")]) == min(2, cores)
+    assert auto_streams([torch.device("cpu"), torch.device("cuda", 0)]) == 1  # a GPU: one stream

@@ -109,6 +109,8 @@ def _metrics(registry_names: list[str]):
                            buckets=(1, 4, 16, 64, 128, 256, 512, 1024), registry=reg),
         "texts": Counter("lorafit_texts", "Texts classified, by model", ["model"], registry=reg),
         "queue": Gauge("lorafit_queue_depth", "Requests waiting or running in the batcher", registry=reg),
+        "streams": Gauge("lorafit_streams", "Worker streams computing rounds (--streams)", registry=reg),
+        "busy": Gauge("lorafit_streams_busy", "Worker streams computing a round now", registry=reg),
     }
 
 
@@ -126,6 +128,8 @@ def create_app(registry: Registry, limits: Limits | None = None, api_key: str | 
                       max_round=limits.max_round, on_round=m["round"].observe,
                       streams=limits.streams or auto_streams(run.device for run in registry.runs.values()))
     m["queue"].set_function(batcher.depth)
+    m["streams"].set(batcher.streams)
+    m["busy"].set_function(lambda: batcher.busy)
 
     @asynccontextmanager
     async def lifespan(app):
