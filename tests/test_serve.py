@@ -440,7 +440,7 @@ def test_streams_compute_side_by_side_sharing_the_cores(runs):
 
     import torch
 
-    from lorafit.serve.batcher import Batcher
+    from lorafit.serve.batcher import Batcher, auto_streams
     from lorafit.serve.registry import Registry
 
     run = Registry.load([("topics", runs["topics"])], device=torch.device("cpu")).runs["topics"]
@@ -480,7 +480,5 @@ def test_streams_compute_side_by_side_sharing_the_cores(runs):
     assert answered and seen == [cores, max(1, cores // 2)]
     answered, seen = serve(1)
     assert not answered and seen == [cores, cores]
-    from lorafit.serve.batcher import auto_streams
-
     assert auto_streams([torch.device("cpu")]) == min(2, cores)
     assert auto_streams([torch.device("cpu"), torch.device("cuda", 0)]) == 1  # a GPU: one stream

@@ -26,9 +26,9 @@ core whenever anything else runs on the machine (the HTTP loop, a load generator
 of the same op waits at every op's barrier for the one that was descheduled), so the served model
 kept ~1.6 of 2 cores busy where offline predict keeps 2. Two streams each run their forward on
 cores / busy-streams intra-op threads, chosen per forward: under load each stream has its own
-core and nothing waits on a descheduled partner (1.2-1.3x the texts/s of one stream, bench/RESULTS.md),
-and when only one stream is busy (light load) its forward uses every core, so a lone request is
-as fast as before. On a GPU one stream (kernels of several threads share the device anyway)."""
+core and nothing waits on a descheduled partner (1.11-1.23x the texts/s of one stream at C=64 in two
+runs, bench/RESULTS.md), and when only one stream is busy (light load) its forward uses every core
+(C=1: within noise of one stream in one run, 13% below in the other). On a GPU one stream (kernels of several threads share the device anyway)."""
 from __future__ import annotations
 
 import asyncio
@@ -214,6 +214,7 @@ class Batcher:
                 jobs.append(job)
                 per_run[job.run.name] = n + len(job.texts)
             self.running += len(jobs)
+            self.busy += 1  # in the same lock as the take: a stream taking next sees this one busy
             return jobs
 
     def _loop(self) -> None:
@@ -223,8 +224,6 @@ class Batcher:
                 if self.stopping:
                     return
                 continue
-            with self.cond:
-                self.busy += 1
             try:
                 self._compute(jobs)
             finally:
