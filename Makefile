@@ -42,8 +42,8 @@ demo: install
 
 # Refresh the lock against the newest releases, install it, run the whole suite.
 lock:
-	$(PYTHON) -m pip install -q uv==$(UV_VERSION)
-	requirements/compile.sh
+	test -x $(BIN)/uv || { $(PYTHON) -m venv $(VENV) && $(BIN)/pip install -q uv==$(UV_VERSION); }
+	UV=$(BIN)/uv requirements/compile.sh
 	$(MAKE) test
 
 # The newest releases of everything (torch pinned as always), in $(LATEST); the lock is untouched.
