@@ -134,15 +134,15 @@ def assert_reload_exact(recipe, run_dir, merges=(False, True)):
     return texts, ref
 
 
-def run_cli(*args, cwd=None, env=None, timeout=600):
-    """`python -m lorafit ...` in a new process."""
+def run_cli(*args, cwd=None, env=None, timeout=600, **kw):
+    """`python -m lorafit ...` in a new process; kw: more of subprocess.run's (input=, stdin=)."""
     import subprocess
     import sys
 
     src = str(Path(__file__).resolve().parents[1] / "src")
     full_env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {})}
     return subprocess.run([sys.executable, "-m", "lorafit", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=full_env, timeout=timeout)
+                          cwd=cwd, env=full_env, timeout=timeout, **kw)
 
 
 @pytest.fixture(scope="session")

@@ -60,8 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="write ID,label predictions for an unlabelled file")
     pr.add_argument("run_dir")
     pr.add_argument("--input", required=True, help="csv / tsv / jsonl / json / txt (one text per line), optionally "
-                                                    ".gz / .bz2 / .xz; parquet; pickle only with --allow-pickle")
-    pr.add_argument("--output", required=True, help="CSV to write: ID,label in input order, label as in the training data")
+                                                    ".gz / .bz2 / .xz; parquet; pickle only with --allow-pickle; - or a "
+                                                    "pipe: read as CSV unless --input-format says otherwise")
+    pr.add_argument("--output", required=True, help="CSV to write: ID,label in input order, label as in the training "
+                                                     "data; - for standard output; a symbolic link is written through")
     pr.add_argument("--id-column", help="column of IDs kept in the output (default: ID, id or Id if present, else the "
                                         "row index)")
     _input_args(pr)
@@ -119,6 +121,9 @@ def _input_args(p: argparse.ArgumentParser) -> None:
                    help="column holding the second text of each pair (default: the run's data.text_pair_column)")
     p.add_argument("--delimiter", help="field separator of a .csv/.tsv file: one character, or tab (default: a tab for "
                                        ".tsv; for .csv a comma, unless the header line has none, then sniffed among ; tab |)")
+    p.add_argument("--input-format", metavar="FORMAT",
+                   help="csv, tsv, jsonl, json, txt or parquet: the format of a stream (-, a pipe, /dev/stdin) or of a "
+                        "file name without a suffix, which are read as CSV otherwise; given, it overrides the suffix")
     p.add_argument("--allow-pickle", action="store_true", help="accept .pkl input (unpickling runs code)")
 
 
@@ -238,7 +243,7 @@ def cmd_evaluate(args) -> int:
 
     metrics = evaluate_file(args.run_dir, args.data, allow_pickle=args.allow_pickle, text_columns=args.text_column,
                             label_column=args.label_column, delimiter=args.delimiter,
-                            text_pair_column=args.text_pair_column,
+                            text_pair_column=args.text_pair_column, input_format=args.input_format,
                             log=lambda line: print(line, file=sys.stderr))
     print(json.dumps(metrics, indent=2))
     return 0
@@ -250,8 +255,8 @@ def cmd_predict(args) -> int:
     n = predict_file(args.run_dir, args.input, args.output, allow_pickle=args.allow_pickle,
                      batch_size=args.batch_size, with_logits=args.with_logits, text_columns=args.text_column,
                      id_column=args.id_column, delimiter=args.delimiter, text_pair_column=args.text_pair_column,
-                     probs=args.probs, log=lambda line: print(line, file=sys.stderr))
-    print(f"wrote {n} predictions to {args.output}", file=sys.stderr)
+                     probs=args.probs, input_format=args.input_format, log=lambda line: print(line, file=sys.stderr))
+    print(f"wrote {n} predictions to {'standard output' if args.output == '-' else args.output}", file=sys.stderr)
     return 0
 
 
@@ -266,7 +271,8 @@ def cmd_export(args) -> int:
 
     export_run(args.run_dir, args.format, args.out, check=args.check, quantize=args.quantize,
                min_agreement=args.min_agreement, overwrite=args.overwrite, allow_pickle=args.allow_pickle,
-               text_columns=args.text_column, delimiter=args.delimiter, log=lambda line: print(line, file=sys.stderr))
+               text_columns=args.text_column, delimiter=args.delimiter, input_format=args.input_format,
+               log=lambda line: print(line, file=sys.stderr))
     return 0
 
 

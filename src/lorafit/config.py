@@ -516,20 +516,11 @@ PATH_FIELDS = ("model.name", "data.train", "data.test")  # a local path or a hub
 DATA_FIELDS = ("data.train", "data.test")
 
 
-def looks_like_path(value: str, data: bool = False) -> bool:
-    """Whether a string that names nothing on disk was meant as a path rather than a hub id. Hub ids
-    (roberta-base, FacebookAI/roberta-base, ag_news) have at most one '/' and never start with '/', '.'
-    or '~'; a data file also has its format's suffix."""
-    from .data.tables import LOCAL_SUFFIXES
-
-    if value.startswith(("/", ".", "~")) or value.count("/") > 1 or "\\" in value:
-        return True
-    return data and any(s.lower() in LOCAL_SUFFIXES for s in Path(value).suffixes)  # also train.csv.gz
-
-
 def resolve_path(value: str, bases: Sequence[Path], data: bool = False) -> str:
     """Absolute form of a path in a config: the first base folder where it exists, else the first base
     when it looks like a path (so a missing file is reported where it was expected); a hub id unchanged."""
+    from .data.tables import looks_like_path
+
     p = Path(value).expanduser()
     if p.is_absolute():
         return os.path.normpath(p)

@@ -166,13 +166,13 @@ def filter_texts(ex: Examples, cfg: DataConfig, source: str, notes: list[str],
 
 
 def load_labelled(name: str, cfg: DataConfig, split: str, label_names: Optional[list[str]], field_name: str,
-                  *, table_names: Optional[list] = None) -> tuple[Examples, list[str], list[str]]:
+                  *, table_names: Optional[list] = None, fmt: Optional[str] = None) -> tuple[Examples, list[str], list[str]]:
     """Texts and label ids of a labelled table. label_names: a fixed label set (a run's, the training
     set's) the labels must belong to; None infers it. field_name '--data' (a CLI flag) makes messages
     name the flags (--text-column, --label-column) rather than the config keys. table_names: a list
-    that receives the table's own names for integer ids (a ClassLabel), when it has them."""
+    that receives the table's own names for integer ids (a ClassLabel), when it has them. fmt: read_table's."""
     cli = field_name.startswith("--")
-    df = read_table(name, split=split, allow_pickle=cfg.allow_pickle, field=field_name, delimiter=cfg.delimiter)
+    df = read_table(name, split=split, allow_pickle=cfg.allow_pickle, field=field_name, delimiter=cfg.delimiter, fmt=fmt)
     require_columns(df, [cfg.label_column], name, "--label-column" if cli else "data.label_column")
     texts = join_texts(df, cfg, name, "--text-column" if cli else "data.text_columns")
     pairs = pair_texts(df, cfg, name, "--text-pair-column" if cli else "data.text_pair_column")

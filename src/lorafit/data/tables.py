@@ -3,6 +3,8 @@
 Every failure becomes one LorafitError line naming the file, the line where known, and the fix.
 Pickle runs code when loaded, so it is refused unless the caller opted in. Text formats may be
 compressed (.gz, .bz2, .xz: the standard library's); lines are counted in the decompressed text.
+A stream (`-` for standard input, a pipe, /dev/stdin, a shell's <(...)) is read once, as CSV unless
+told its format; a name that looks like a path is never sent to the hub.
 """
 from __future__ import annotations
 
@@ -12,8 +14,11 @@ import gzip
 import io
 import json
 import lzma
+import os
 import re
+import stat
 from pathlib import Path
+from typing import Optional
 
 import pandas as pd
 
@@ -24,21 +29,83 @@ LOCAL_SUFFIXES = TEXT_SUFFIXES | {".parquet", ".pkl", ".pickle"}
 PICKLE_SUFFIXES = {".pkl", ".pickle"}
 COMPRESSION = {".gz": ("gzip", gzip), ".bz2": ("bzip2", bz2), ".xz": ("xz", lzma), ".zst": ("zstandard", None)}
 SNIFFED = ";\t|"  # tried when a .csv header line has no comma
+FORMATS = ("csv", "tsv", "jsonl", "json", "txt", "parquet")  # what a stream or a file without a suffix may be told it is
+STDIN = "-"
 
 
 def read_table(name: str, *, split: str = "train", allow_pickle: bool = False, field: str = "data.train",
-               delimiter: str = "auto") -> pd.DataFrame:
+               delimiter: str = "auto", fmt: Optional[str] = None) -> pd.DataFrame:
     """A local file (csv, tsv, jsonl, json, txt (one text per line), any of these compressed, parquet, a
-    `save_to_disk` folder; pickle with opt-in) or a hub dataset. delimiter: of csv/tsv, 'auto' or one character."""
-    path = Path(name)
-    if path.is_dir():
+    `save_to_disk` folder; pickle with opt-in), a stream (`-`, a pipe, /dev/stdin) or a hub dataset.
+    delimiter: of csv/tsv, 'auto' or one character. fmt: one of FORMATS, for a stream or a file whose
+    name has no suffix (default csv); given, it overrides the suffix."""
+    if fmt is not None and fmt not in FORMATS:
+        raise LorafitError(f"--input-format: unknown format '{fmt}'; use one of {', '.join(FORMATS)}")
+    if name == STDIN:
+        return _read_stream(Path("<stdin>"), _read_fd(0), fmt, field, delimiter)
+    from ..io import own_fd
+
+    fd = own_fd(name)
+    if fd is not None:  # /dev/stdin, /dev/fd/N, <(...): read what the descriptor holds, never reopened
+        try:
+            raw = _read_fd(fd)
+        except OSError as e:
+            raise LorafitError(f"{field}: cannot read {name} ({e.strerror or e})") from None
+        return _read_stream(Path(name), raw, fmt, field, delimiter)
+    path = Path(name).expanduser()
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as e:
+        raise LorafitError(f"{field}: cannot read {name} ({e.strerror})") from None
+    if mode is not None and stat.S_ISDIR(mode):
         return _read_arrow_dir(path)
     suffix, compression = _kind(path)
-    if suffix in LOCAL_SUFFIXES:
-        if not path.is_file():
-            raise LorafitError(f"{field}: file not found: {path}")
+    if mode is not None and stat.S_ISREG(mode):
+        if fmt:
+            suffix = f".{fmt}"
+        elif not path.suffix:
+            suffix = ".csv"
+        elif suffix not in LOCAL_SUFFIXES:
+            how = "--input-format" if field.startswith("--") else "a file name ending in"
+            raise LorafitError(f"{field}: {name}: unknown format '{path.suffix}'; give {how} one of "
+                               f"{', '.join(FORMATS)} (or convert it)")
         return _read_local(path, suffix, compression, allow_pickle, field, delimiter)
+    if mode is not None and (stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)):
+        # a named pipe keeps what its name says (texts.jsonl, texts.csv.gz); else CSV unless told
+        known = not fmt and suffix[1:] in FORMATS
+        return _read_local(path, suffix if known else f".{fmt or 'csv'}", compression if known else None, False,
+                           field, delimiter, raw=path.read_bytes())
+    if mode is not None:
+        raise LorafitError(f"{field}: {name} is not a file, a folder or a pipe (a socket or a block device)")
+    if suffix in LOCAL_SUFFIXES or looks_like_path(name, data=True):
+        raise LorafitError(f"{field}: file not found: {name}")
     return _read_hub(name, split, field)
+
+
+def looks_like_path(value: str, data: bool = False) -> bool:
+    """Whether a string that names nothing on disk was meant as a path rather than a hub id. Hub ids
+    (roberta-base, FacebookAI/roberta-base, ag_news) have at most one '/' and never start with '/', '.'
+    or '~'; a data file also has its format's suffix."""
+    if value.startswith(("/", ".", "~")) or value.count("/") > 1 or "\\" in value:
+        return True
+    return data and any(s.lower() in LOCAL_SUFFIXES for s in Path(value).suffixes)  # also train.csv.gz
+
+
+def _read_fd(fd: int) -> bytes:
+    """All of an open descriptor, from where it stands (a pipe's unread bytes), leaving it open."""
+    chunks = []
+    while True:
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _read_stream(path: Path, raw: bytes, fmt: Optional[str], field: str, delimiter: str) -> pd.DataFrame:
+    """A table from bytes already read (a stream can be read only once): as `fmt`, default CSV."""
+    return _read_local(path, f".{fmt or 'csv'}", None, False, field, delimiter, raw=raw)
 
 
 def _kind(path: Path) -> tuple[str, str | None]:
@@ -49,23 +116,25 @@ def _kind(path: Path) -> tuple[str, str | None]:
     return path.suffix.lower(), None
 
 
-def _read_bytes(path: Path, compression: str | None) -> bytes:
+def _read_bytes(path: Path, compression: str | None, raw: bytes | None = None) -> bytes:
+    """The file's bytes, decompressed; raw: a stream's bytes, already read."""
+    raw = path.read_bytes() if raw is None else raw
     if compression is None:
-        return path.read_bytes()
+        return raw
     name, module = COMPRESSION[compression]
     if module is None:
         raise LorafitError(f"{path}: {compression} needs the {name} package, which lorafit does not install; "
                            "decompress it (zstd -d) or use .gz, .bz2 or .xz")
     try:
-        return module.decompress(path.read_bytes())
+        return module.decompress(raw)
     except (OSError, EOFError, ValueError, lzma.LZMAError) as e:
         first = (str(e).splitlines() or [""])[0]
         raise LorafitError(f"{path}: not a readable {name} file ({type(e).__name__}: {first}); "
                            f"check that it was fully written, or decompress it yourself") from None
 
 
-def _decode(path: Path, compression: str | None = None) -> str:
-    raw = _read_bytes(path, compression)
+def _decode(path: Path, compression: str | None = None, raw: bytes | None = None) -> str:
+    raw = _read_bytes(path, compression, raw)
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -76,15 +145,16 @@ def _decode(path: Path, compression: str | None = None) -> str:
 
 
 def _read_local(path: Path, suffix: str, compression: str | None, allow_pickle: bool, field: str,
-                delimiter: str) -> pd.DataFrame:
+                delimiter: str, raw: bytes | None = None) -> pd.DataFrame:
+    """raw: the bytes of a stream, already read; else the file is read here."""
     if suffix in PICKLE_SUFFIXES:
         return _read_pickle(path, allow_pickle, field)
     if suffix == ".parquet":
         try:
-            return pd.read_parquet(path)
+            return pd.read_parquet(path if raw is None else io.BytesIO(raw))
         except Exception as e:  # pyarrow raises several unrelated types for a corrupt file
             raise LorafitError(f"{path}: not a readable Parquet file ({type(e).__name__}: {str(e).splitlines()[0]})") from None
-    text = _decode(path, compression)
+    text = _decode(path, compression, raw)
     if suffix in (".jsonl", ".json"):
         return _read_json(path, text, suffix)
     if suffix == ".txt":

@@ -15,13 +15,15 @@ ATOL = 1e-4  # fp32 export vs lorafit: the same math in another runtime, so only
 
 
 def check_texts(run_dir: Path, cfg, check: Optional[str], *, allow_pickle: bool = False,
-                text_columns: Optional[Sequence[str]] = None, delimiter: Optional[str] = None) -> tuple[str, list[str]]:
+                text_columns: Optional[Sequence[str]] = None, delimiter: Optional[str] = None,
+                input_format: Optional[str] = None) -> tuple[str, list[str]]:
     """(where the texts came from, texts): --check FILE, else the run's validation split rebuilt from
     its config (same file, seed and split as in training)."""
     if check:
         from ..runs.predict import read_inputs
 
-        texts = read_inputs(check, cfg.data, allow_pickle, text_columns=text_columns, delimiter=delimiter)[2]
+        texts = read_inputs(check, cfg.data, allow_pickle, text_columns=text_columns, delimiter=delimiter,
+                            input_format=input_format)[2]
         where = check
     else:
         from ..data.examples import load_split, split_seed

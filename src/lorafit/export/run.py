@@ -37,7 +37,8 @@ def _validate(fmt: str, quantize: Optional[str], min_agreement: float) -> None:
 def export_run(run_dir: str | Path, fmt: str, out: str | Path, *, check: Optional[str] = None,
                quantize: Optional[str] = None, min_agreement: float = 99.5, overwrite: bool = False,
                allow_pickle: bool = False, text_columns: Optional[Sequence[str]] = None,
-               delimiter: Optional[str] = None, batch_size: int = 64, log: Callable = print) -> dict:
+               delimiter: Optional[str] = None, input_format: Optional[str] = None, batch_size: int = 64,
+               log: Callable = print) -> dict:
     """Export a finished run; returns export.json's content. Bad input and a failed check raise
     LorafitError with nothing written."""
     from ..runs.directory import read_run
@@ -51,13 +52,13 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, *, check: Optiona
     if cfg.data.text_pair_column:  # the graph takes input_ids + attention_mask: BERT's segment ids would be lost
         raise LorafitError(f"{run_dir}: trained on text pairs (data.text_pair_column); lorafit export takes "
                            "single-text runs only so far (use lorafit predict for it)")
-    check_out(out, overwrite)
+    check_out(out, overwrite, {"RUN_DIR": run_dir, "--check": check})
     if fmt == "merged":
         from .merged import check_mappable
 
         check_mappable(cfg.head.type)
     where, texts = checking.check_texts(run_dir, cfg, check, allow_pickle=allow_pickle, text_columns=text_columns,
-                                        delimiter=delimiter)
+                                        delimiter=delimiter, input_format=input_format)
     ref = _lorafit_logits(run_dir, texts, batch_size)
     manifest = {"format": fmt, "run": str(run_dir.resolve()), "lorafit": __version__, "labels": names,
                 "max_length": cfg.data.max_length, "head": cfg.head.type, "model": cfg.model.name,

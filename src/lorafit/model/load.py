@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from ..config import ModelConfig, looks_like_path
+from ..config import ModelConfig
+from ..data.tables import looks_like_path
 from ..errors import LorafitError
 from .heads import NEW_WEIGHTS_ATTR
 

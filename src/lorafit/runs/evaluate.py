@@ -15,12 +15,13 @@ from .weights import load_trained
 def evaluate_file(run_dir: str, data_path: str, *, allow_pickle: bool = False, batch_size: int = 128,
                   text_columns: Optional[Sequence[str]] = None, label_column: Optional[str] = None,
                   delimiter: Optional[str] = None, log: Optional[Callable[[str], None]] = None,
-                  text_pair_column: Optional[str] = None) -> dict:
+                  text_pair_column: Optional[str] = None, input_format: Optional[str] = None) -> dict:
     """Metrics of a run on a labelled file, whose labels are checked against the run's by value."""
     cfg, names = read_run(run_dir)
     data_cfg = input_config(cfg.data, text_columns, label_column, delimiter, text_pair_column,
                             allow_pickle=allow_pickle or cfg.data.allow_pickle)
-    ex, _, notes = load_labelled(data_path, data_cfg, cfg.data.test_split, names, "--data")  # checked before the model loads
+    ex, _, notes = load_labelled(data_path, data_cfg, cfg.data.test_split, names, "--data",  # checked before the model loads
+                                 fmt=input_format)
     for note in notes if log else ():
         log(f"data: {note}")
     thresholds = tasks.read_thresholds(run_dir, cfg.data.task)

@@ -5,6 +5,7 @@ for integer labels; inputs are checked, and --output probed, before the model lo
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -19,7 +20,7 @@ from ..data.encoding import Encoding, encode
 from ..data.examples import join_texts, pair_texts, require_columns
 from ..data.tables import read_table
 from ..errors import LorafitError
-from ..io import atomic_write_text, probe_writable
+from ..io import Target, atomic_write_text, output_target, probe_writable, regular_identity
 from ..progress import progress
 from .directory import read_run
 from .weights import load_trained
@@ -80,12 +81,12 @@ def input_config(data: DataConfig, text_columns: Optional[Sequence[str]] = None,
 
 
 def read_inputs(path: str, text_cfg: DataConfig, allow_pickle: bool, *, text_columns: Optional[Sequence[str]] = None,
-                id_column: Optional[str] = None, delimiter: Optional[str] = None, text_pair_column: Optional[str] = None
-                ) -> tuple[str, list, list[str], Optional[list[str]]]:
+                id_column: Optional[str] = None, delimiter: Optional[str] = None, text_pair_column: Optional[str] = None,
+                input_format: Optional[str] = None) -> tuple[str, list, list[str], Optional[list[str]]]:
     """(id column name, ids, texts, pair texts or None) of an unlabelled input; ids are the row index when
     there is no --id-column and no ID/id/Id column."""
     text_cfg = input_config(text_cfg, text_columns, delimiter=delimiter, text_pair_column=text_pair_column)
-    df = read_table(path, allow_pickle=allow_pickle, field="--input", delimiter=text_cfg.delimiter)
+    df = read_table(path, allow_pickle=allow_pickle, field="--input", delimiter=text_cfg.delimiter, fmt=input_format)
     texts = join_texts(df, text_cfg, path, "--text-column")
     pairs = pair_texts(df, text_cfg, path, "--text-pair-column")
     if id_column:
@@ -100,18 +101,42 @@ def read_inputs(path: str, text_cfg: DataConfig, allow_pickle: bool, *, text_col
     return col, ids, texts, pairs
 
 
-def check_output(out: Path) -> None:
-    """Refuse an --output that cannot be written, by writing (and removing) a probe file beside it."""
-    if out.is_dir():
-        raise LorafitError(f"--output: {out} is a folder; give a file name, e.g. {out / 'predictions.csv'}")
-    if not out.parent.exists():
-        raise LorafitError(f"--output: folder {out.parent} does not exist")
-    if not out.parent.is_dir():
-        raise LorafitError(f"--output: {out.parent} is a file, not a folder; choose another --output")
+def check_output(out: str, input_path: Optional[str] = None) -> Target:
+    """Refuse, before the model loads, an --output that cannot be written (output_target's rule: a regular
+    file, probed by writing and removing a file beside it; a FIFO or device, checked without opening it,
+    as opening a FIFO waits for its reader) or that is the --input file (its texts would be replaced)."""
+    if Path(out).is_dir():
+        raise LorafitError(f"--output: {out} is a folder; give a file name, e.g. {Path(out) / 'predictions.csv'}")
     try:
-        probe_writable(out.parent)
+        target = output_target(out)
+    except LorafitError as e:
+        raise LorafitError(f"--output: {e}") from None
+    if input_path is not None:
+        same = regular_identity(0 if input_path == "-" else input_path)
+        if same is not None and same == target.identity():
+            raise LorafitError(f"--output: {out} is the --input file {input_path}; the predictions would replace its "
+                               "texts; choose another --output")
+    if target.file is None:
+        if target.fd is not None:
+            import fcntl
+
+            writable = fcntl.fcntl(target.fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY
+        else:
+            writable = os.access(target.stream, os.W_OK)
+        if not writable:
+            raise LorafitError(f"--output: {out} cannot be written (opened for reading, or permission denied); "
+                               "choose another --output")
+        return target
+    parent = target.file.parent if Path(out).is_symlink() else Path(out).parent
+    if not parent.exists():
+        raise LorafitError(f"--output: folder {parent} does not exist")
+    if not parent.is_dir():
+        raise LorafitError(f"--output: {parent} is a file, not a folder; choose another --output")
+    try:
+        probe_writable(parent)
     except OSError as e:
-        raise LorafitError(f"--output: cannot write in folder {out.parent} ({e.strerror or e}); choose another --output") from None
+        raise LorafitError(f"--output: cannot write in folder {parent} ({e.strerror or e}); choose another --output") from None
+    return target
 
 
 def probability_columns(run_dir: str, logits: np.ndarray, names: list[str],
@@ -133,14 +158,14 @@ def probability_columns(run_dir: str, logits: np.ndarray, names: list[str],
 def predict_file(run_dir: str, input_path: str, output_path: str, *, allow_pickle: bool = False,
                  batch_size: int = 128, with_logits: bool = False, text_columns: Optional[Sequence[str]] = None,
                  id_column: Optional[str] = None, delimiter: Optional[str] = None,
-                 text_pair_column: Optional[str] = None, probs: bool = False,
+                 text_pair_column: Optional[str] = None, probs: bool = False, input_format: Optional[str] = None,
                  log: Optional[Callable[[str], None]] = None) -> int:
-    out = Path(output_path)
-    check_output(out)
+    target = check_output(output_path, input_path)
     cfg, _ = read_run(run_dir)
     # bad input: refused before the model loads
     col, ids, texts, pairs = read_inputs(input_path, cfg.data, allow_pickle, text_columns=text_columns,
-                                         id_column=id_column, delimiter=delimiter, text_pair_column=text_pair_column)
+                                         id_column=id_column, delimiter=delimiter, text_pair_column=text_pair_column,
+                                         input_format=input_format)
     thresholds = tasks.read_thresholds(run_dir, cfg.data.task)
     model, tokenizer, cfg, names = load_trained(run_dir, merge=True, device=default_device())
     logits = predict_logits(model, tokenizer, texts, cfg.data.max_length, batch_size, pairs=pairs, data=cfg.data)
@@ -154,7 +179,10 @@ def predict_file(run_dir: str, input_path: str, output_path: str, *, allow_pickl
     buf = io.StringIO()
     frame.to_csv(buf, index=False, float_format="%.7g")
     try:
-        atomic_write_text(out, buf.getvalue())
+        atomic_write_text(output_path, buf.getvalue())
+    except BrokenPipeError:
+        raise  # the reader of a pipe left: the CLI's exit 141, as for any writer
     except OSError as e:  # a full disk, a folder that went away: atomic_write_text leaves nothing behind
-        raise LorafitError(f"--output: could not write {out} ({e.strerror or e}); nothing was written") from None
+        kept = "" if target.file is None else "; nothing was written"  # a stream may have taken a part
+        raise LorafitError(f"--output: could not write {output_path} ({e.strerror or e}){kept}") from None
     return len(ids)
