@@ -57,6 +57,10 @@ ELSEWHERE = [
      "finishes; also in eval.json and report.md)", "warning: the model never predicts 'rare' on validation (1 of 2 "
      "classes): accuracy 0.9000 but macro-F1 0.4737; try train.metric: macro_f1, ...",
      "tests/test_run_log.py::test_a_class_never_predicted_is_warned"),
+    ("near-duplicate-labels", "training labels that differ only in case, spacing or punctuation (a warning before "
+     "training, the run goes on; also in eval.json and report.md)", "warning: labels 'pos' (812 rows) and 'Pos' "
+     "(2 rows) differ only in case, spacing or punctuation; fix the data or they train as separate classes",
+     "tests/test_labels.py::test_the_warning_is_in_the_run_log_before_training"),
 ]
 
 

@@ -163,6 +163,26 @@ CASES = {
         "data.label_column names a column the file lacks",
         lambda e: e.train(data__label_column="topic"),
         r"column 'topic' not found \(set data.label_column\); columns present: text, label"),
+    "missing-label-and-text-columns": (
+        "data.label_column and data.text_columns both name columns the file lacks: both in one message",
+        lambda e: e.train(data__label_column="topic", data__text_columns="[title, body]"),
+        r"synth\.csv: columns not found: 'topic' \(set data\.label_column\), 'title', 'body' \(set data\.text_columns\); "
+        r"columns present: text, label$"),
+    "class-with-one-row": (
+        "a training class with a single row ('Sports', a slip of 'sports'): no stratified split can give it a "
+        "validation row",
+        lambda e: e.train(data__train=e.file("d.csv", "text,label\n" + "".join(
+            f"item {i},{['sports', 'world'][i % 2]}\n" for i in range(40)) + "item 40,Sports\n")),
+        r"d\.csv: 1 class\(es\) with fewer than 2 rows \(data\.min_class_rows\): too few for a stratified split to "
+        r"give each a training and a validation row: 'Sports' \(1 row; differs from 'sports' only in case, spacing or "
+        r"punctuation\); fix or remove those rows, or set data\.min_class_rows: 1 to train them anyway"),
+    "label-names-of-another-data-set": (
+        "data.label_names (ids 0..3, from a config for another data set) on a file labelled pos/neg",
+        lambda e: e.train(data__label_names="[World, Sports, Business, Sci/Tech]", data__train=e.file(
+            "d.csv", "text,label\n" + "".join(f"item {i},{['pos', 'neg'][i % 2]}\n" for i in range(40)))),
+        r"d\.csv: row 1: label 'pos' in column 'label' is not in the label set \[.*\] \(40 of 40 rows are not\); "
+        r"data\.label_names names ids 0\.\.3, and the file's labels 'pos', 'neg' are neither those ids nor those "
+        r"names: remove data\.label_names to take the label set from the data, or fix the rows$"),
     "unseen-label-in-test-set": (
         "data.test holds label 7; the training labels are 0..3",
         lambda e: e.train(data__test=e.file("test.csv", "text,label\ngoal match,1\nwar vote,7\n")),
@@ -332,9 +352,10 @@ CASES = {
         lambda e: ([*e.train()[0], "--set", "optim.lr=abc"], e.tmp / "run"),
         r"^error: --set optim\.lr: Input should be a valid number, unable to parse string as a number$"),
     "set-list-as-one-word": (
-        "`--set adapter.targets=query` (a list field given one word)",
-        lambda e: ([*e.train()[0], "--set", "adapter.targets=query"], e.tmp / "run"),
-        r"^error: --set adapter\.targets: Input should be a valid list \(write a list: --set adapter\.targets=\[query\]\)$"),
+        "`--set data.label_names=World` (a list field given one word, where one item is never a whole setting; "
+        "a single text column or target is a list of one)",
+        lambda e: ([*e.train()[0], "--set", "data.label_names=World"], e.tmp / "run"),
+        r"^error: --set data\.label_names: Input should be a valid list \(write a list: --set data\.label_names=\[World\]\)$"),
     # ---- issue 16: task types, text pairs, long texts, imbalance
     "multi-label-unknown-label-evaluate": (
         "`evaluate --data` on a multi_label run: a row names a label outside the run's label set",

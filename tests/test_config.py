@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import yaml
 
@@ -34,6 +36,36 @@ def test_dotted_overrides_parse_yaml_values():
     cfg = load_config(None, ["adapter.r=4", "optim.lr=3e-4", "adapter.targets=[query, value]", "data.limit=null"])
     assert cfg.adapter.r == 4 and cfg.optim.lr == 3e-4 and cfg.adapter.targets == ["query", "value"]
     assert cfg.data.limit is None
+
+
+def test_a_single_name_is_a_list_of_one(tmp_path):
+    """`--set data.text_columns=review` was refused: one column (target, layer, tracker, tier) is a list of one."""
+    cfg = load_config(None, ["data.text_columns=review", "adapter.targets=query", "adapter.layers=11",
+                             "train.report_to=tensorboard", "optim.layer_lrs={layers: [0, 3], lr: 1.0e-5}"])
+    assert cfg.data.text_columns == ["review"] and cfg.adapter.targets == ["query"] and cfg.adapter.layers == [11]
+    assert cfg.train.report_to == ["tensorboard"] and cfg.optim.layer_lrs[0].layers == [0, 3]
+    p = tmp_path / "c.yaml"
+    p.write_text("data: {text_columns: title}\n")
+    assert load_config(p).data.text_columns == ["title"]
+    assert yaml.safe_load(load_config(p).to_yaml())["data"]["text_columns"] == ["title"]  # config.yaml: the list
+    # where one item is not a whole setting, a scalar is still refused with the list form
+    with pytest.raises(LorafitError, match=re.escape("--set data.label_names: Input should be a valid list (write a "
+                                                     "list: --set data.label_names=[World])")):
+        load_config(None, ["data.label_names=World"])
+
+
+def test_step_schedule_settings_are_checked():
+    cfg = load_config(None, ["optim.schedule=step"]).optim
+    assert cfg.step_size == "epoch" and cfg.step_factor == 0.1
+    assert load_config(None, ["optim.schedule=step", "optim.step_size=30"]).optim.step_size == 30
+    for value, msg in (("0", "--set optim.step_size: 0: must be 'epoch' or a positive number of optimizer steps"),
+                       ("epochs", "--set optim.step_size: 'epochs': must be 'epoch' or a positive number of optimizer steps"),
+                       ("2.5", "--set optim.step_size: 2.5: must be 'epoch' or a positive number of optimizer steps")):
+        with pytest.raises(LorafitError) as e:
+            load_config(None, ["optim.schedule=step", f"optim.step_size={value}"])
+        assert str(e.value) == msg
+    with pytest.raises(LorafitError, match=r"optim.step_factor: Input should be less than or equal to 1"):
+        load_config(None, ["optim.step_factor=2"])
 
 
 def test_bad_override_and_bad_yaml(tmp_path):

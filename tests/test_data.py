@@ -73,6 +73,20 @@ def test_missing_column_lists_columns(tmp_path):
         load_labelled(str(p), DataConfig(text_columns=["body"]), "train", None, "data.train")
 
 
+def test_every_missing_column_in_one_message(tmp_path):
+    """They were reported one per run: the label column, then after fixing it the text column."""
+    p = tmp_path / "d.csv"
+    FRAME.to_csv(p, index=False)
+    cfg = DataConfig(label_column="y", text_columns=["title", "body"], text_pair_column="hypothesis")
+    with pytest.raises(LorafitError) as e:
+        load_labelled(str(p), cfg, "train", None, "data.train")
+    assert str(e.value) == (f"{p}: columns not found: 'y' (set data.label_column), 'body' (set data.text_columns), "
+                            "'hypothesis' (set data.text_pair_column); columns present: title, text, label")
+    with pytest.raises(LorafitError) as e:
+        load_labelled(str(p), cfg, "train", None, "--data")
+    assert str(e.value).startswith(f"{p}: columns not found: 'y' (set --label-column), 'body' (set --text-column), ")
+
+
 def test_stratified_split_seeded_and_limited(synth1k_csv):
     a = load_split(DataConfig(train=str(synth1k_csv), val_size=200), seed=640)
     b = load_split(DataConfig(train=str(synth1k_csv), val_size=200), seed=640)

@@ -14,7 +14,7 @@ import pytest
 from conftest import synthetic_rows, tiny_config
 from lorafit.cli import main
 from lorafit.config import DataConfig
-from lorafit.data.examples import load_labelled
+from lorafit.data.examples import load_labelled, load_split
 from lorafit.errors import LorafitError
 
 NAMES = {0: "world", 1: "sports", 2: "business", 3: "scitech"}
@@ -99,6 +99,108 @@ def test_test_set_with_empty_labels_is_refused_before_training(tmp_path, tiny_ro
     assert err == f"error: {test}: 1 row(s) with no label in column 'label', first at row 3; " \
                   "fill them in or set data.empty_labels: drop\n"
     assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------- near-duplicate labels, classes too small to split (issue 25)
+
+def _split(path, **data):
+    return load_split(DataConfig(train=str(path), **{"val_size": 0.5, **data}), seed=0)
+
+
+def test_labels_differing_in_case_or_spacing_are_warned_with_their_counts(tmp_path):
+    """'pos' and 'Pos' trained silently as two classes; ' pos ' was already the same label as 'pos'."""
+    p = _csv(tmp_path, "d.csv", ["pos"] * 10 + [" pos "] * 2 + ["Pos"] * 2 + ["neg"] * 9 + ["n-e-g"] * 3 + ["other"] * 4)
+    split = _split(p)
+    assert split.label_names == ["Pos", "n-e-g", "neg", "other", "pos"]
+    assert split.warnings == [
+        "labels 'pos' (12 rows) and 'Pos' (2 rows) differ only in case, spacing or punctuation; fix the data or they "
+        "train as separate classes",
+        "labels 'neg' (9 rows) and 'n-e-g' (3 rows) differ only in case, spacing or punctuation; fix the data or they "
+        "train as separate classes"]
+
+
+def test_distinct_labels_and_integer_ids_are_not_warned(tmp_path):
+    assert _split(_csv(tmp_path, "a.csv", ["-1", "1"] * 6)).warnings == []     # -1 and 1: two classes, not a slip
+    assert _split(_csv(tmp_path, "b.csv", ["pos", "neg", "neutral"] * 4)).warnings == []
+
+
+def test_multi_label_near_duplicates_are_warned(tmp_path):
+    p = _csv(tmp_path, "d.csv", ["sports|tech", "Tech", "sports", "tech"] * 5)
+    split = _split(p, task="multi_label", label_delimiter="|")
+    assert split.warnings == ["labels 'tech' (10 rows) and 'Tech' (5 rows) differ only in case, spacing or "
+                              "punctuation; fix the data or they train as separate classes"]
+
+
+def _near_duplicate_run(tmp_path, tiny_roberta):
+    """A recipe set up on data where 3 rows say 'Sports ' for 'sports'; its log lines; the warning."""
+    from lorafit.train.recipe import Recipe
+
+    frame = synthetic_rows(80)
+    frame["label"] = frame["label"].map(NAMES)
+    frame.loc[:2, "label"] = "Sports "
+    data = tmp_path / "train.csv"
+    frame.to_csv(data, index=False)
+    lines: list[str] = []
+    recipe = Recipe(tiny_config(tiny_roberta, data, train__max_steps=1), tmp_path / "run", log=lines.append).setup()
+    n = int((frame["label"] == "sports").sum())
+    return recipe, lines, (f"labels 'sports' ({n} rows) and 'Sports' (3 rows) differ only in case, spacing or "
+                           "punctuation; fix the data or they train as separate classes")
+
+
+def test_the_warning_is_in_the_run_log_before_training(tmp_path, tiny_roberta):
+    recipe, lines, warning = _near_duplicate_run(tmp_path, tiny_roberta)
+    assert f"warning: {warning}" in lines, lines
+    assert recipe.state.step == 0  # set up, nothing trained yet
+
+
+@pytest.mark.slow
+def test_the_warning_is_in_eval_json_and_report(tmp_path, tiny_roberta):
+    """Where the run's results are read too: a good accuracy can hide it."""
+    recipe, _, warning = _near_duplicate_run(tmp_path, tiny_roberta)
+    recipe.train()
+    recipe.finish()
+    assert json.loads((tmp_path / "run" / "eval.json").read_text())["warnings"][0] == warning
+    assert f"- **warning**: {warning}" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_a_class_with_one_row_is_refused_naming_it_and_the_key(tmp_path):
+    p = _csv(tmp_path, "d.csv", ["pos"] * 8 + ["neg"] * 8 + ["Pos", "typo"])
+    with pytest.raises(LorafitError) as e:
+        _split(p)
+    assert str(e.value) == (
+        f"{p}: 2 class(es) with fewer than 2 rows (data.min_class_rows): too few for a stratified split to give each "
+        "a training and a validation row: 'Pos' (1 row; differs from 'pos' only in case, spacing or punctuation), "
+        "'typo' (1 row); fix or remove those rows, or set data.min_class_rows: 1 to train them anyway (the split is "
+        "then not stratified)")
+
+
+def test_min_class_rows_1_trains_a_one_row_class_and_a_higher_one_refuses_more(tmp_path):
+    p = _csv(tmp_path, "d.csv", ["pos"] * 8 + ["neg"] * 8 + ["rare"] * 3 + ["typo"])
+    split = _split(p, min_class_rows=1)
+    assert split.label_names == ["neg", "pos", "rare", "typo"] and len(split.train) + len(split.val) == 20
+    with pytest.raises(LorafitError, match=re.escape(
+            f"{p}: 2 class(es) with fewer than 4 rows (data.min_class_rows): 'rare' (3 rows), 'typo' (1 row); ")):
+        _split(p, min_class_rows=4)
+
+
+def test_classes_thinned_by_limit_are_counted_after_it(tmp_path):
+    p = _csv(tmp_path, "d.csv", ["a"] * 30 + ["b"] * 30 + ["c"] * 2)
+    with pytest.raises(LorafitError, match=re.escape("with fewer than 3 rows (data.min_class_rows) of the 40 rows "
+                                                     "data.limit keeps")):
+        _split(p, limit=40, min_class_rows=3, split_seed=1)
+
+
+def test_label_names_of_another_data_set_says_to_remove_it(tmp_path):
+    """A config written for AG News (label_names: ids 0..3) on a file labelled pos/neg: setting
+    label_names is not the fix; removing it is."""
+    p = _csv(tmp_path, "d.csv", ["pos", "neg", "pos", "neg", "meh"])
+    with pytest.raises(LorafitError) as e:
+        _load(p, label_names=["World", "Sports", "Business", "Sci/Tech"])
+    assert str(e.value) == (
+        f"{p}: row 1: label 'pos' in column 'label' is not in the label set ['World', 'Sports', 'Business', "
+        "'Sci/Tech'] (5 of 5 rows are not); data.label_names names ids 0..3, and the file's labels 'pos', 'neg', "
+        "'meh' are neither those ids nor those names: remove data.label_names to take the label set from the data, "
+        "or fix the rows")
 
 
 # ---------------------------------------------------------------- evaluate checks labels by value (defect 5)

@@ -140,19 +140,20 @@ def test_set_on_a_whole_section_is_named(tmp_path):
 
 
 def test_list_field_given_a_scalar_says_how_to_write_a_list(tmp_path):
+    # (a single target or text column is a list of one: tests/test_config.py; label names are never one)
     with pytest.raises(LorafitError) as e:
-        load_config(None, ["adapter.targets=query"])
-    assert str(e.value) == "--set adapter.targets: Input should be a valid list (write a list: " \
-                           "--set adapter.targets=[query])"
+        load_config(None, ["data.label_names=World"])
+    assert str(e.value) == "--set data.label_names: Input should be a valid list (write a list: " \
+                           "--set data.label_names=[World])"
     with pytest.raises(LorafitError) as e:
-        load_config(_config(tmp_path, "data: {text_columns: title}\n"))
-    assert str(e.value) == f"{tmp_path / 'c.yaml'}: 'data.text_columns': Input should be a valid list " \
-                           "(write a list: text_columns: [title])"
+        load_config(_config(tmp_path, "data: {label_names: World}\n"))
+    assert str(e.value) == f"{tmp_path / 'c.yaml'}: 'data.label_names': Input should be a valid list " \
+                           "(write a list: label_names: [World])"
 
 
 def test_set_error_through_the_cli_is_one_line(tmp_path, capsys):
     assert main(["budget", "--config", str(_config(tmp_path, "{}\n")), "--num-labels", "4",
-                 "--set", "adapter.targets=query"]) == 2
+                 "--set", "data.label_names=World"]) == 2
     err = capsys.readouterr().err
-    assert err == "error: --set adapter.targets: Input should be a valid list (write a list: " \
-                  "--set adapter.targets=[query])\n"
+    assert err == "error: --set data.label_names: Input should be a valid list (write a list: " \
+                  "--set data.label_names=[World])\n"

@@ -70,6 +70,8 @@ def test_text_and_id_column_flags(run, tmp_path, capsys):
     assert _one_error(capsys, ["predict", run_dir, "--input", inp, "--output", tmp_path / "x.csv",
                                "--text-column", "sentence", "--id-column", "ID"]) == (
         f"{inp}: column 'ID' not found (set --id-column); columns present: doc_id, sentence")
+    assert _one_error(capsys, ["predict", run_dir, "--input", inp, "--output", tmp_path / "x.csv", "--id-column", "ID"]) == (
+        f"{inp}: columns not found: 'text' (set --text-column), 'ID' (set --id-column); columns present: doc_id, sentence")
     assert _one_error(capsys, ["predict", run_dir, "--input", inp, "--output", tmp_path / "x.csv",
                                "--text-column", "sentence,doc_id"]) == (
         "--text-column: 2 columns given (sentence, doc_id), but the run was trained on 1 (text); give 1, in that order")

@@ -60,13 +60,16 @@ CASES = {
     "mid-epoch-accum-evals": (4, dict(train__grad_accum=2, train__eval_every=2, train__save_top_k=2)),
     # second epoch, after the epoch-end checkpoint; frozen-prefix cache on (layer 0 frozen)
     "epoch-2-prefix-cache": (14, dict(adapter__layers="[1]", optim__lr=2e-2)),
+    # optim.schedule: step, decaying at steps 3, 6, ...: the scheduler state must give the same lr after resuming
+    "step-schedule": (5, dict(optim__schedule="step", optim__step_size=3, optim__step_factor=0.5)),
     # AdaLoRA's rank allocator keeps state outside the optimizer
     "adalora": (10, dict(adapter__method="adalora", adapter__init_r=6, adapter__target_r=2, adapter__tinit=0.1,
                          adapter__tfinal=0.1, adapter__delta_t=2)),
 }
 
 
-@pytest.mark.parametrize("case", CASES, ids=list(CASES))
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c == "step-schedule" else c for c in CASES],
+                         ids=list(CASES))
 def test_resume_in_process_is_exact(case, tiny_roberta, synth_csv, tmp_path):
     at, over = CASES[case]
     cfg = tiny_config(tiny_roberta, synth_csv, data__limit=200, adapter__dropout=0.1, train__checkpoint_every=3,

@@ -29,6 +29,12 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def _one_as_list(v: Any) -> Any:
+    """A single value where a list of names belongs is a list of one (`--set data.text_columns=review`,
+    `targets: query`); used only for lists where one item is a complete setting."""
+    return [v] if isinstance(v, (str, int, float, dict)) and not isinstance(v, bool) else v
+
+
 class ModelConfig(_Section):
     name: str = Field("roberta-base", description="Hub model id or local folder with config.json and weights.")
     trust_remote_code: bool = Field(False, description="Run model code shipped with the checkpoint. Off: it executes arbitrary code.")
@@ -56,6 +62,10 @@ class DataConfig(_Section):
     limit: Optional[int] = Field(None, ge=1, description="Use only the first N training rows after shuffling (quick runs).")
     min_words: int = Field(0, ge=0, description="Drop items with fewer words (length filter; 0 keeps all).")
     max_words: Optional[int] = Field(None, ge=1, description="Drop items with more words (length filter).")
+    min_class_rows: int = Field(
+        2, ge=1, description="Refuse to train when a class has fewer training rows (after data.limit): with fewer than "
+        "2 the stratified validation split cannot give it both a training and a validation row; 1 trains them as "
+        "they are (the split is then not stratified).")
     empty_texts: Literal["drop", "error"] = Field("drop", description="Empty/whitespace-only texts: drop them (with a count) or stop.")
     empty_labels: Literal["drop", "error"] = Field(
         "error", description="Rows whose label is empty (blank, whitespace, null, NaN): stop, naming the rows, or drop "
@@ -83,6 +93,8 @@ class DataConfig(_Section):
     head_tokens: Optional[int] = Field(
         None, ge=0, description="head_tail: tokens kept from the start (default: a quarter of what max_length leaves "
         "for text, as Sun et al.'s 128 of 512).")
+
+    _lists = field_validator("text_columns", mode="before")(_one_as_list)
 
     @field_validator("val_size")
     @classmethod
@@ -147,6 +159,8 @@ class AdapterConfig(_Section):
     tfinal: float = Field(0.2, ge=0, lt=1, description="AdaLoRA: fraction of final steps with ranks fixed.")
     delta_t: int = Field(10, ge=1, description="AdaLoRA: steps between rank re-allocations.")
 
+    _lists = field_validator("targets", "layers", mode="before")(_one_as_list)
+
     @model_validator(mode="after")
     def _check(self) -> "AdapterConfig":
         if isinstance(self.r, int) and self.r < 1:
@@ -187,8 +201,23 @@ class OptimConfig(_Section):
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD / RMSprop momentum.")
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(1e-8, gt=0)
-    schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="After warmup.")
+    schedule: Literal["cosine", "linear", "constant", "step"] = Field(
+        "cosine", description="After warmup. step: the lr times step_factor every step_size steps (torch's StepLR).")
     warmup: float = Field(0.06, ge=0, description="Linear warmup: a fraction of total steps (<1) or a number of steps (>=1).")
+    step_size: Union[Literal["epoch"], int] = Field(
+        "epoch", description="schedule step: optimizer steps between decays, counted from the first step (warmup "
+        "included), or 'epoch': at each epoch's start.")
+    step_factor: float = Field(0.1, gt=0, le=1, description="schedule step: what each decay multiplies the lr by (StepLR's gamma).")
+
+    _lists = field_validator("layer_lrs", mode="before")(_one_as_list)
+
+    @field_validator("step_size", mode="before")
+    @classmethod
+    def _step_size(cls, v):
+        # before: one message, not one per member of the union
+        if v != "epoch" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"{v!r}: must be 'epoch' or a positive number of optimizer steps")
+        return v
 
 
 class TrainConfig(_Section):
@@ -240,6 +269,8 @@ class TrainConfig(_Section):
     tracking_uri: Optional[str] = Field(
         None, description="MLflow tracking URI; default: $MLFLOW_TRACKING_URI, else a local SQLite store "
         "(sqlite:///RUN_DIR/mlflow.db; OUT/mlflow.db for --seeds and sweeps).")
+
+    _lists = field_validator("report_to", mode="before")(_one_as_list)
 
     @field_validator("eval_every")
     @classmethod

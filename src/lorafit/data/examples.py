@@ -13,15 +13,28 @@ import pandas as pd
 from .. import tasks
 from ..config import DataConfig
 from ..errors import LorafitError
+from .label_checks import check_class_rows, near_duplicate_warnings
 from .multilabel_split import iterative_split, unvalidated_note
 from .tables import read_table
 
 
 def require_columns(df: pd.DataFrame, columns: Sequence[str], source: str, field_name: str) -> None:
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise LorafitError(f"{source}: column {', '.join(repr(c) for c in missing)} not found (set {field_name}); "
-                           f"columns present: {', '.join(map(str, df.columns))}")
+    require_all(df, source, {field_name: columns})
+
+
+def require_all(df: pd.DataFrame, source: str, wanted: dict[str, Sequence[str]]) -> None:
+    """Every column a read needs ({setting or flag: its columns}), all missing ones in one message: a
+    run that names two wrong columns is not refused twice, one column per try."""
+    missing = {f: [c for c in cols if c not in df.columns] for f, cols in wanted.items()}
+    missing = {f: cols for f, cols in missing.items() if cols}
+    if not missing:
+        return
+    present = f"columns present: {', '.join(map(str, df.columns))}"
+    if len(missing) == 1:
+        (f, cols), = missing.items()
+        raise LorafitError(f"{source}: column {', '.join(repr(c) for c in cols)} not found (set {f}); {present}")
+    listed = ", ".join(f"{', '.join(repr(c) for c in cols)} (set {f})" for f, cols in missing.items())
+    raise LorafitError(f"{source}: columns not found: {listed}; {present}")
 
 
 def join_texts(df: pd.DataFrame, cfg: DataConfig, source: str, field_name: str = "data.text_columns") -> list[str]:
@@ -78,10 +91,11 @@ def infer_label_names(values: Sequence, configured: Optional[list[str]], hub_nam
 
 
 def encode_labels(values: Sequence, names: list[str], source: str, column: str, *, ids: bool = False,
-                  rows: Optional[Sequence[int]] = None, cli: bool = False) -> np.ndarray:
+                  rows: Optional[Sequence[int]] = None, cli: bool = False, configured: bool = False) -> np.ndarray:
     """Map label values to ids 0..K-1 by value; with ids, integers are ids (names given for them).
     Anything outside the label set is an error naming the first such row (rows: each value's row in
-    the file, 0-based; default its position) and how many there are; cli: checked against a run's labels."""
+    the file, 0-based; default its position) and how many there are; cli: checked against a run's labels;
+    configured: the label set is data.label_names (so the fix may be to remove it)."""
     index = {label_key(n): i for i, n in enumerate(names)}
     out = np.empty(len(values), dtype=np.int64)
     bad = []
@@ -94,12 +108,12 @@ def encode_labels(values: Sequence, names: list[str], source: str, column: str, 
         else:
             out[j] = i
     if bad:
-        raise LorafitError(_not_in_set(values, bad, names, source, column, ids, rows, cli))
+        raise LorafitError(_not_in_set(values, bad, names, source, column, ids, rows, cli, configured))
     return out
 
 
 def _not_in_set(values, bad: list[int], names: list[str], source: str, column: str, ids: bool,
-                rows: Optional[Sequence[int]], cli: bool) -> str:
+                rows: Optional[Sequence[int]], cli: bool, configured: bool = False) -> str:
     j = bad[0]
     v = values[j]
     if is_empty_label(v):
@@ -110,7 +124,14 @@ def _not_in_set(values, bad: list[int], names: list[str], source: str, column: s
         shown = repr(v)
     extra = [f"{len(bad)} of {len(values)} rows are not"] if len(values) > 1 else []
     fix = "fix the row: the run knows only these labels" if cli else "fix the row or set data.label_names"
-    if ids:
+    if configured and not cli:
+        # the usual cause: a config written for another data set; setting label_names is not the fix
+        seen = list(dict.fromkeys(label_key(values[j]) if _as_int(values[j]) is not None else repr(label_key(values[j]))
+                                  for j in bad if not is_empty_label(values[j])))
+        listed = ", ".join(seen[:5]) + (f" and {len(seen) - 5} more" if len(seen) > 5 else "")
+        fix = (f"data.label_names names ids 0..{len(names) - 1}, and the file's labels {listed} are neither those ids "
+               "nor those names: remove data.label_names to take the label set from the data, or fix the rows")
+    elif ids:
         extra.append(f"ids 0..{len(names) - 1}")
     elif _as_int(v) is not None and any(_as_int(n) is None for n in names):
         fix = ("the run's labels are names, so integers are not read as ids: write the names" if cli
@@ -141,6 +162,7 @@ class SplitData:
     val: Examples
     label_names: list[str]
     notes: list[str] = field(default_factory=list)  # what was dropped and why, for the run log
+    warnings: list[str] = field(default_factory=list)  # what may be a mistake in the data (label_checks.py)
     named_ids: bool = False  # the table named its integer ids (a ClassLabel) and data.label_names did not
 
 
@@ -173,7 +195,10 @@ def load_labelled(name: str, cfg: DataConfig, split: str, label_names: Optional[
     that receives the table's own names for integer ids (a ClassLabel), when it has them. fmt: read_table's."""
     cli = field_name.startswith("--")
     df = read_table(name, split=split, allow_pickle=cfg.allow_pickle, field=field_name, delimiter=cfg.delimiter, fmt=fmt)
-    require_columns(df, [cfg.label_column], name, "--label-column" if cli else "data.label_column")
+    require_all(df, name, {"--label-column" if cli else "data.label_column": [cfg.label_column],
+                           "--text-column" if cli else "data.text_columns": cfg.text_columns,
+                           "--text-pair-column" if cli else "data.text_pair_column":
+                               [cfg.text_pair_column] if cfg.text_pair_column else []})
     texts = join_texts(df, cfg, name, "--text-column" if cli else "data.text_columns")
     pairs = pair_texts(df, cfg, name, "--text-pair-column" if cli else "data.text_pair_column")
     values = df[cfg.label_column].tolist()
@@ -196,7 +221,8 @@ def load_labelled(name: str, cfg: DataConfig, split: str, label_names: Optional[
     names = label_names or infer_label_names(values, cfg.label_names, hub_names)
     if len(names) < 2:
         raise LorafitError(f"{name}: found {len(names)} label(s) in '{cfg.label_column}'; classification needs at least 2")
-    labels = encode_labels(values, names, name, cfg.label_column, ids=bool(cfg.label_names or hub_names), rows=rows, cli=cli)
+    labels = encode_labels(values, names, name, cfg.label_column, ids=bool(cfg.label_names or hub_names), rows=rows,
+                           cli=cli, configured=bool(cfg.label_names))
     return filter_texts(Examples(texts, labels, pairs), cfg, name, notes, rows), names, notes
 
 
@@ -261,11 +287,13 @@ def load_split(cfg: DataConfig, seed: int) -> SplitData:
     order = np.random.default_rng(seed).permutation(len(ex))
     if cfg.limit is not None:
         order = order[: cfg.limit]
+    limited = cfg.limit if cfg.limit is not None and cfg.limit < len(ex) else None
     ex = ex.subset(order)
     if cfg.task == tasks.MULTI:  # label sets: stratified per label, so rare labels get validation positives
         tr, va = iterative_split(ex.labels, checked_val_rows(cfg.val_size, len(ex)), seed)
         note = unvalidated_note(ex.labels[tr], ex.labels[va], names, tasks.DEFAULT_THRESHOLD)
-        return SplitData(ex.subset(tr), ex.subset(va), names, notes + ([note] if note else []))
+        warnings = near_duplicate_warnings(names, (ex.labels > 0.5).sum(axis=0))
+        return SplitData(ex.subset(tr), ex.subset(va), names, notes + ([note] if note else []), warnings)
     if cfg.task == tasks.REGRESSION:  # numbers, no classes to stratify on: a seeded random split
         tr, va = random_split(len(ex), cfg.val_size, seed)
         return SplitData(ex.subset(tr), ex.subset(va), names, notes)
@@ -275,5 +303,7 @@ def load_split(cfg: DataConfig, seed: int) -> SplitData:
         raise LorafitError(f"{cfg.train}: {k} distinct labels in {len(ex)} rows of column '{cfg.label_column}': most "
                            "labels occur once, so it reads as an id or a number, not classes; point "
                            "data.label_column at the class column")
+    check_class_rows(names, ex.labels, cfg.min_class_rows, cfg.train, limited)
+    warnings = near_duplicate_warnings(names, np.bincount(ex.labels, minlength=len(names)))
     tr, va = stratified_split(ex.labels, cfg.val_size, seed)
-    return SplitData(ex.subset(tr), ex.subset(va), names, notes, named_ids=bool(named) and not cfg.label_names)
+    return SplitData(ex.subset(tr), ex.subset(va), names, notes, warnings, named_ids=bool(named) and not cfg.label_names)

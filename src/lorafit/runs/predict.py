@@ -17,7 +17,7 @@ from .. import tasks
 from ..config import DataConfig
 from ..data.batches import Collator, LengthGroupedBatches, TokenDataset
 from ..data.encoding import Encoding, encode
-from ..data.examples import join_texts, pair_texts, require_columns
+from ..data.examples import join_texts, pair_texts, require_all
 from ..data.tables import read_table
 from ..errors import LorafitError
 from ..io import Target, atomic_write_text, output_target, probe_writable, regular_identity
@@ -87,10 +87,10 @@ def read_inputs(path: str, text_cfg: DataConfig, allow_pickle: bool, *, text_col
     there is no --id-column and no ID/id/Id column."""
     text_cfg = input_config(text_cfg, text_columns, delimiter=delimiter, text_pair_column=text_pair_column)
     df = read_table(path, allow_pickle=allow_pickle, field="--input", delimiter=text_cfg.delimiter, fmt=input_format)
+    require_all(df, path, {"--text-column": text_cfg.text_columns, "--id-column": [id_column] if id_column else [],
+                           "--text-pair-column": [text_cfg.text_pair_column] if text_cfg.text_pair_column else []})
     texts = join_texts(df, text_cfg, path, "--text-column")
     pairs = pair_texts(df, text_cfg, path, "--text-pair-column")
-    if id_column:
-        require_columns(df, [id_column], path, "--id-column")
     col = id_column or next((c for c in ID_COLUMNS if c in df.columns), None)
     if col is None:
         return "ID", list(range(len(df))), texts, pairs

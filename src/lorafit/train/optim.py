@@ -1,7 +1,9 @@
-"""Optimizer with tiered layer-wise learning rates, and the warmup + decay schedule."""
+"""Optimizer with tiered layer-wise learning rates, and the warmup + decay schedule (cosine, linear,
+constant, step)."""
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 
@@ -60,9 +62,23 @@ def warmup_steps(cfg: OptimConfig, total: int) -> int:
     return int(cfg.warmup) if cfg.warmup >= 1 else int(math.ceil(cfg.warmup * total))
 
 
-def build_scheduler(opt: torch.optim.Optimizer, cfg: OptimConfig, total: int):
-    """Linear warmup, then cosine / linear decay to 0, or constant (transformers' schedules)."""
+def _step_lambda(step: int, *, warmup: int, size: int, factor: float) -> float:
+    """The lr multiplier of schedule step: StepLR's factor ** (step // size), ramped up by the warmup."""
+    ramp = step / warmup if step < warmup else 1.0
+    return ramp * factor ** (step // size)
+
+
+def build_scheduler(opt: torch.optim.Optimizer, cfg: OptimConfig, total: int, steps_per_epoch: int = 1):
+    """Linear warmup, then cosine / linear decay to 0, constant (transformers' schedules), or step decay.
+    Each is a LambdaLR over the optimizer step, so a checkpoint's scheduler state (the step) restores it
+    exactly; the multiplier is a partial of a module function, as transformers' are, so that state_dict
+    holds no code."""
     from transformers import get_scheduler
 
+    warmup = min(warmup_steps(cfg, total), total)
+    if cfg.schedule == "step":
+        size = steps_per_epoch if cfg.step_size == "epoch" else cfg.step_size
+        return torch.optim.lr_scheduler.LambdaLR(opt, partial(_step_lambda, warmup=warmup, size=max(1, size),
+                                                              factor=cfg.step_factor))
     name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.schedule]
-    return get_scheduler(name, opt, num_warmup_steps=min(warmup_steps(cfg, total), total), num_training_steps=total)
+    return get_scheduler(name, opt, num_warmup_steps=warmup, num_training_steps=total)

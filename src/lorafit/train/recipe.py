@@ -178,7 +178,7 @@ class Recipe:
         self.n_params = count_all(self.model)
         check_budget(self.rows, cfg.budget.max_trainable)
         self.optimizer = build_optimizer(self.model, cfg.optim, self.plan.train_full)
-        self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.total_steps)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.total_steps, self.steps_per_epoch)
 
     def _restore(self, saved) -> None:
         """Continue from a checkpoint: the last step of setup, as it also restores the RNG states."""
@@ -421,8 +421,8 @@ class Recipe:
             result["task"] = cfg.data.task
         if self.thresholds is not None:
             result["thresholds"] = self.thresholds
-        if warnings:
-            result["warnings"] = warnings  # in eval.json and report.md too: a good accuracy can hide them
+        if warnings or self.data.warnings:  # in eval.json and report.md too: a good accuracy can hide them
+            result["warnings"] = self.data.warnings + warnings  # the data's (logged at the start) first
         if self.acc.is_main_process:
             model = self.acc.unwrap_model(self.model)
             if self.fast_dropout:
