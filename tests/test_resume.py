@@ -168,3 +168,24 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tiny_roberta, synth
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed from step" in resumed.stdout
     assert_same_run(ref, run)
+
+
+def test_a_checkpoint_written_before_new_config_keys_still_resumes(tiny_roberta, synth_csv, tmp_path):
+    """A checkpoint whose recorded config lacks keys added to lorafit since (as one written by an older
+    version) compares with those keys at their defaults; a value that really differs is still refused."""
+    from lorafit.config import RunConfig
+    from lorafit.errors import LorafitError
+
+    cfg = tiny_config(tiny_roberta, synth_csv, data__limit=100, train__checkpoint_every=2, train__epochs=1)
+    crashed = CrashAt(cfg, tmp_path / "run", log=lambda *a: None)
+    crashed.at = 3
+    with pytest.raises(Crash):
+        crashed.setup().train()
+    state = checkpoint.latest(tmp_path / "run") / "state.json"
+    meta = json.loads(state.read_text())
+    del meta["config"]["data"]["min_class_rows"], meta["config"]["optim"]["step_factor"]  # keys newer than the run
+    state.write_text(json.dumps(meta))
+    assert checkpoint.load(tmp_path / "run", cfg).meta["config"] == meta["config"]
+    edited = RunConfig.model_validate({**cfg.model_dump(mode="json"), "optim": {**cfg.optim.model_dump(mode="json"), "lr": 0.5}})
+    with pytest.raises(LorafitError, match="optim.lr"):
+        checkpoint.load(tmp_path / "run", edited)

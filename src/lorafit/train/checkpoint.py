@@ -199,11 +199,18 @@ def _flat(d: dict, prefix: str = "") -> dict:
 def load(run_dir: Path, cfg) -> Saved:
     """Read every file of the latest checkpoint (no code runs: safetensors, JSON, weights-only torch
     files) and check it was written with this config; before any heavy work."""
-    from ..config import resolve_paths
+    from pydantic import ValidationError
+
+    from ..config import RunConfig, resolve_paths
 
     folder, meta = read_meta(run_dir)
     # runs written before paths were recorded absolute: read their relative paths as config.yaml's are
-    saved = _flat(resolve_paths(meta["config"], [Path(run_dir), Path.cwd()]))
+    raw = resolve_paths(meta["config"], [Path(run_dir), Path.cwd()])
+    try:  # keys added to lorafit since the checkpoint was written take their defaults, as config.yaml's do
+        raw = RunConfig.model_validate(raw).model_dump(mode="json")
+    except ValidationError:
+        pass  # compared as written: the difference names the key
+    saved = _flat(raw)
     now = _flat(cfg.model_dump(mode="json"))
     diff = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
     if diff:
