@@ -250,7 +250,8 @@ def test_the_texts_longer_than_max_length_are_counted(tiny_bert, tiny_roberta, t
     what = "text pairs" if pairs else "texts"
     how = "pairs: longest_first" if pairs else f"data.truncation: {enc.truncation}"
     assert truncation_note(longer, len(texts), enc, pairs is not None, "test") == (
-        f"{longer} of {len(texts)} test {what} were longer than max_length {max_length} tokens and were truncated ({how})")
+        f"{longer} of {len(texts)} test {what} were longer than max_length {max_length} tokens and were "
+        f"truncated ({how})")
     assert truncation_note(42, 3275, Encoding(128)) == ("42 of 3,275 texts were longer than max_length 128 tokens and "
                                                         "were truncated (data.truncation: head)")
     assert truncation_note(0, 3275, Encoding(128)) is None

@@ -180,7 +180,8 @@ def reliability_figure(logits: np.ndarray, labels: np.ndarray, temperature: floa
 
     fig, axes = plt.subplots(2, 2, figsize=(10, 5.6), sharex=True, sharey="row", gridspec_kw={"height_ratios": [3, 1]})
     width = 1.0 / BINS
-    for (ax, strip), (title, t) in zip(axes.T, (("before (T = 1)", 1.0), (f"after (T = {temperature:.3g})", temperature))):
+    panels = (("before (T = 1)", 1.0), (f"after (T = {temperature:.3g})", temperature))
+    for (ax, strip), (title, t) in zip(axes.T, panels):
         probs = softmax(logits, t)
         filled = [r for r in reliability(probs, labels) if r["n"]]
         most = max([r["n"] for r in filled], default=1)

@@ -74,7 +74,8 @@ def _load_truncated(folder: Path) -> Optional[int]:
         return None
 
 
-def _store_cached(folder: Path, ids: list[list[int]], types: Optional[list[list[int]]] = None, truncated: int = 0) -> None:
+def _store_cached(folder: Path, ids: list[list[int]], types: Optional[list[list[int]]] = None,
+                  truncated: int = 0) -> None:
     """Flat int32 ids + offsets (plain .npy, no pickle), written to a temp folder then renamed.
     types: segment ids of the same shape (text pairs), stored as types.npy; truncated: the count of
     texts cut to max_length."""
@@ -94,8 +95,8 @@ def _store_cached(folder: Path, ids: list[list[int]], types: Optional[list[list[
 
 def tokenize(tokenizer, texts: Sequence[str], max_length: int, desc: str = "tokenising", chunk: int = 2048,
              cache: bool = True) -> tuple[list[list[int]], int]:
-    """(token ids of every text, truncated at the end to max_length and unpadded, how many texts were
-    longer). Cached on disk across runs (sweeps, seeds), keyed by the tokenizer's full definition,
+    """(token ids of every text, truncated to max_length as the tokenizer truncates and unpadded, how many
+    texts were longer). Cached on disk across runs (sweeps, seeds), keyed by the tokenizer's full definition,
     max_length and the texts; LORAFIT_CACHE moves it."""
     folder = cache_root() / _fingerprint(tokenizer, texts, max_length) if cache else None
     if folder is not None and folder.is_dir():

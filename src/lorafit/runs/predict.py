@@ -147,7 +147,8 @@ def predict_file(run_dir: str, input_path: str, output_path: str, *, allow_pickl
                                          id_column=id_column, delimiter=delimiter, text_pair_column=text_pair_column)
     thresholds = tasks.read_thresholds(run_dir, cfg.data.task)
     model, tokenizer, cfg, names = load_trained(run_dir, merge=True, device=default_device())
-    logits = predict_logits(model, tokenizer, texts, cfg.data.max_length, batch_size, pairs=pairs, data=cfg.data, log=log)
+    logits = predict_logits(model, tokenizer, texts, cfg.data.max_length, batch_size, pairs=pairs, data=cfg.data,
+                            log=log)
     labels = tasks.prediction_columns(cfg.data.task, logits, names, thresholds, cfg.data.label_delimiter)
     frame = pd.DataFrame({col: ids, "label": labels})
     if with_logits:

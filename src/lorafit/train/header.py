@@ -32,7 +32,7 @@ def write_run_header(recipe) -> None:
     imbalance = imbalance_note(recipe.data.train.labels, recipe.data.label_names, recipe.cfg.train.metric)
     for note in recipe.data.notes + ([imbalance] if imbalance else []):
         recipe.log(f"data: {note}")
-    recipe.log(f"train {len(recipe.train_ds):,} / val {len(recipe.val_ds):,} items, {len(recipe.data.label_names):,} labels; "
+    recipe.log(f"train {len(recipe.train_ds):,} / val {len(recipe.val_ds):,} items, {len(recipe.data.label_names)} labels; "
                f"{recipe.total_steps:,} optimizer steps ({recipe.steps_per_epoch:,}/epoch) on {recipe.acc.device} "
                f"x{recipe.acc.num_processes}, precision {recipe.acc.mixed_precision}; training loss logged every "
                f"{recipe.log_every:,} step{'s' * (recipe.log_every != 1)}")
