@@ -1,9 +1,8 @@
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import run_cli
 from lorafit.config import load_config
 from lorafit.errors import BudgetError, LorafitError
 from lorafit.model import budget_table, check_budget, format_table
@@ -47,7 +46,9 @@ def test_over_budget_message_names_total_and_biggest():
         check_budget(rows, 500_000)
     check_budget(rows, 1_000_000)
     table = format_table(rows, 125_000_000, 1_000_000)
-    assert table.splitlines()[-1] == "trainable: 888580 / budget: 1000000"
+    assert table.splitlines()[-1] == "trainable: 888,580 / budget: 1,000,000"
+    # every count with thousands separators, as in the table above it (the budget was once 1000000 beside 964,610)
+    assert format_table(rows, 125_000_000, None).splitlines()[-1] == "trainable: 888,580 / budget: none"
 
 
 @needs_roberta
@@ -62,11 +63,10 @@ def test_unknown_target_and_layer_out_of_range_name_what_exists():
 def test_budget_cli_exit_codes(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"model: {{name: {ROBERTA}}}\ndata: {{label_names: [a, b, c, d]}}\nbudget: {{max_trainable: 1000000}}\n")
-    run = lambda *a: subprocess.run([sys.executable, "-m", "lorafit", "budget", "--config", str(cfg), *a],
-                                    capture_output=True, text=True)
+    run = lambda *a: run_cli("budget", "--config", cfg, *a)  # this checkout's lorafit, not an installed one
     ok = run()
     assert ok.returncode == 0, ok.stderr
-    assert ok.stdout.strip().splitlines()[-1] == "trainable: 888580 / budget: 1000000"
+    assert ok.stdout.strip().splitlines()[-1] == "trainable: 888,580 / budget: 1,000,000"
     over = run("--set", "adapter.r=16")
     assert over.returncode == 2
-    assert over.stdout.strip().splitlines()[-1] == "trainable: 1183492 / budget: 1000000"
+    assert over.stdout.strip().splitlines()[-1] == "trainable: 1,183,492 / budget: 1,000,000"

@@ -46,6 +46,34 @@ def test_ece_by_hand():
     assert sum(r["n"] for r in rows) == 3 and rows[8]["n"] == 1 and rows[8]["accuracy"] == 0.0
 
 
+def test_the_reliability_diagram_shows_each_bins_count():
+    """Issue 25: a bin of 2 items at 100% dominated the 'after' panel with nothing saying how few."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgba
+
+    logits, labels = _calibrated_logits(600, 4, seed=2)
+    logits, labels = logits * 0.4, labels.copy()
+    logits[:2], labels[:2] = [30.0, 0.0, 0.0, 0.0], 0  # the top bin: 2 items, both right
+    t = 1.3
+    fig = calibration.reliability_figure(logits, labels, t, "validation")
+    try:
+        (before, after), (strip_before, strip_after) = fig.axes[:2], fig.axes[2:4]
+        for ax, strip, temp in ((before, strip_before, 1.0), (after, strip_after, t)):
+            rows = [r for r in calibration.reliability(calibration.softmax(logits, temp), labels) if r["n"]]
+            assert sum(r["n"] for r in rows) == 600
+            assert [x.get_text() for x in ax.texts] == [f"n={r['n']:,}" for r in rows]  # every bin's count, over it
+            assert [p.get_height() for p in strip.patches] == [r["n"] for r in rows]  # and in the strip below
+            top = rows[-1]
+            assert top["lo"] == pytest.approx(14 / 15) and top["n"] == 2 and top["accuracy"] == 1.0
+            drawn = [p for p in ax.patches if p.get_x() == pytest.approx(top["lo"])]
+            # one grey bar, no red gap: too few items to read as calibration
+            assert len(drawn) == 1 and drawn[0].get_facecolor() == to_rgba("lightgray")
+            big = max(rows, key=lambda r: r["n"])
+            assert big["n"] >= calibration.FEW and sum(p.get_x() == pytest.approx(big["lo"]) for p in ax.patches) == 2
+    finally:
+        plt.close(fig)
+
+
 def test_no_temperature_is_fitted_on_items_that_were_trained_on():
     logits, labels = _calibrated_logits(200, 3, seed=1)
     c = calibration.fit((logits * 3, labels), seen_in_training=True)

@@ -98,6 +98,25 @@ def test_evaluate_label_and_text_column_flags(run, tmp_path, capsys):
         f"{data}: column 'label' not found (set --label-column); columns present: sentence, topic")
 
 
+def test_predict_and_evaluate_say_how_many_texts_were_cut(run, tmp_path, capsys):
+    """Issue 25: 42 of 3,275 reviews were longer than max_length and nothing said so. The run reads 32
+    tokens; 2 of these 5 texts are longer (one by a single token), one is exactly 32."""
+    run_dir, texts, _ = run
+    words = " ".join(["goal"] * 30)  # 30 words, 32 tokens with <s> and </s>
+    long = [words, words + " match", words + " match " * 40, "goal match", "war vote"]
+    inp = tmp_path / "in.csv"
+    pd.DataFrame({"text": long, "label": ["1", "1", "1", "1", "0"]}).to_csv(inp, index=False)
+    capsys.readouterr()
+    _predict(run_dir, inp, tmp_path / "out.csv")
+    note = ("note: 2 of 5 texts were longer than max_length 32 tokens and were truncated (data.truncation: head)")
+    assert capsys.readouterr().err.splitlines() == [note, f"wrote 5 predictions to {tmp_path / 'out.csv'}"]
+    assert main(["evaluate", str(run_dir), "--data", str(inp)]) == 0
+    assert note in capsys.readouterr().err.splitlines()
+    pd.DataFrame({"text": long[3:]}).to_csv(tmp_path / "short.csv", index=False)
+    _predict(run_dir, tmp_path / "short.csv", tmp_path / "out.csv")
+    assert "note:" not in capsys.readouterr().err  # nothing cut, nothing said
+
+
 # ---------------------------------------------------------------- formats: .txt, compressed, delimiters
 
 def test_txt_is_one_text_per_line_blank_lines_kept(run, tmp_path):

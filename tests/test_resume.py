@@ -58,8 +58,9 @@ CASES = {
     # dropout on: the RNG state must be restored; grad accumulation (5 steps/epoch); evaluations and
     # top-k inside epochs
     "mid-epoch-accum-evals": (4, dict(train__grad_accum=2, train__eval_every=2, train__save_top_k=2)),
-    # second epoch, after the epoch-end checkpoint; frozen-prefix cache on (layer 0 frozen)
-    "epoch-2-prefix-cache": (14, dict(adapter__layers="[1]", optim__lr=2e-2)),
+    # second epoch, after the epoch-end checkpoint; frozen-prefix cache on (layer 0 frozen); train.log_every:
+    # auto, resolved again from the same steps (20: every step)
+    "epoch-2-prefix-cache": (14, dict(adapter__layers="[1]", optim__lr=2e-2, train__log_every="auto")),
     # optim.schedule: step, decaying at steps 3, 6, ...: the scheduler state must give the same lr after resuming
     "step-schedule": (5, dict(optim__schedule="step", optim__step_size=3, optim__step_factor=0.5)),
     # AdaLoRA's rank allocator keeps state outside the optimizer
@@ -73,7 +74,7 @@ CASES = {
 def test_resume_in_process_is_exact(case, tiny_roberta, synth_csv, tmp_path):
     at, over = CASES[case]
     cfg = tiny_config(tiny_roberta, synth_csv, data__limit=200, adapter__dropout=0.1, train__checkpoint_every=3,
-                      train__log_every=1, **over)
+                      **{"train__log_every": 1, **over})
     run_training(cfg, tmp_path / "ref", log=lambda *a: None)
     assert not (tmp_path / "ref" / "resume").exists()  # a finished run keeps no resumable state
 

@@ -105,6 +105,19 @@ def test_version():
     assert proc.returncode == 0 and proc.stdout.strip() == f"lorafit {__version__}"
 
 
+def test_every_option_says_what_it_does():
+    """Issue 25: `predict --batch-size` had no help text."""
+    import argparse
+
+    from lorafit.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    # serve's options are being reworded (their --help defaults) apart from this check; add it here after
+    missing = [f"{name} {a.option_strings[0] if a.option_strings else a.dest}" for name, p in sub.choices.items()
+               if name != "serve" for a in p._actions if not a.help]
+    assert missing == [] and {"train", "evaluate", "predict", "export", "budget", "sweep"} <= set(sub.choices)
+
+
 def test_a_missing_config_is_refused_before_torch_loads(tmp_path):
     """It took 5 s: torch (and transformers) were imported before the config file was looked at."""
     src = str(Path(__file__).resolve().parents[1] / "src")
@@ -114,3 +127,45 @@ def test_a_missing_config_is_refused_before_torch_loads(tmp_path):
                           env={"PYTHONPATH": src, "PATH": "/usr/bin:/bin"})
     assert proc.stdout.split() == ["2", "False"], proc.stderr
     assert proc.stderr.strip() == "error: nope.yaml: config file not found"
+
+
+def test_a_short_run_logs_every_step_and_says_how_many_texts_were_cut(tiny_roberta, synth_csv, tmp_path):
+    """Issue 25: a 90-step run logged every 20 steps drew 4 points; 42 of 3,275 reviews were cut at
+    max_length without a word. train.log_every: auto logs a run under 100 steps at every step, and the
+    run log counts the texts longer than max_length per split."""
+    from transformers import AutoTokenizer
+
+    from lorafit.report import read_metrics
+    from lorafit.train.recipe import Recipe
+
+    test = tmp_path / "test.csv"
+    pd.read_csv(synth_csv).tail(30).to_csv(test, index=False)
+    # 96 training items, batch 8: 12 steps in the one epoch; max_length 12 cuts the longer texts
+    cfg = tiny_config(tiny_roberta, synth_csv, data__limit=120, train__batch_size=8, train__epochs=1,
+                      train__log_every="auto", data__max_length=12, data__test=test)
+    lines = []
+    recipe = Recipe(cfg, tmp_path / "run", log=lines.append).setup()
+    recipe.train()
+    recipe.finish()
+    assert recipe.total_steps == 12
+    assert [r["step"] for r in read_metrics(tmp_path / "run") if r["type"] == "train"] == list(range(1, 13))
+    assert any(x.endswith("; training loss logged every 1 step") for x in lines), lines
+    tok = AutoTokenizer.from_pretrained(tiny_roberta)
+    for split, texts in (("train", recipe.data.train.texts), ("validation", recipe.data.val.texts),
+                         ("test", recipe.test.texts)):
+        longer = sum(len(ids) > 12 for ids in tok(texts)["input_ids"])
+        assert 0 < longer < len(texts), split
+        note = (f"data: {longer} of {len(texts)} {split} texts were longer than max_length 12 tokens and were "
+                "truncated (data.truncation: head)")
+        assert note in lines, (split, lines)
+
+
+def test_log_every_auto_gives_50_points_and_at_most_every_20_steps():
+    from lorafit.config import load_config
+    from lorafit.train.header import log_interval
+
+    assert load_config(None, []).train.log_every == "auto"
+    assert [log_interval("auto", n) for n in (1, 49, 90, 99, 100, 999, 1000, 100_000)] == [1, 1, 1, 1, 2, 19, 20, 20]
+    for total in range(50, 3000):
+        assert total // log_interval("auto", total) >= 50
+    assert log_interval(7, 90) == 7  # a number given is kept

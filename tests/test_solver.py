@@ -81,13 +81,13 @@ def test_budget_cli_solve_and_auto(tmp_path, capsys):
     plain = budget_cli(capsys, "--config", cfg)
     assert plain.returncode == 0, plain.stderr
     lines = plain.stdout.strip().splitlines()
-    assert lines[0].startswith("adapter.r: auto -> 11") and lines[-1] == "trainable: 999172 / budget: 1000000"
+    assert lines[0].startswith("adapter.r: auto -> 11") and lines[-1] == "trainable: 999,172 / budget: 1,000,000"
     solved = budget_cli(capsys, "--config", cfg, "--solve")
     assert solved.returncode == 0, solved.stderr
     out = solved.stdout
     assert "999,940  attn [query,key,value,attention.output.dense]  all       13" in out
     assert "pick: LoRA r=5 on all [query,key,value,dense], layers all, head mean_linear, layernorm trained" in out
-    assert out.strip().splitlines()[-1].startswith("trainable: 870916 / budget: 1000000")
+    assert out.strip().splitlines()[-1].startswith("trainable: 870,916 / budget: 1,000,000")
 
 
 def _count_in_comment(path: Path) -> int:
@@ -101,7 +101,7 @@ def test_shipped_roberta_best_config_counts_exactly(capsys):
     proc = budget_cli(capsys, "--config", path, "--set", f"model.name={ROBERTA}")
     assert proc.returncode == 0, proc.stderr
     n = _count_in_comment(path)
-    assert proc.stdout.strip().splitlines()[-1] == f"trainable: {n} / budget: 1000000" and n <= 1_000_000
+    assert proc.stdout.strip().splitlines()[-1] == f"trainable: {n:,} / budget: 1,000,000" and n <= 1_000_000
     assert n == 870_916
 
 

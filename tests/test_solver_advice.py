@@ -79,4 +79,4 @@ def test_minilm_at_5000_gets_a_pick(budget, tmp_path, capsys):
     code, lines = _solve_cli(capsys, "--set", f"model.name={minilm.get_model_path()}", "--set",
                              f"budget.max_trainable={budget}", tmp_path=tmp_path)
     assert code == 0, lines
-    assert lines[-1].startswith("trainable: 4612 / budget: 5000"), lines
+    assert lines[-1].startswith("trainable: 4,612 / budget: 5,000"), lines

@@ -118,15 +118,15 @@ def test_token_cache_hit_skips_the_tokenizer_and_is_identical(tiny_roberta, tmp_
     monkeypatch.setenv("LORAFIT_CACHE", str(tmp_path))
     tok = AutoTokenizer.from_pretrained(str(tiny_roberta))
     texts, _ = _texts_ids(tok, 50)
-    first = tokenize(tok, texts, 16)
+    first, _ = tokenize(tok, texts, 16)
     assert first == tok(texts, truncation=True, max_length=16)["input_ids"]
     assert len(list((tmp_path / "tokens").iterdir())) == 1
     calls = []
     monkeypatch.setattr(type(tok), "__call__", lambda *a, **k: calls.append(1))
-    assert tokenize(tok, texts, 16) == first and not calls           # served from the cache
+    assert tokenize(tok, texts, 16)[0] == first and not calls           # served from the cache
     monkeypatch.undo()
     monkeypatch.setenv("LORAFIT_CACHE", str(tmp_path))
-    assert tokenize(tok, texts, 12) != first                          # another max_length is another key
+    assert tokenize(tok, texts, 12)[0] != first                          # another max_length is another key
     assert len(list((tmp_path / "tokens").iterdir())) == 2
 
 

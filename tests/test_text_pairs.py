@@ -49,7 +49,7 @@ def _tokenizers(tiny_bert, tiny_roberta, tmp_path):
 @pytest.mark.parametrize("max_length", [12, 64])
 def test_pair_ids_equal_the_tokenizers_own_pair_encoding(tiny_bert, tiny_roberta, tmp_path, max_length):
     for name, tok in _tokenizers(tiny_bert, tiny_roberta, tmp_path).items():
-        ids, types = encode(tok, LONG, Encoding(max_length), PAIRS, cache=False)
+        ids, types, _ = encode(tok, LONG, Encoding(max_length), PAIRS, cache=False)
         ref = tok(LONG, PAIRS, truncation="longest_first", max_length=max_length)
         assert ids == ref["input_ids"], name
         if "token_type_ids" in tok.model_input_names:
@@ -57,8 +57,8 @@ def test_pair_ids_equal_the_tokenizers_own_pair_encoding(tiny_bert, tiny_roberta
         else:
             assert types is None, name
         # the cache gives the same back, and another pair text is another key
-        assert encode(tok, LONG, Encoding(max_length), PAIRS) == (ids, types)  # stored, then read back
-        assert encode(tok, LONG, Encoding(max_length), PAIRS) == (ids, types)
+        assert encode(tok, LONG, Encoding(max_length), PAIRS)[:2] == (ids, types)  # stored, then read back
+        assert encode(tok, LONG, Encoding(max_length), PAIRS)[:2] == (ids, types)
         assert encode(tok, LONG, Encoding(max_length), PAIRS[::-1])[0] != ids, name
 
 
@@ -67,7 +67,7 @@ def test_minilm_pair_has_two_segments(tmp_path):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(minilm.get_model_path())
-    ids, types = encode(tok, ["a cat sat"], Encoding(32), ["on the mat"], cache=False)
+    ids, types, _ = encode(tok, ["a cat sat"], Encoding(32), ["on the mat"], cache=False)
     assert tok.convert_ids_to_tokens(ids[0]) == ["[CLS]", "a", "cat", "sat", "[SEP]", "on", "the", "mat", "[SEP]"]
     assert types[0] == [0, 0, 0, 0, 0, 1, 1, 1, 1]
 
@@ -77,7 +77,7 @@ def test_truncation_keeps_the_chosen_tokens_and_the_special_ones(tiny_bert, tiny
     for name, tok in _tokenizers(tiny_bert, tiny_roberta, tmp_path).items():
         max_length = 10
         whole = tok(LONG, truncation=False)["input_ids"]
-        got, types = encode(tok, LONG, Encoding(max_length, mode, None if mode != "head_tail" else 3), cache=False)
+        got, types, _ = encode(tok, LONG, Encoding(max_length, mode, None if mode != "head_tail" else 3), cache=False)
         assert types is None
         for full, ids in zip(whole, got):
             if len(full) <= max_length:
@@ -97,7 +97,7 @@ def test_head_tail_default_keeps_a_quarter_from_the_start(tiny_bert):
     tok = AutoTokenizer.from_pretrained(tiny_bert)
     text = " ".join(TOPICS[0] + TOPICS[1] + TOPICS[2])  # 30 distinct words
     full = tok([text])["input_ids"][0]
-    ids, _ = encode(tok, [text], Encoding(18, "head_tail"), cache=False)
+    ids, _, _ = encode(tok, [text], Encoding(18, "head_tail"), cache=False)
     assert ids[0] == full[:1] + full[1:5] + full[-13:]  # room 16: 4 from the head, 12 from the tail (+ [SEP])
 
 
@@ -219,3 +219,39 @@ def test_a_tail_truncated_run_predicts_with_its_truncation(tmp_path, tiny_robert
     predict_file(str(tmp_path / "run"), str(inp), str(out), with_logits=True)
     got = pd.read_csv(out)[[f"logit_{n}" for n in recipe.data.label_names]].to_numpy()
     assert np.abs(got - tail).max() < 0.1 * gap, (np.abs(got - tail).max(), gap)
+
+
+@pytest.mark.parametrize("mode", ["head", "tail", "head_tail", "pairs"])
+def test_the_texts_longer_than_max_length_are_counted(tiny_bert, tiny_roberta, tmp_path, monkeypatch, mode):
+    """Issue 25: 42 of 3,275 reviews were cut at max_length and nothing said so. Texts of exactly
+    max_length tokens are not cut; the cache gives the count back with the ids."""
+    from lorafit.data.encoding import truncation_note
+
+    monkeypatch.setenv("LORAFIT_CACHE", str(tmp_path / "cache"))
+    texts = LONG + [" ".join(TOPICS[1][:n]) for n in range(6, 11)]
+    pairs = (PAIRS + ["cup"] * 5) if mode == "pairs" else None
+    for name, tok in _tokenizers(tiny_bert, tiny_roberta, tmp_path).items():
+        whole = (tok(texts, pairs) if pairs else tok(texts))["input_ids"]
+        lengths = [len(x) for x in whole]
+        max_length = sorted(lengths)[len(lengths) // 2]  # one text exactly that long: not cut
+        assert min(lengths) < max_length < max(lengths), (name, lengths)
+        enc = Encoding(max_length, "head" if mode == "pairs" else mode, 3 if mode == "head_tail" else None)
+        longer = sum(n > max_length for n in lengths)
+        ids, types, truncated = encode(tok, texts, enc, pairs)
+        assert truncated == longer, name
+        assert all(len(x) <= max_length for x in ids)
+        assert encode(tok, texts, enc, pairs) == (ids, types, truncated), name  # read back from the cache
+        assert encode(tok, texts, enc, pairs, cache=False)[2] == longer, name
+        if mode == "head":  # counted on the tokenizer's own truncation, and so is the other side's
+            assert ids == tok(texts, truncation=True, max_length=max_length)["input_ids"], name
+            tok.truncation_side = "left"
+            assert encode(tok, texts, enc, cache=False)[:2] == (tok(texts, truncation=True, max_length=max_length)[
+                "input_ids"], None), name
+    what = "text pairs" if pairs else "texts"
+    how = "pairs: longest_first" if pairs else f"data.truncation: {enc.truncation}"
+    assert truncation_note(longer, len(texts), enc, pairs is not None, "test") == (
+        f"{longer} of {len(texts)} test {what} were longer than max_length {max_length} tokens and were "
+        f"truncated ({how})")
+    assert truncation_note(42, 3275, Encoding(128)) == ("42 of 3,275 texts were longer than max_length 128 tokens and "
+                                                        "were truncated (data.truncation: head)")
+    assert truncation_note(0, 3275, Encoding(128)) is None

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from .errors import LorafitError
 
 BINS = 15
+FEW = 10  # a reliability bin with fewer items is greyed out: one item moves its accuracy 10 points or more
 FILE, PLOT = "calibration.json", "calibration.png"
 FILES = (FILE, PLOT)
 # a validation set the model gets all right pulls T towards 0 (ever sharper is ever better on it):
@@ -157,31 +158,59 @@ def read_temperature(run_dir: str | Path) -> Optional[float]:
 
 
 def plot_reliability(logits: np.ndarray, labels: np.ndarray, temperature: float, path: Path, split: str) -> None:
-    """Accuracy against confidence per bin, before (T = 1) and after temperature scaling."""
+    """Write calibration.png (reliability_figure)."""
+    import matplotlib.pyplot as plt
+
+    fig = reliability_figure(logits, labels, temperature, split)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def reliability_figure(logits: np.ndarray, labels: np.ndarray, temperature: float, split: str):
+    """Accuracy against confidence per bin, before (T = 1) and after temperature scaling, each bin's item
+    count written over it and drawn in a strip below: a bin of 2 items at 100% looked as solid as one of
+    2,000. Bins under FEW items are grey (their accuracy moves 10 points or more per item); a bin's shade
+    deepens with its count."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), sharey=True)
-    for ax, (title, t) in zip(axes, (("before (T = 1)", 1.0), (f"after (T = {temperature:.3g})", temperature))):
+    fig, axes = plt.subplots(2, 2, figsize=(10, 5.6), sharex=True, sharey="row", gridspec_kw={"height_ratios": [3, 1]})
+    width = 1.0 / BINS
+    panels = (("before (T = 1)", 1.0), (f"after (T = {temperature:.3g})", temperature))
+    for (ax, strip), (title, t) in zip(axes.T, panels):
         probs = softmax(logits, t)
-        rows = reliability(probs, labels)
-        width = 1.0 / BINS
-        filled = [r for r in rows if r["n"]]
-        ax.bar([r["lo"] for r in filled], [r["accuracy"] for r in filled], width=width, align="edge",
-               edgecolor="black", color="tab:blue", label="accuracy")
-        ax.bar([r["lo"] for r in filled], [r["confidence"] - r["accuracy"] for r in filled], width=width, align="edge",
-               bottom=[r["accuracy"] for r in filled], facecolor="none", hatch="//", edgecolor="tab:red",
-               label="gap to the confidence")  # hatched, not filled: visible above and inside the accuracy bar
-        ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+        filled = [r for r in reliability(probs, labels) if r["n"]]
+        most = max([r["n"] for r in filled], default=1)
+        for r in filled:
+            few = r["n"] < FEW
+            shade = "lightgray" if few else "tab:blue"
+            alpha = 1.0 if few else 0.35 + 0.65 * math.sqrt(r["n"] / most)  # sqrt: a 1% bin stays visible
+            ax.bar(r["lo"], r["accuracy"], width=width, align="edge", edgecolor="black", color=shade, alpha=alpha)
+            if not few:  # hatched, not filled: visible above and inside the accuracy bar
+                ax.bar(r["lo"], r["confidence"] - r["accuracy"], width=width, align="edge", bottom=r["accuracy"],
+                       facecolor="none", hatch="//", edgecolor="tab:red")
+            ax.text(r["lo"] + width / 2, max(r["accuracy"], r["confidence"]) + 0.02, f"n={r['n']:,}", rotation=90,
+                    ha="center", va="bottom", fontsize=7, color="dimgray" if few else "black")
+            strip.bar(r["lo"], r["n"], width=width, align="edge", edgecolor="black", color=shade)
+        ax.plot([0, 1], [0, 1], "k--", lw=1)
         ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-        ax.set_xlabel("confidence (top-class probability)")
+        ax.set_ylim(0, 1.25)  # room for the counts over a bar at 100%
+        ax.set_yticks(np.linspace(0, 1, 6))
         ax.set_title(f"{title}: ECE {ece(probs, labels):.4f}")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel(f"accuracy ({split}, n={len(labels)})")
-    axes[0].legend(loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        strip.set_yscale("log")  # most items sit in the top bin; a bin of 3 must still show
+        strip.set_xlabel("confidence (top-class probability)")
+        strip.grid(alpha=0.3)
+    axes[0, 0].set_ylabel(f"accuracy ({split}, n={len(labels):,})")
+    axes[1, 0].set_ylabel("items per bin")
+    fig.legend(handles=[Patch(color="tab:blue", label="accuracy (darker: more items)"),
+                        Patch(facecolor="none", hatch="//", edgecolor="tab:red", label="gap to the confidence"),
+                        Patch(color="lightgray", label=f"under {FEW} items: too few to read"),
+                        Line2D([], [], color="black", ls="--", lw=1, label="perfect calibration")],
+               loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))  # the legend below the panels, where it hides no bar
+    return fig

@@ -51,14 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "largest first, and pick one")
 
     e = sub.add_parser("evaluate", help="metrics of a finished run on a labelled file")
-    e.add_argument("run_dir")
+    e.add_argument("run_dir", help="a finished run's directory (lorafit train --out)")
     e.add_argument("--data", required=True, help="labelled file with the run's text and label columns; its labels are "
                                                  "checked against the run's by value")
     e.add_argument("--label-column", help="column holding the labels (default: the run's data.label_column)")
     _input_args(e)
 
     pr = sub.add_parser("predict", help="write ID,label predictions for an unlabelled file")
-    pr.add_argument("run_dir")
+    pr.add_argument("run_dir", help="a finished run's directory (lorafit train --out)")
     pr.add_argument("--input", required=True, help="csv / tsv / jsonl / json / txt (one text per line), optionally "
                                                     ".gz / .bz2 / .xz; parquet; pickle only with --allow-pickle; - or a "
                                                     "pipe: read as CSV unless --input-format says otherwise")
@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--id-column", help="column of IDs kept in the output (default: ID, id or Id if present, else the "
                                         "row index)")
     _input_args(pr)
-    pr.add_argument("--batch-size", type=int, default=128)
+    pr.add_argument("--batch-size", type=int, default=128, help="texts per model forward, sorted by length so each "
+                    "batch pads little (default 128); lower it if memory runs short")
     pr.add_argument("--with-logits", action="store_true", help="add one logit_<label> column per class")
     pr.add_argument("--probs", action="store_true", help="add one prob_<label> column per class: probabilities "
                                                         "calibrated by the run's temperature (calibration.json)")
@@ -100,7 +101,7 @@ def _serve_args(sub) -> None:
 def _export_args(sub) -> None:
     x = sub.add_parser("export", help="a finished run as an ONNX model or a standalone transformers folder, checked "
                                       "against lorafit's predictions before it is written")
-    x.add_argument("run_dir")
+    x.add_argument("run_dir", help="a finished run's directory (lorafit train --out)")
     x.add_argument("--format", required=True, help="onnx (ONNX Runtime, every head) or merged (a transformers folder "
                                                     "AutoModelForSequenceClassification loads; heads model, lora_dense)")
     x.add_argument("--out", required=True, help="folder to write (refused if it exists, unless --overwrite)")
@@ -226,7 +227,7 @@ def solve_budget(cfg, names: list[str], args) -> int:
         raise RuntimeError(f"solver: closed form {best.trainable:,} != PEFT count {exact:,} for {best}")
     print(f"pick: {best.describe()}")
     print(f"  {pick_command(args.config, args.overrides, best.overrides())}")
-    print(f"trainable: {exact} / budget: {budget} (pick, counted by PEFT on the meta device)")
+    print(f"trainable: {exact:,} / budget: {budget:,} (pick, counted by PEFT on the meta device)")
     return 0
 
 
@@ -256,7 +257,7 @@ def cmd_predict(args) -> int:
                      batch_size=args.batch_size, with_logits=args.with_logits, text_columns=args.text_column,
                      id_column=args.id_column, delimiter=args.delimiter, text_pair_column=args.text_pair_column,
                      probs=args.probs, input_format=args.input_format, log=lambda line: print(line, file=sys.stderr))
-    print(f"wrote {n} predictions to {'standard output' if args.output == '-' else args.output}", file=sys.stderr)
+    print(f"wrote {n:,} predictions to {'standard output' if args.output == '-' else args.output}", file=sys.stderr)
     return 0
 
 

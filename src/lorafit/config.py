@@ -230,7 +230,9 @@ class TrainConfig(_Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     precision: Literal["auto", "no", "fp16", "bf16"] = Field("auto", description="auto: bf16 on GPUs that have it, else fp16 on GPU, none on CPU.")
     eval_every: Union[Literal["epoch"], int] = Field("epoch", description="'epoch' or a number of optimizer steps.")
-    log_every: int = Field(20, ge=1, description="Log training loss every N optimizer steps.")
+    log_every: Union[Literal["auto"], int] = Field(
+        "auto", description="Log the training loss (metrics.jsonl, curves.png) every N optimizer steps; auto: "
+        "min(20, max(1, total steps // 50)), so a short run's curve still has 50 points or every step.")
     metric: METRIC = Field("accuracy", description="Selects the best checkpoint (per data.task: TASK_METRICS; "
                            "its first is the default for multi_label and regression).")
     class_weights: Union[Literal["none", "balanced"], dict[str, float]] = Field(
@@ -277,6 +279,13 @@ class TrainConfig(_Section):
     def _eval_every(cls, v):
         if isinstance(v, int) and v < 1:
             raise ValueError("must be 'epoch' or a positive number of steps")
+        return v
+
+    @field_validator("log_every")
+    @classmethod
+    def _log_every(cls, v):
+        if isinstance(v, int) and v < 1:
+            raise ValueError("must be 'auto' or a positive number of steps")
         return v
 
     @field_validator("class_weights", mode="before")

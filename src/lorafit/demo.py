@@ -51,7 +51,7 @@ def main() -> int:
     rc = cli(["evaluate", str(run), "--data", str(run / "validation.csv")]) or \
         cli(["predict", str(run), "--input", str(run / "unlabelled.csv"), "--output", str(run / "submission.csv")])
     v = json.loads((run / "eval.json").read_text())["validation"]
-    print(f"demo: validation accuracy {v['accuracy']:.4f}, macro-F1 {v['macro_f1']:.4f} (n={v['n']}); "
+    print(f"demo: validation accuracy {v['accuracy']:.4f}, macro-F1 {v['macro_f1']:.4f} (n={v['n']:,}); "
           f"done in {time.time() - t0:.0f} s; report: {run / 'report.md'}")
     return rc
 

@@ -55,7 +55,7 @@ def _calibration_section(c: dict | None) -> list[str]:
     for split in ("validation", "test"):
         if split in c:
             s = c[split]
-            lines.append(f"- {split} (n={s['n']}): ECE {s['ece_before']:.4f} → **{s['ece_after']:.4f}**, NLL "
+            lines.append(f"- {split} (n={s['n']:,}): ECE {s['ece_before']:.4f} → **{s['ece_after']:.4f}**, NLL "
                          f"{s['nll_before']:.4f} → {s['nll_after']:.4f}"
                          + (" (in-sample: the items the temperature was fitted on)" if split == "validation"
                             and c.get("fitted_on") == "validation" else ""))
@@ -77,17 +77,17 @@ def write_report(run_dir: Path, result: dict, names: list[str]) -> None:
     plot_step_curves(rows, run_dir / "curves.png")  # per logged step (curves.py)
     main = result.get("test") or result["validation"]
     which = "test" if "test" in result else "validation"
-    plot_confusion(main["confusion"], names, run_dir / "confusion.png", f"{which} (n={main['n']})")
+    plot_confusion(main["confusion"], names, run_dir / "confusion.png", f"{which} (n={main['n']:,})")
     v = result["validation"]
     params = (run_dir / "params.txt").read_text(encoding="utf-8").strip().splitlines()
     md = ["# lorafit run report", "",
           f"- trainable parameters: {result['trainable']:,} ({params[-1].split(' / ')[-1]}); {params[-2]}",
           f"- best checkpoint: step {result['best_step']} by {result['metric']}",
-          f"- validation: accuracy **{v['accuracy']:.4f}**, macro-F1 {v['macro_f1']:.4f}{_mcc(v)}, loss {v['loss']:.4f} (n={v['n']})"
+          f"- validation: accuracy **{v['accuracy']:.4f}**, macro-F1 {v['macro_f1']:.4f}{_mcc(v)}, loss {v['loss']:.4f} (n={v['n']:,})"
           + (" — note: validation items were also trained on (train.final_on_val)" if v.get("seen_in_training") else "")]
     if "test" in result:
         t = result["test"]
-        md.append(f"- test: accuracy **{t['accuracy']:.4f}**, macro-F1 {t['macro_f1']:.4f}{_mcc(t)} (n={t['n']})")
+        md.append(f"- test: accuracy **{t['accuracy']:.4f}**, macro-F1 {t['macro_f1']:.4f}{_mcc(t)} (n={t['n']:,})")
     md += [f"- **warning**: {w}" for w in result.get("warnings", [])]
     md += _calibration_section(result.get("calibration"))
     md += ["", "## Curves", "", "![training loss at every logged step, learning rate, validation metrics at every evaluation](curves.png)", "",
@@ -118,10 +118,10 @@ def write_task_report(run_dir: Path, result: dict, names: list[str], rows: list[
     md = ["# lorafit run report", "", f"- task: {task}",
           f"- trainable parameters: {result['trainable']:,} ({params[-1].split(' / ')[-1]}); {params[-2]}",
           f"- best checkpoint: step {result['best_step']} by {result['metric']}",
-          f"- validation: {tasks.describe(v, ',')}, loss {v['loss']:.4f} (n={v['n']})"
+          f"- validation: {tasks.describe(v, ',')}, loss {v['loss']:.4f} (n={v['n']:,})"
           + (" — note: validation items were also trained on (train.final_on_val)" if v.get("seen_in_training") else "")]
     if "test" in result:
-        md.append(f"- test: {tasks.describe(result['test'], ',')} (n={result['test']['n']})")
+        md.append(f"- test: {tasks.describe(result['test'], ',')} (n={result['test']['n']:,})")
     if task == tasks.MULTI:
         md.append("- decision thresholds: tuned per label on the validation split (thresholds.json), so the validation "
                   "scores are optimistic; the test scores are not")

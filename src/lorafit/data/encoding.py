@@ -4,6 +4,7 @@ are kept (data.truncation: head, tail, head_tail).
 
 `head` without a pair is the plain path of data/tokens.py, unchanged (same ids, same cache keys).
 Pairs and the other truncations are cached there too, keyed also by the pair texts / the truncation.
+Every path also counts the texts longer than max_length (`truncation_note` words it for the user).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from ..progress import progress
-from .tokens import _fingerprint, _load_cached, _load_types, _store_cached, cache_root, tokenize
+from .tokens import _fingerprint, _load_cached, _load_truncated, _load_types, _store_cached, cache_root, tokenize
 
 
 @dataclass(frozen=True)
@@ -32,54 +33,74 @@ def uses_segment_ids(tokenizer) -> bool:
 
 def encode(tokenizer, texts: Sequence[str], enc: Encoding, pairs: Optional[Sequence[str]] = None, *,
            desc: str = "tokenising", chunk: int = 2048, cache: bool = True
-           ) -> tuple[list[list[int]], Optional[list[list[int]]]]:
-    """(token ids, segment ids or None) of every text (and its pair), unpadded, at most max_length."""
+           ) -> tuple[list[list[int]], Optional[list[list[int]]], int]:
+    """(token ids, segment ids or None, how many texts were longer than max_length) of every text (and
+    its pair), unpadded, at most max_length."""
     if pairs is None and enc.truncation == "head":
-        return tokenize(tokenizer, texts, enc.max_length, desc=desc, chunk=chunk, cache=cache), None
+        ids, truncated = tokenize(tokenizer, texts, enc.max_length, desc=desc, chunk=chunk, cache=cache)
+        return ids, None, truncated
     if pairs is not None and len(pairs) != len(texts):
         raise ValueError(f"{len(texts)} texts but {len(pairs)} pair texts")
     with_types = pairs is not None and uses_segment_ids(tokenizer)
     extra = ["pair", *pairs] if pairs is not None else [f"truncation={enc.truncation}:{enc.head_tokens}"]
     folder = cache_root() / _fingerprint(tokenizer, texts, enc.max_length, extra) if cache else None
     if folder is not None and folder.is_dir():
-        ids = _load_cached(folder)
+        ids, truncated = _load_cached(folder), _load_truncated(folder)
         types = _load_types(folder) if with_types else None
-        if ids is not None and (types is not None or not with_types):
-            return ids, types
+        if ids is not None and truncated is not None and (types is not None or not with_types):
+            return ids, types, truncated
     ids: list[list[int]] = []
     types: Optional[list[list[int]]] = [] if with_types else None
+    truncated = 0
     with progress(total=len(texts), desc=desc, unit=" items", leave=False, disable=len(texts) < chunk) as bar:
         for s in range(0, len(texts), chunk):
             part = list(texts[s:s + chunk])
             if pairs is not None:
-                out = tokenizer(part, list(pairs[s:s + chunk]), truncation="longest_first", max_length=enc.max_length,
+                second = list(pairs[s:s + chunk])
+                out = tokenizer(part, second, truncation="longest_first", max_length=enc.max_length,
                                 add_special_tokens=True)
                 ids.extend(out["input_ids"])
                 if types is not None:
                     types.extend(out["token_type_ids"])
+                truncated += _pairs_cut(tokenizer, part, second, out["input_ids"], enc.max_length)
             else:
-                ids.extend(cut(tokenizer, part, enc))
+                part_ids, cut_here = cut(tokenizer, part, enc)
+                ids.extend(part_ids)
+                truncated += cut_here
             bar.update(len(part))
     if folder is not None:
-        _store_cached(folder, ids, types)
-    return ids, types
+        _store_cached(folder, ids, types, truncated)
+    return ids, types, truncated
 
 
-def cut(tokenizer, texts: Sequence[str], enc: Encoding) -> list[list[int]]:
+def _pairs_cut(tokenizer, texts: list[str], pairs: list[str], ids: list[list[int]], max_length: int) -> int:
+    """How many pairs were longer than max_length together: only those that fill it can have been, and
+    only they are encoded again, whole."""
+    full = [i for i, x in enumerate(ids) if len(x) >= max_length]
+    if not full:
+        return 0
+    whole = tokenizer([texts[i] for i in full], [pairs[i] for i in full], truncation=False, add_special_tokens=True,
+                      return_attention_mask=False, verbose=False)["input_ids"]
+    return sum(len(x) > max_length for x in whole)
+
+
+def cut(tokenizer, texts: Sequence[str], enc: Encoding) -> tuple[list[list[int]], int]:
     """Single texts encoded whole, then cut to max_length keeping the special tokens where the tokenizer
-    put them and, of the text's own tokens, the first (head), the last (tail) or both ends (head_tail)."""
+    put them and, of the text's own tokens, the first (head), the last (tail) or both ends (head_tail);
+    with how many were cut."""
     out = tokenizer(list(texts), truncation=False, add_special_tokens=True, return_special_tokens_mask=True, verbose=False)
-    result = []
+    result, truncated = [], 0
     for ids, special in zip(out["input_ids"], out["special_tokens_mask"]):
         if len(ids) <= enc.max_length:
             result.append(list(ids))
             continue
+        truncated += 1
         content = [i for i, m in enumerate(special) if not m]
         room = max(0, enc.max_length - (len(ids) - len(content)))
         keep = set(i for i, m in enumerate(special) if m)
         keep.update(kept_positions(content, room, enc))
         result.append([ids[i] for i in sorted(keep)])
-    return result
+    return result, truncated
 
 
 def kept_positions(content: list[int], room: int, enc: Encoding) -> list[int]:
@@ -94,5 +115,15 @@ def kept_positions(content: list[int], room: int, enc: Encoding) -> list[int]:
 
 def encode_one(tokenizer, text: str, enc: Encoding, pair: Optional[str] = None) -> tuple[list[int], Optional[list[int]]]:
     """One item, uncached (the sentence-shuffle augmentation re-encodes items every epoch)."""
-    ids, types = encode(tokenizer, [text], enc, None if pair is None else [pair], cache=False)
+    ids, types, _ = encode(tokenizer, [text], enc, None if pair is None else [pair], cache=False)
     return ids[0], None if types is None else types[0]
+
+
+def truncation_note(truncated: int, n: int, enc: Encoding, pairs: bool = False, split: str = "") -> Optional[str]:
+    """How many texts were cut, for the user (None when none was): the model never read the rest of them."""
+    if not truncated:
+        return None
+    what = ("text pairs" if pairs else "texts") if not split else f"{split} {'text pairs' if pairs else 'texts'}"
+    how = "pairs: longest_first" if pairs else f"data.truncation: {enc.truncation}"
+    return (f"{truncated:,} of {n:,} {what} were longer than max_length {enc.max_length:,} tokens and were "
+            f"truncated ({how})")

@@ -56,7 +56,7 @@ def ort_logits(sess, tokenizer, texts: list[str], max_length: int, batch_size: i
     from ..data.batches import Collator, LengthGroupedBatches, TokenDataset
     from ..data.tokens import tokenize
 
-    ds = TokenDataset(tokenize(tokenizer, texts, max_length))
+    ds = TokenDataset(tokenize(tokenizer, texts, max_length)[0])
     collate = Collator(tokenizer.pad_token_id)
     out = None
     for idx in LengthGroupedBatches(ds.lengths(), batch_size, shuffle=False):

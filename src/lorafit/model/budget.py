@@ -73,7 +73,7 @@ def format_table(rows: list[Row], total_params: int, budget: int | None) -> str:
     lines += [f"{r.module:<{width}}  {r.per_layer:>10,}  {max(1, len(r.layers)):>3}  {r.total:>11,}" for r in rows]
     pct = 100.0 * trainable / total_params if total_params else 0.0
     lines.append(f"model parameters: {total_params:,} ({pct:.3f}% trainable)")
-    lines.append(f"trainable: {trainable} / budget: {budget if budget is not None else 'none'}")
+    lines.append(f"trainable: {trainable:,} / budget: {'none' if budget is None else f'{budget:,}'}")
     return "\n".join(lines)
 
 

@@ -26,7 +26,8 @@ def evaluate_file(run_dir: str, data_path: str, *, allow_pickle: bool = False, b
         log(f"data: {note}")
     thresholds = tasks.read_thresholds(run_dir, cfg.data.task)
     model, tokenizer, cfg, names = load_trained(run_dir, merge=True, device=default_device())
-    logits = predict_logits(model, tokenizer, ex.texts, cfg.data.max_length, batch_size, pairs=ex.pairs, data=cfg.data)
+    logits = predict_logits(model, tokenizer, ex.texts, cfg.data.max_length, batch_size, pairs=ex.pairs, data=cfg.data,
+                            log=log)
     metrics = tasks.metrics(cfg.data.task, ex.labels, logits, names, thresholds)
     temperature = read_temperature(run_dir) if cfg.data.task == tasks.SINGLE else None
     if temperature is not None:  # the ECE of what `predict --probs` gives, and of the plain softmax

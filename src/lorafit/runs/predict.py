@@ -16,7 +16,7 @@ import torch
 from .. import tasks
 from ..config import DataConfig
 from ..data.batches import Collator, LengthGroupedBatches, TokenDataset
-from ..data.encoding import Encoding, encode
+from ..data.encoding import Encoding, encode, truncation_note
 from ..data.examples import join_texts, pair_texts, require_all
 from ..data.tables import read_table
 from ..errors import LorafitError
@@ -35,12 +35,16 @@ def default_device() -> torch.device:
 @torch.inference_mode()
 def predict_logits(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 128,
                    device: torch.device | None = None, *, pairs: Optional[list[str]] = None,
-                   data: Optional[DataConfig] = None) -> np.ndarray:
+                   data: Optional[DataConfig] = None, log: Optional[Callable[[str], None]] = None) -> np.ndarray:
     """Logits in input order. Batches are sorted by length so padding stays minimal. pairs: the second
-    texts of text pairs; data: the run's data settings (its truncation), with max_length as given."""
+    texts of text pairs; data: the run's data settings (its truncation), with max_length as given;
+    log: told how many texts were cut to max_length, if any."""
     device = device or next(model.parameters()).device
     enc = Encoding(max_length) if data is None else Encoding(max_length, data.truncation, data.head_tokens)
-    ids, types = encode(tokenizer, texts, enc, pairs)
+    ids, types, truncated = encode(tokenizer, texts, enc, pairs)
+    note = truncation_note(truncated, len(ids), enc, pairs is not None)
+    if note and log:
+        log(f"note: {note}")
     ds = TokenDataset(ids, types=types)
     sampler = LengthGroupedBatches(ds.lengths(), batch_size, shuffle=False)
     collate = Collator(tokenizer.pad_token_id)
@@ -168,7 +172,8 @@ def predict_file(run_dir: str, input_path: str, output_path: str, *, allow_pickl
                                          input_format=input_format)
     thresholds = tasks.read_thresholds(run_dir, cfg.data.task)
     model, tokenizer, cfg, names = load_trained(run_dir, merge=True, device=default_device())
-    logits = predict_logits(model, tokenizer, texts, cfg.data.max_length, batch_size, pairs=pairs, data=cfg.data)
+    logits = predict_logits(model, tokenizer, texts, cfg.data.max_length, batch_size, pairs=pairs, data=cfg.data,
+                            log=log)
     labels = tasks.prediction_columns(cfg.data.task, logits, names, thresholds, cfg.data.label_delimiter)
     frame = pd.DataFrame({col: ids, "label": labels})
     if with_logits:

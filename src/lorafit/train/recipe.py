@@ -20,7 +20,7 @@ import torch
 from .. import calibration, tasks
 from ..config import RunConfig
 from ..data.batches import TokenDataset, make_loader
-from ..data.encoding import Encoding, encode
+from ..data.encoding import Encoding, encode, truncation_note
 from ..data.examples import load_labelled, load_split, split_seed
 from ..errors import Interrupted, LorafitError, TrainingDiverged
 from ..io import atomic_write_text
@@ -157,8 +157,9 @@ class Recipe:
         if self.tokenizer.pad_token_id is None:
             raise LorafitError(f"model.name: the tokenizer of {cfg.model.name} has no pad token")
         check_max_length(cfg.model, cfg.data.max_length, self.tokenizer)  # before tokenising, before the run dir
-        self.train_ds = self._dataset(self.data.train, augment=True)
-        self.val_ds = self._dataset(self.data.val)
+        self.train_ds = self._dataset(self.data.train, augment=True, split="train")
+        self.val_ds = self._dataset(self.data.val, split="validation")
+        self.test_ds = self._dataset(self.test, split="test") if self.test is not None else None
         self.train_loader = self._loader(self.train_ds, cfg.train.batch_size, shuffle=True)
         self.val_loader = self._loader(self.val_ds, cfg.train.eval_batch_size, shuffle=False)
 
@@ -167,6 +168,7 @@ class Recipe:
         cfg, names = self.cfg, self.data.label_names
         self.steps_per_epoch = math.ceil(len(self.train_loader) / cfg.train.grad_accum)
         self.total_steps = cfg.train.max_steps or max(1, int(math.ceil(self.steps_per_epoch * cfg.train.epochs)))
+        self.log_every = header.log_interval(cfg.train.log_every, self.total_steps)
         self.model, self.plan = build_model(cfg, names, total_steps=self.total_steps)
         self.dtype_hooks, note = base_dtype.apply(self.model, cfg.model.dtype, self.acc.device)  # model/dtype.py
         self.log(note)
@@ -204,10 +206,14 @@ class Recipe:
         rows, _ = budget_table(self.cfg, names)
         check_budget(rows, self.cfg.budget.max_trainable)
 
-    def _dataset(self, ex, augment: bool = False) -> TokenDataset:
+    def _dataset(self, ex, augment: bool = False, split: Optional[str] = None) -> TokenDataset:
+        """split: named in the run log's note of how many texts were cut to max_length."""
         cfg = self.cfg.data
         enc = Encoding.of(cfg)
-        ids, types = encode(self.tokenizer, ex.texts, enc, ex.pairs)
+        ids, types, truncated = encode(self.tokenizer, ex.texts, enc, ex.pairs)
+        note = truncation_note(truncated, len(ids), enc, ex.pairs is not None, split) if split else None
+        if note:
+            self.data.notes.append(note)  # logged with the other data notes (header.py)
         p = cfg.shuffle_sentences_p if augment else 0.0
         return TokenDataset(ids, ex.labels, texts=ex.texts, tokenizer=self.tokenizer, max_length=cfg.max_length,
                             shuffle_p=p, seed=self.cfg.seed, types=types, pairs=ex.pairs, encoding=enc)
@@ -265,7 +271,7 @@ class Recipe:
         sync of one per step would cost more than a prompt stop is worth."""
         if self.acc.num_processes == 1:
             return self.stop_signal is not None
-        if not epoch_end and self.state.step % self.cfg.train.log_every:
+        if not epoch_end and self.state.step % self.log_every:
             return False
         flag = torch.tensor(float(self.stop_signal is not None), device=self.acc.device)
         return bool(self.acc.reduce(flag, reduction="sum").item())
@@ -304,7 +310,7 @@ class Recipe:
             if not self.acc.sync_gradients:
                 continue
             st.step += 1
-            if st.step % cfg.log_every == 0:
+            if st.step % self.log_every == 0:
                 self.record(type="train", step=st.step, epoch=round(st.step / self.steps_per_epoch, 4),
                             loss=round(loss.item(), 6), lr=self.scheduler.get_last_lr()[0], grad_norm=self._grad_norm(),
                             samples_per_s=round(seen * self.acc.num_processes / (time.perf_counter() - t0), 2))
@@ -409,7 +415,7 @@ class Recipe:
         result["validation"]["seen_in_training"] = cfg.train.final_on_val
         test_logits = None
         if self.test is not None:
-            loader = self.acc.prepare(self._loader(self._dataset(self.test), cfg.train.eval_batch_size, shuffle=False))
+            loader = self.acc.prepare(self._loader(self.test_ds, cfg.train.eval_batch_size, shuffle=False))
             result["test"], *test_logits = evaluation.evaluate_with_logits(self, loader)
         calibrated = None  # a temperature scales softmax classes: single_label only
         if cfg.data.task == tasks.SINGLE:
@@ -444,7 +450,7 @@ class Recipe:
             for split in ("validation", "test"):
                 if split in result:
                     m = result[split]
-                    self.log(f"{split} {tasks.describe(m, ',')} (n={m['n']})")
+                    self.log(f"{split} {tasks.describe(m, ',')} (n={m['n']:,})")
             self.log(f"run saved in {self.run_dir}")
             if self.tracking is not None:
                 self.tracking.finish(result, weights_folder(cfg))  # the run's files as MLflow artefacts
