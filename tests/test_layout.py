@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -104,13 +105,73 @@ def test_io_is_the_bottom():
 SPEED = ["prefix", "dropout", "first_token", "packed", "memory"]
 
 
+def contract_rows() -> dict[str, list[str]]:
+    """speed/__init__.py's table: module -> the names in its `install / remove` column."""
+    doc = importlib.import_module("lorafit.speed").__doc__
+    rows = [line.split("|")[1:-1] for line in doc.splitlines() if line.startswith("| ") and line.count("|") == 4]
+    return {cells[0].strip(): re.findall(r"`([\w.]+)`", cells[2]) for cells in rows if cells[0].strip() != "module"}
+
+
+def tiny_classifier():
+    """A 2-layer RoBERTa classifier from a config (no weights read) with only its head trainable."""
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    model = RobertaForSequenceClassification(RobertaConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=64,
+        max_position_embeddings=80, attn_implementation="sdpa"))
+    for n, p in model.named_parameters():
+        p.requires_grad = n.startswith("classifier.")
+    return model
+
+
+def why_off_cases(name: str) -> tuple[list, list]:
+    """(calls why_off must answer None: the switch applies, calls it must answer with a reason)."""
+    import platform
+
+    import torch
+
+    from lorafit.config import load_config
+
+    if name == "dropout":
+        return [("cpu",)], [("cuda",)]
+    if name == "packed":
+        on = [("cpu", torch.float32)] if platform.machine().lower() in ("x86_64", "amd64") else []
+        return on, [("cpu", torch.bfloat16), ("cuda", torch.float32)]
+    if name == "first_token":
+        return [(tiny_classifier(), "cls_linear")], [(tiny_classifier(), "mean_linear"), (torch.nn.Linear(2, 2), "model")]
+    if name == "prefix":
+        def cfg(*sets):
+            return load_config(None, ["model.name=roberta-base", "data.train=ag_news", *sets])
+
+        every_layer_trains = tiny_classifier().requires_grad_(True)
+        return [(tiny_classifier(), cfg())], [(tiny_classifier(), cfg("train.cache_prefix=false")),
+                                              (tiny_classifier(), cfg("data.shuffle_sentences_p=0.1")),
+                                              (every_layer_trains, cfg())]
+    if name == "memory":  # glibc has malloc_trim; nothing here can take it away
+        return ([()] if platform.libc_ver()[0] == "glibc" else []), []
+    raise AssertionError(f"lorafit.speed.{name}: add its why_off cases here")
+
+
 @pytest.mark.parametrize("name", SPEED)
 def test_each_speed_switch_says_why_it_is_off_and_can_be_installed(name):
+    """why_off answers None where the switch applies and a reason (a run-log line) where it does not, and
+    every function the contract table names for installing and removing it exists."""
     mod = importlib.import_module(f"lorafit.speed.{name}")
-    assert callable(getattr(mod, "why_off", None)), f"lorafit.speed.{name} has no why_off"
-    has_install = any(callable(getattr(mod, n, None)) for n in ("install", "apply", "heap_trimmer")) or \
-        callable(getattr(getattr(mod, "PrefixCache", None), "install", None))
-    assert has_install, f"lorafit.speed.{name} has nothing that installs it"
+    on, off = why_off_cases(name)
+    for args in on:
+        assert mod.why_off(*args) is None, (args, mod.why_off(*args))
+    for args in off:
+        reason = mod.why_off(*args)
+        assert isinstance(reason, str) and len(reason) > 10, (args, reason)
+    assert len({mod.why_off(*args) for args in off}) == len(off)  # each reason names its own cause
+    names = contract_rows()[name]
+    assert names, f"speed/__init__.py names nothing that installs {name}"
+    owner = mod
+    for n in names:  # `PrefixCache.install` / `close`: a bare name after a Class.method is that class's
+        if "." in n:
+            owner = getattr(mod, n.split(".")[0])
+            n = n.split(".")[1]
+        assert callable(getattr(owner, n, None)), f"speed/__init__.py names `{n}` for {name}, which lorafit.speed.{name} lacks"
 
 
 def test_every_speed_module_is_listed_in_the_contract():

@@ -111,10 +111,15 @@ def test_max_length_at_the_limit_trains(tiny_roberta, synth_csv, tmp_path):
     df = pd.read_csv(synth_csv).head(60)
     df.loc[0, "text"] = " ".join(["goal match league"] * 60)
     df.to_csv(data, index=False)
-    cfg = tiny_config(tiny_roberta, data, data__max_length=78, train__max_steps=1, data__val_size=0.5)
+    # 30 training items at batch 16: two steps are one epoch, so the long item is forwarded wherever the split puts it
+    cfg = tiny_config(tiny_roberta, data, data__max_length=78, train__max_steps=2, data__val_size=0.5)
     recipe = Recipe(cfg, tmp_path / "run", log=lambda *a: None).setup()
+    lengths = recipe.train_ds.lengths() + recipe.val_ds.lengths()
+    assert max(lengths) == 78 and sorted(lengths)[-2] < 78  # the long item, cut at the limit (special tokens in)
     recipe.train()
-    recipe.finish()
+    result = recipe.finish()
+    assert recipe.state.finished and recipe.state.step == 2 and len(recipe.train_ds) == 30
+    assert result["validation"]["n"] == 30 and (tmp_path / "run" / "eval.json").is_file()
 
 
 def test_old_run_with_too_long_max_length_predicts_capped(trained_run, tmp_path, capsys):

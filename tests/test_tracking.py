@@ -162,3 +162,47 @@ def test_sweep_one_mlflow_run_per_trial_under_its_study(tmp_path, tiny_roberta, 
         trial = int(r.info.run_name.split("-")[1])
         assert r.data.tags["optuna.study"] == "study" and r.data.tags["optuna.trial"] == str(trial)
         assert r.data.params["optim.lr"] in ("0.001", "0.005") and "train/loss" in r.data.metrics
+
+
+@pytest.mark.slow
+def test_mlflow_plain_file_uri_logs_to_sqlite_in_that_folder(tmp_path, tiny_roberta, synth_csv, monkeypatch, migrated_store):
+    """MLflow 3.18 refuses `file:` stores: a file: URI naming a folder without file-store runs becomes a
+    SQLite store in that folder, said once in the run log; mlflow's own client reads the run there."""
+    from mlflow import MlflowClient
+
+    from lorafit.train.run import run_training
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    folder = tmp_path / "mlruns"
+    uri = store_at(migrated_store, folder / "mlflow.db")  # where the file: URI's store goes
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"file:{folder}")
+    cfg = tiny_config(tiny_roberta, synth_csv, train__max_steps=2, train__log_every=1, data__limit=60,
+                      train__report_to='["mlflow"]')
+    lines = []
+    run_training(cfg, tmp_path / "run", log=lines.append)
+    notes = [x for x in lines if x.startswith("mlflow: MLFLOW_TRACKING_URI file:")]
+    assert len(notes) == 1 and uri in notes[0] and "refuses plain-file stores" in notes[0], lines
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("run").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "train/loss")] == [1, 2]
+    assert json.loads((tmp_path / "run" / "tracking.json").read_text())["mlflow"]["tracking_uri"] == uri
+
+
+def test_mlflow_file_store_with_runs_is_refused_before_training(tmp_path, tiny_roberta, synth_csv, monkeypatch, capsys):
+    """A folder that already holds file-store runs (experiment folder 0/): lorafit does not split them over two
+    stores; one error line naming the migration, and no run directory."""
+    from lorafit.cli import main
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    (tmp_path / "mlruns" / "0").mkdir(parents=True)
+    (tmp_path / "mlruns" / "0" / "meta.yaml").write_text("name: Default\n")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"model: {{name: {tiny_roberta}}}\ndata: {{train: {synth_csv}}}\n"
+                      f"train: {{report_to: [mlflow], tracking_uri: 'file://{tmp_path / 'mlruns'}'}}\n")
+    code = main(["train", "--config", str(config), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.splitlines() == [err], err
+    assert err.startswith("error: train.tracking_uri: file://") and "holds MLflow file-store runs" in err
+    assert "mlflow migrate-filestore" in err and "MLFLOW_ALLOW_FILE_STORE=true" in err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "mlruns" / "mlflow.db").exists()

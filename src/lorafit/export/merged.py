@@ -22,7 +22,10 @@ def check_mappable(head_type: str) -> None:
 
 
 def save_merged(model, folder: Path) -> None:
-    model.save_pretrained(folder, safe_serialization=True)
+    from ..model.load import quiet_transformers
+
+    with quiet_transformers():  # its "Writing model shards" bar: the export's own log says what was written
+        model.save_pretrained(folder, safe_serialization=True)
 
 
 def load_merged(folder: Path):

@@ -7,7 +7,8 @@ Linear calls its base layer, whatever it is). The saved adapter is plain PEFT: i
 base with `PeftModel.from_pretrained`.
 
 On CPU, bitsandbytes 0.50 dequantises each layer's weight in PyTorch at every call (its faster CPU
-kernels need the separate `kernels` package): it runs and saves memory, but is slower than bf16 there.
+kernel is downloaded from the hub by the `kernels` package, which lorafit keeps from loading unless
+LORAFIT_HUB_KERNELS=1: see lorafit/__init__.py): it runs and saves memory, but is slower than bf16 there.
 """
 from __future__ import annotations
 

@@ -70,7 +70,10 @@ def save_weights(model: torch.nn.Module, tokenizer, run_dir: Path, cfg: RunConfi
         # Saved at init_r with pruned ranks zeroed (no rank_pattern resize): reload is exact at any step.
         for pc in model.peft_config.values():
             pc.rank_pattern = None
-    model.save_pretrained(tmp, safe_serialization=True)
+    from ..model.load import quiet_transformers
+
+    with quiet_transformers():  # a whole model (adapter.method: full) draws a "Writing model shards" bar
+        model.save_pretrained(tmp, safe_serialization=True)
     if lora_init is not None:
         to_plain_lora(tmp, lora_init)
     tokenizer.save_pretrained(tmp)

@@ -16,11 +16,25 @@ SQLite for local workers). What keeps them consistent:
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from typing import Callable
 
 HEARTBEAT = 60  # seconds between a running trial's heartbeats (lorafit sweep --heartbeat)
+
+
+@contextlib.contextmanager
+def experimental_ok():
+    """Optuna marks fail_stale_trials and RetryFailedTrialCallback experimental, with a warning at every
+    call (every trial); they are what makes workers safe, and a user can do nothing about the warning."""
+    import warnings
+
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
 
 
 class SurplusTrial(Exception):
@@ -29,8 +43,6 @@ class SurplusTrial(Exception):
 
 def storage(url: str, heartbeat: int = HEARTBEAT):
     """RDBStorage with heartbeats (grace: two missed beats) and a retry of the trials they mark failed."""
-    import warnings
-
     import optuna
 
     from ..errors import LorafitError
@@ -47,8 +59,7 @@ def storage(url: str, heartbeat: int = HEARTBEAT):
 
     for attempt in range(5):
         try:
-            with warnings.catch_warnings():  # heartbeat and retries are marked experimental; they make workers safe
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            with experimental_ok():  # heartbeat and retries, like the calls below
                 return optuna.storages.RDBStorage(
                     url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
                     failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=3), **kwargs)
@@ -88,7 +99,8 @@ def retry_of(trial) -> int | None:
     from optuna.storages import RetryFailedTrialCallback
 
     frozen = trial.study._storage.get_trial(trial._trial_id)
-    return RetryFailedTrialCallback.retried_trial_number(frozen)
+    with experimental_ok():
+        return RetryFailedTrialCallback.retried_trial_number(frozen)
 
 
 def run_trials(study, objective: Callable, trials: int, after_trial: Callable, *, heartbeat: int = HEARTBEAT,
@@ -99,7 +111,8 @@ def run_trials(study, objective: Callable, trials: int, after_trial: Callable, *
 
     waiting_said = False
     while True:
-        fail_stale_trials(study)  # a dead worker's trial: failed, and queued again by the retry callback
+        with experimental_ok():
+            fail_stale_trials(study)  # a dead worker's trial: failed, and queued again by the retry callback
         done, running = counts(study)
         if done >= trials:
             return

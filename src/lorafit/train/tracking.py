@@ -10,7 +10,10 @@ $MLFLOW_TRACKING_URI, else a local SQLite store (MLflow 3 keeps its file store i
 and refuses it by default; SQLite needs only sqlalchemy + alembic, which mlflow-skinny brings) in
 the group folder: the run directory for one run, OUT for `--seeds` (one MLflow run per seed in the
 experiment named after OUT) and for `lorafit sweep` (one run per trial in the experiment named
-after the study). RUN_DIR/tracking.json records the MLflow run, so `--resume` continues it."""
+after the study). RUN_DIR/tracking.json records the MLflow run, so `--resume` continues it.
+A plain-file URI (file:DIR or a bare path) that the installed MLflow refuses becomes a SQLite store
+in DIR, with a line in the run log, unless DIR already holds file-store runs: then one error line
+before any work (store_uri)."""
 from __future__ import annotations
 
 import contextlib
@@ -53,7 +56,7 @@ def group(experiment: str, folder: Path, run_name: str, **tags):
 
 
 def check_installed(cfg) -> None:
-    """A tracker whose package is missing: one line before any work."""
+    """A tracker whose package is missing, or an MLflow store it refuses: one line before any work."""
     for name in cfg.train.report_to:
         module, pip = PACKAGES[name]
         try:
@@ -61,6 +64,8 @@ def check_installed(cfg) -> None:
         except ImportError:
             raise LorafitError(f"train.report_to: {name} needs the {pip} package, which is not installed; "
                                f"pip install {pip}, or remove {name} from train.report_to") from None
+    if "mlflow" in cfg.train.report_to:
+        store_uri(cfg, Path("."))
 
 
 def flat_params(cfg) -> dict[str, Any]:
@@ -107,7 +112,11 @@ class Tracking:
             for noisy in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
                 logging.getLogger(noisy).setLevel(logging.WARNING)  # database migrations, experiment creation
             saved = record.get("mlflow", {})
-            uri = saved.get("tracking_uri") or tracking_uri(cfg, g.folder)
+            uri, note = (saved["tracking_uri"], None) if saved.get("tracking_uri") else store_uri(cfg, g.folder)
+            if note:
+                recipe.log(note)
+            if uri.startswith("sqlite:///"):  # SQLite makes the file, not its folder
+                Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
             _use_uri(mlflow, uri)
             tags = {"lorafit.run_dir": str(run_dir.resolve()), **{k: str(v) for k, v in g.tags.items()}}
             self.mlflow = MLflowTracker(experiment_name=saved.get("experiment", g.experiment),
@@ -170,8 +179,52 @@ def _use_uri(mlflow, uri: str) -> None:
         os.environ["MLFLOW_TRACKING_URI"] = before
 
 
-def tracking_uri(cfg, folder: Path) -> str:
-    return cfg.train.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(folder / 'mlflow.db').resolve()}"
+def store_uri(cfg, folder: Path) -> tuple[str, Optional[str]]:
+    """(MLflow tracking URI, note for the run log): train.tracking_uri, else $MLFLOW_TRACKING_URI, else
+    SQLite in `folder`. A plain-file store the installed MLflow refuses moves to SQLite in its folder
+    (noted) while that folder holds no file-store runs; with runs in it, LorafitError: lorafit will not
+    split a user's runs over two stores, and migrating them is MLflow's tool's job."""
+    source = "train.tracking_uri" if cfg.train.tracking_uri else "MLFLOW_TRACKING_URI"
+    uri = cfg.train.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return f"sqlite:///{(folder / 'mlflow.db').resolve()}", None
+    where = _file_store_folder(uri)
+    if where is None or not _file_store_refused():
+        return uri, None
+    import mlflow
+
+    refuses = f"MLflow {mlflow.__version__} refuses plain-file stores unless MLFLOW_ALLOW_FILE_STORE=true"
+    db = f"sqlite:///{where / 'mlflow.db'}"
+    if where.is_dir() and any(d.is_dir() and (d.name.isdigit() or d.name in (".trash", "models")) for d in where.iterdir()):
+        raise LorafitError(f"{source}: {uri} holds MLflow file-store runs, and {refuses}; migrate them "
+                           f"(mlflow migrate-filestore --source {where} --target {db}) and give {db}, "
+                           "or set MLFLOW_ALLOW_FILE_STORE=true")
+    return db, f"mlflow: {source} {uri} is a plain-file store ({refuses}): logging to {db}, in that folder"
+
+
+def _file_store_folder(uri: str) -> Optional[Path]:
+    """The folder of a plain-file store URI, as MLflow reads one (file:DIR, file:///DIR, or a bare path); else None."""
+    from urllib.parse import unquote, urlparse
+
+    if uri in ("databricks", "databricks-uc", "uc"):  # names MLflow takes for remote stores, not folders
+        return None
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        path = unquote(parsed.path)
+    elif parsed.scheme == "" or (len(parsed.scheme) == 1 and parsed.scheme.isalpha()):  # C:\... is a path
+        path = uri
+    else:
+        return None
+    return Path(path).expanduser().resolve()
+
+
+def _file_store_refused() -> bool:
+    """MLflow 3's file store raises unless MLFLOW_ALLOW_FILE_STORE is true; versions without that switch take it."""
+    try:
+        from mlflow.environment_variables import MLFLOW_ALLOW_FILE_STORE
+    except ImportError:
+        return False
+    return not MLFLOW_ALLOW_FILE_STORE.get()
 
 
 def _read_record(run_dir: Path) -> dict:
