@@ -1,17 +1,20 @@
 """Issue 25, point 2: an empty or whitespace-only text gets no label from predict (training and evaluate
 drop such rows): an empty label and empty probability/logit cells, nothing computed, one note naming
-the rows. serve's 422 for them is in test_serve.py."""
+the rows. serve's 422 for them is in test_serve.py; a text pair's empty first text in test_text_pairs.py."""
 from __future__ import annotations
+
+import shutil
 
 import numpy as np
 import pandas as pd
+import pytest
 
-from conftest import run_cli
+from lorafit.errors import LorafitError
 
 
 def test_predict_leaves_empty_texts_unlabelled_and_says_which(trained_run, tmp_path):
     from lorafit.calibration import read_temperature, softmax
-    from lorafit.runs.predict import predict_logits
+    from lorafit.runs.predict import predict_file, predict_logits
     from lorafit.runs.weights import load_trained
 
     run_dir, recipe, _ = trained_run
@@ -20,10 +23,10 @@ def test_predict_leaves_empty_texts_unlabelled_and_says_which(trained_run, tmp_p
     inp = tmp_path / "in.csv"
     pd.DataFrame({"ID": [f"r{i}" for i in range(len(rows))], "text": rows}).to_csv(inp, index=False)
     out = tmp_path / "out.csv"
-    r = run_cli("predict", run_dir, "--input", inp, "--output", out, "--probs", "--with-logits")
-    assert r.returncode == 0, r.stderr
-    notes = [line for line in r.stderr.splitlines() if line.startswith("note:")]
-    assert len(notes) == 1 and "2 empty or whitespace-only text(s) (rows 3, 7)" in notes[0], r.stderr
+    notes: list[str] = []
+    assert predict_file(str(run_dir), str(inp), str(out), probs=True, with_logits=True, log=notes.append) == len(rows)
+    empty = [n for n in notes if "empty" in n]
+    assert len(empty) == 1 and empty[0].startswith(f"note: {inp}: 2 empty or whitespace-only text(s) (rows 3, 7)")
     got = pd.read_csv(out, keep_default_na=False, dtype=str)
     assert got["ID"].tolist() == [f"r{i}" for i in range(len(rows))]
     blank = got.iloc[[2, 6]]
@@ -39,19 +42,20 @@ def test_predict_leaves_empty_texts_unlabelled_and_says_which(trained_run, tmp_p
 
 
 def test_predict_of_only_empty_texts_loads_no_model(trained_run, tmp_path):
-    import shutil
+    from lorafit.runs.predict import predict_file
 
     run_dir, _, _ = trained_run
     bare = tmp_path / "bare"  # the run without its weights
     shutil.copytree(run_dir, bare, ignore=shutil.ignore_patterns("adapter", "model", "checkpoints"))
-    one_text = tmp_path / "one.txt"
-    one_text.write_text("x\n\n \n")
-    r = run_cli("predict", bare, "--input", one_text, "--output", tmp_path / "a.csv")
-    assert r.returncode != 0  # a text to classify needs the weights
+    one_text = tmp_path / "one.csv"
+    pd.DataFrame({"text": ["", "goal match"]}).to_csv(one_text, index=False)
+    with pytest.raises(LorafitError, match="no trained weights"):  # a text to classify needs the weights
+        predict_file(str(bare), str(one_text), str(tmp_path / "a.csv"))
     blank = tmp_path / "blank.csv"
     pd.DataFrame({"text": ["", "  ", None]}).to_csv(blank, index=False)
-    r = run_cli("predict", bare, "--input", blank, "--output", tmp_path / "b.csv")
-    assert r.returncode == 0, r.stderr
-    assert "3 empty or whitespace-only text(s) (rows 1, 2, 3)" in r.stderr
+    notes: list[str] = []
+    assert predict_file(str(bare), str(blank), str(tmp_path / "b.csv"), log=notes.append) == 3
+    assert notes == [f"note: {blank}: 3 empty or whitespace-only text(s) (rows 1, 2, 3): they get an empty label (and "
+                     "empty logit/probability cells); nothing is computed for them"]
     got = pd.read_csv(tmp_path / "b.csv", keep_default_na=False, dtype=str)
     assert got["label"].tolist() == ["", "", ""] and got["ID"].tolist() == ["0", "1", "2"]

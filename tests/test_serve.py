@@ -206,6 +206,17 @@ def test_bad_input_is_a_one_line_4xx(server, what, name, body, status, words):
     assert isinstance(detail, str) and "\n" not in detail and words in detail, detail
 
 
+def test_empty_texts_are_refused_by_the_request_check():
+    """Without a server: parse_request names the first empty text's index (a 422, like training drops them)."""
+    from lorafit.serve.app import ClientError, Limits, parse_request
+
+    assert parse_request(b'{"texts": ["  padded  ", "x"]}', Limits()).texts == ["  padded  ", "x"]
+    for body, index in ((b'{"texts": ["a", ""]}', 1), (b'{"texts": ["\\u00a0\\n", "a", ""]}', 0)):
+        with pytest.raises(ClientError) as e:
+            parse_request(body, Limits())
+        assert e.value.status == 422 and e.value.detail.startswith(f"texts.{index}: empty or whitespace-only"), e.value.detail
+
+
 def test_bad_inputs_leave_the_server_answering(server, reference):
     """Interleaved with bad requests, good ones still get predict's answers; 4xx counted in /metrics."""
     with cf.ThreadPoolExecutor(6) as pool:

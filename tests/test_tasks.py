@@ -293,6 +293,7 @@ def test_task_seeds_sweep_and_budget(task, tiny_roberta, task_data, tmp_path, ca
 
 # ---------------------------------------------------------------- issue 25: --probs per task, cross-fitted thresholds
 
+@pytest.mark.slow  # predict in new processes
 def test_task_predict_probs_and_empty_rows(task_run, tmp_path):
     """multi_label --probs: each label's sigmoid, its set exactly the labels at or above their thresholds;
     regression --probs: one error line, before the model loads. Empty texts: empty cells."""

@@ -168,6 +168,7 @@ def test_pairs_train_reload_and_predict_exactly(pair_run):
     assert json.loads(r.stdout)["accuracy"] == pytest.approx(result["validation"]["accuracy"])
 
 
+@pytest.mark.slow  # predict in new processes
 def test_a_pair_is_empty_when_its_first_text_is(pair_run, tmp_path):
     """As training drops a row whose (first) text is empty, predict leaves it unlabelled, whatever its pair;
     an empty second text alone is still a pair to classify."""

@@ -36,7 +36,8 @@ def choose_thresholds(logits: np.ndarray, labels: np.ndarray, names: list[str], 
     probs = tasks.sigmoid(logits)
     untuned = probs >= tasks.DEFAULT_THRESHOLD
     base = _score(labels, untuned, names, metric)
-    record = {"metric": metric, "folds": FOLDS, "seed": seed, "untuned": base, "cross_fitted": base, "tuned_labels": []}
+    record = {"metric": metric, "folds": FOLDS, "seed": seed, "labels": len(names), "untuned": base, "cross_fitted": base,
+              "tuned_labels": []}
     keep = {n: tasks.DEFAULT_THRESHOLD for n in names}
     n = len(labels)
     if n < 2 * FOLDS:
@@ -81,14 +82,14 @@ def describe(record: dict) -> str:
     tuned = record["tuned_labels"]
     if record.get("note"):
         return f"decision thresholds: 0.5 for every label ({record['note']})"
-    compared = (f"cross-fitted {name} on held-out validation rows {record['cross_fitted']:.4f}, at 0.5 "
-                f"{record['untuned']:.4f}")
     if not tuned:
         return (f"decision thresholds: 0.5 for every label: tuning did not beat 0.5 on held-out validation rows "
                 f"(cross-fitted {name} {record['cross_fitted_all']:.4f} with every label tuned, {record['untuned']:.4f} "
-                "at 0.5; thresholds.json)")
-    return (f"decision thresholds: tuned for {len(tuned)} of the labels ({', '.join(map(str, tuned))}), 0.5 for the "
-            f"others ({compared}; thresholds.json)")
+                "at 0.5)")
+    which = ("every label" if len(tuned) == record["labels"] else
+             f"{len(tuned)} of {record['labels']} labels ({', '.join(map(str, tuned))}), 0.5 for the others")
+    return (f"decision thresholds: tuned for {which}: cross-fitted {name} {record['cross_fitted']:.4f} on held-out "
+            f"validation rows, {record['untuned']:.4f} at 0.5 (thresholds.json)")
 
 
 def below_untuned(split: str, tuned: dict, labels: np.ndarray, logits: np.ndarray, names: list[str]
