@@ -394,6 +394,12 @@ CASES = {
         lambda e: (["predict", _pair_run(e), "--input", e.file("in.csv", "text\ngoal match\n"), "--output",
                     e.tmp / "pred.csv"], e.tmp / "pred.csv"),
         r"in\.csv: column 'hypothesis' not found \(set --text-pair-column\); columns present: text"),
+    "probs-on-regression": (
+        "`predict --probs` for a regression run (it predicts a value, not probabilities)",
+        lambda e: (["predict", _task_run(e, "score-run", ["score"], False, data__task="regression"), "--input",
+                    e.file("in.csv", "text\ngoal match\n"), "--output", e.tmp / "pred.csv", "--probs"], e.tmp / "pred.csv"),
+        r"--probs: \S+score-run is a regression run, which predicts a value, not probabilities; drop --probs: the "
+        r"label column holds the predicted value \(--with-logits adds it as logit_score too\)$"),
     "pair-column-on-a-single-text-run": (
         "`predict --text-pair-column` for a run trained on single texts",
         lambda e: e.predict(e.file("in.csv", "text,other\ngoal,match\n"), "--text-pair-column", "other"),

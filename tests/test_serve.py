@@ -48,7 +48,7 @@ def runs(tmp_path_factory, tiny_roberta, tiny_bert):
 
 
 TEXTS = [r["text"] for r in synthetic_rows(40, seed=9).to_dict("records")] + [
-    "  padded with spaces  ", "Stocks", "", "war " * 30]
+    "  padded with spaces  ", "Stocks", "war " * 30]  # an empty text is a 422 (BAD)
 
 
 class Server:
@@ -189,6 +189,8 @@ BAD = [
     ("texts not a list", "topics", {"texts": "x"}, 422, "texts"),
     ("probs not a bool", "topics", {"texts": ["x"], "probs": "yes"}, 422, "probs"),
     ("empty list", "topics", {"texts": []}, 422, "empty list"),
+    ("empty text", "topics", {"texts": ["x", "y", ""]}, 422, "texts.2: empty or whitespace-only text"),
+    ("blank text", "named", {"texts": [" \t\n ", "x"]}, 422, "texts.0: empty or whitespace-only text"),
     ("too many texts", "topics", {"texts": ["x"] * 51}, 413, "at most 50"),
     ("text too long", "topics", {"texts": ["x", "y" * 1001]}, 413, "texts.1: 1001 characters, at most 1000"),
     ("body too large", "topics", b'{"texts": ["' + b"z" * 400_000 + b'"]}', 413, "body:"),
@@ -202,6 +204,17 @@ def test_bad_input_is_a_one_line_4xx(server, what, name, body, status, words):
     assert r.status_code == status, r.text
     detail = r.json()["detail"]
     assert isinstance(detail, str) and "\n" not in detail and words in detail, detail
+
+
+def test_empty_texts_are_refused_by_the_request_check():
+    """Without a server: parse_request names the first empty text's index (a 422, like training drops them)."""
+    from lorafit.serve.app import ClientError, Limits, parse_request
+
+    assert parse_request(b'{"texts": ["  padded  ", "x"]}', Limits()).texts == ["  padded  ", "x"]
+    for body, index in ((b'{"texts": ["a", ""]}', 1), (b'{"texts": ["\\u00a0\\n", "a", ""]}', 0)):
+        with pytest.raises(ClientError) as e:
+            parse_request(body, Limits())
+        assert e.value.status == 422 and e.value.detail.startswith(f"texts.{index}: empty or whitespace-only"), e.value.detail
 
 
 def test_bad_inputs_leave_the_server_answering(server, reference):

@@ -138,6 +138,12 @@ def test_task_trains_and_reloads_exactly(task_run):
         saved = json.loads((run_dir / "thresholds.json").read_text())
         assert saved == result["thresholds"] and set(saved) == set(NAMES)
         assert all(0 < t < 1 for t in saved.values())
+        # 0.5 unless the cross-fitted tuning beat it (issue 25); the scores at 0.5 are kept beside the tuned ones
+        tuning = result["threshold_tuning"]
+        assert tuning["metric"] == "micro_f1" and set(tuning["tuned_labels"]) <= set(NAMES)
+        assert all(saved[n] == 0.5 for n in NAMES if n not in tuning["tuned_labels"])
+        assert set(v["untuned"]) == {"micro_f1", "macro_f1", "subset_accuracy"}
+        assert "decision thresholds: " in (run_dir / "report.md").read_text()
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     key, eval_key = tasks.curve_keys(task)
     assert all(key in r for r in rows if r["type"] == "epoch") and all(eval_key in r for r in rows if r["type"] == "eval")
@@ -283,3 +289,139 @@ def test_task_seeds_sweep_and_budget(task, tiny_roberta, task_data, tmp_path, ca
     assert main(["sweep", "--config", str(cfg), "--trials", "2", "--out", str(tmp_path / "sweep")]) == 0
     trials = pd.read_csv(tmp_path / "sweep" / "trials.csv")
     assert metric in trials.columns and trials[metric].notna().all()
+
+
+# ---------------------------------------------------------------- issue 25: --probs per task, cross-fitted thresholds
+
+@pytest.mark.slow  # predict in new processes
+def test_task_predict_probs_and_empty_rows(task_run, tmp_path):
+    """multi_label --probs: each label's sigmoid, its set exactly the labels at or above their thresholds;
+    regression --probs: one error line, before the model loads. Empty texts: empty cells."""
+    import shutil
+
+    from lorafit.runs.predict import predict_logits
+
+    task, run_dir, recipe, result = task_run
+    texts = recipe.data.val.texts[:30]
+    inp = tmp_path / "in.csv"
+    pd.DataFrame({"text": texts[:4] + [" "] + texts[4:]}).to_csv(inp, index=False)  # data row 5 is empty
+    out = tmp_path / "out.csv"
+    if task == "regression":
+        bare = tmp_path / "bare"  # without its weights: the refusal must come before the model loads
+        shutil.copytree(run_dir, bare, ignore=shutil.ignore_patterns("adapter", "model"))
+        r = run_cli("predict", bare, "--input", inp, "--output", out, "--probs")
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+        assert r.stderr.startswith(f"error: --probs: {bare} is a regression run") and "logit_score" in r.stderr
+        assert not out.exists()
+        r = run_cli("predict", run_dir, "--input", inp, "--output", out)
+        assert r.returncode == 0 and "rows 5" not in r.stderr and "(row 5)" in r.stderr, r.stderr
+        assert pd.read_csv(out, keep_default_na=False, dtype=str)["label"][4] == ""
+        return
+    r = run_cli("predict", run_dir, "--input", inp, "--output", out, "--probs", "--with-logits")
+    assert r.returncode == 0, r.stderr
+    assert "is missing" not in r.stderr and "each label's sigmoid" in r.stderr and "(row 5)" in r.stderr, r.stderr
+    got = pd.read_csv(out, keep_default_na=False, dtype=str)
+    assert (got.drop(columns="ID").iloc[4] == "").all(), got.iloc[4]
+    got = got.drop(index=4)
+    names = recipe.data.label_names
+    logits = predict_logits(recipe.acc.unwrap_model(recipe.model).eval(), recipe.tokenizer, texts, 32)
+    probs = got[[f"prob_{n}" for n in names]].to_numpy(np.float64)
+    np.testing.assert_allclose(probs, tasks.sigmoid(logits), atol=1e-5)  # merged vs unmerged: ~1e-6
+    assert np.abs(probs.sum(1) - 1).max() > 0.1  # not a softmax across labels
+    thresholds = json.loads((run_dir / "thresholds.json").read_text())
+    sets = [json.loads(x) for x in got["label"]]
+    assert sets == [[n for n, p in zip(names, row) if p >= thresholds[n]] for row in probs]  # as written
+
+
+def test_multi_label_probs_as_written_agree_with_the_thresholds(tmp_path):
+    """A float32 text can round across a threshold (0.4199999... -> "0.42"): such a cell is written exactly."""
+    from lorafit.runs.predict import probability_columns
+
+    target = np.float32(np.log(0.42 / 0.58))
+    for _ in range(200):  # float32 logits just below 0.42's: sigmoid < 0.42 while its float32 text reads 0.42
+        target = np.nextafter(target, np.float32(-1))
+        p = tasks.sigmoid(np.array([target]))[0]
+        if p < 0.42 and str(np.float32(p)) == "0.42":
+            break
+    else:
+        pytest.fail("no float32 logit rounds across 0.42")
+    logits = np.array([[target, 0.3], [3.0, -2.0]], dtype=np.float32)
+    thresholds = {"a": 0.42, "b": 0.5}
+    cols = probability_columns(str(tmp_path), logits, ["a", "b"], task=tasks.MULTI, thresholds=thresholds)
+    written = cols.to_numpy(np.float64)
+    decided = tasks.label_sets(logits, ["a", "b"], thresholds)
+    np.testing.assert_array_equal(written >= [0.42, 0.5], decided)
+    assert cols["prob_a"][0] != "0.42" and cols["prob_a"][1] == str(np.float32(tasks.sigmoid(3.0)))
+
+
+def _rare_labels_the_model_misses(n: int, rng, rare: int) -> tuple[np.ndarray, np.ndarray]:
+    """Three labels the model predicts well; three rare ones whose positives it scores ~0.09 (negatives lower, but
+    overlapping): a validation split with 2 positives each makes per-label F1 tuning drop their thresholds to ~0.1."""
+    y = np.zeros((n, 6), np.float32)
+    y[:, :3] = rng.random((n, 3)) < 0.4
+    for k in range(3, 6):
+        y[rng.choice(n, rare, replace=False), k] = 1
+    logits = np.where(y > 0, rng.normal(3, 1, (n, 6)), rng.normal(-3, 1, (n, 6)))
+    logits[:, 3:] = np.where(y[:, 3:] > 0, rng.normal(-2.3, 0.3, (n, 3)), rng.normal(-3.2, 0.8, (n, 3)))
+    return logits.astype(np.float32), y
+
+
+def _positives_scored_low(n: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Every label's positives score ~0.3 and its negatives ~0.05: 0.5 misses most positives."""
+    y = (rng.random((n, 6)) < 0.15).astype(np.float32)
+    return (rng.normal(-3.0, 1.0, (n, 6)) + 2.5 * y).astype(np.float32), y
+
+
+NAMES6 = list("abcdef")
+
+
+@pytest.mark.parametrize("metric", ["micro_f1", "subset_accuracy"])
+def test_thresholds_stay_at_half_when_tuning_overfits(metric):
+    from lorafit.thresholds import choose_thresholds, describe
+
+    rng = np.random.default_rng(0)
+    val_logits, val_y = _rare_labels_the_model_misses(40, rng, rare=2)
+    test_logits, test_y = _rare_labels_the_model_misses(4000, rng, rare=200)
+    naive = tasks.tune_thresholds(val_logits, val_y, NAMES6)  # tuned and scored on the same 40 rows
+    assert all(naive[n] < 0.2 for n in "def")
+    score = lambda thr: tasks.metrics(tasks.MULTI, test_y, test_logits, NAMES6, thr)[metric]  # noqa: E731
+    assert score(naive) < score(None) - 0.05  # the issue: tuned scores below untuned on new rows
+
+    thresholds, record = choose_thresholds(val_logits, val_y, NAMES6, metric, seed=0)
+    assert thresholds == dict.fromkeys(NAMES6, 0.5) and record["tuned_labels"] == []
+    assert record["metric"] == metric and record["cross_fitted_all"] < record["untuned"] == record["cross_fitted"]
+    assert describe(record).startswith("decision thresholds: 0.5 for every label: tuning did not beat 0.5")
+
+
+def test_thresholds_are_tuned_when_it_clearly_helps():
+    from lorafit.thresholds import choose_thresholds, describe
+
+    rng = np.random.default_rng(0)
+    val_logits, val_y = _positives_scored_low(200, rng)
+    test_logits, test_y = _positives_scored_low(4000, rng)
+    thresholds, record = choose_thresholds(val_logits, val_y, NAMES6, "micro_f1", seed=3)
+    assert len(record["tuned_labels"]) >= 5 and all(thresholds[n] < 0.4 for n in record["tuned_labels"])
+    assert record["cross_fitted"] > record["untuned"] + 0.1
+    score = lambda thr: tasks.metrics(tasks.MULTI, test_y, test_logits, NAMES6, thr)["micro_f1"]  # noqa: E731
+    assert score(thresholds) > score(None) + 0.1
+    assert choose_thresholds(val_logits, val_y, NAMES6, "micro_f1", seed=3) == (thresholds, record)  # seeded
+    assert "decision thresholds: tuned for" in describe(record)
+    # train.metric: loss does not depend on thresholds: tuned for micro-F1; too few rows: 0.5, said so
+    assert choose_thresholds(val_logits, val_y, NAMES6, "loss", seed=3)[1]["metric"] == "micro_f1"
+    few, note = choose_thresholds(val_logits[:3], val_y[:3], NAMES6, "micro_f1", seed=3)
+    assert few == dict.fromkeys(NAMES6, 0.5) and "too few" in describe(note)
+
+
+def test_tuned_scores_below_untuned_are_a_warning():
+    from lorafit.thresholds import below_untuned
+
+    rng = np.random.default_rng(1)
+    logits, y = _rare_labels_the_model_misses(200, rng, rare=10)
+    naive = tasks.tune_thresholds(logits[:40], y[:40], NAMES6)
+    tuned = tasks.metrics(tasks.MULTI, y, logits, NAMES6, naive)
+    untuned, warning = below_untuned("test", tuned, y, logits, NAMES6)
+    assert untuned == tasks.scores(tasks.metrics(tasks.MULTI, y, logits, NAMES6, None))
+    assert untuned["subset_accuracy"] > tuned["subset_accuracy"]
+    assert warning.startswith("test: the tuned decision thresholds score below 0.5 thresholds: ")
+    assert f"subset accuracy {tuned['subset_accuracy']:.4f} (at 0.5: {untuned['subset_accuracy']:.4f})" in warning
+    assert below_untuned("test", untuned, y, logits, NAMES6)[1] is None

@@ -168,6 +168,22 @@ def test_pairs_train_reload_and_predict_exactly(pair_run):
     assert json.loads(r.stdout)["accuracy"] == pytest.approx(result["validation"]["accuracy"])
 
 
+@pytest.mark.slow  # predict in new processes
+def test_a_pair_is_empty_when_its_first_text_is(pair_run, tmp_path):
+    """As training drops a row whose (first) text is empty, predict leaves it unlabelled, whatever its pair;
+    an empty second text alone is still a pair to classify."""
+    run_dir, recipe, _, folder = pair_run
+    val = recipe.data.val
+    inp = tmp_path / "in.csv"
+    pd.DataFrame({"text": [val.texts[0], "", val.texts[2]],
+                  "hypothesis": [val.pairs[0], val.pairs[1], ""]}).to_csv(inp, index=False)
+    out = tmp_path / "out.csv"
+    r = run_cli("predict", run_dir, "--input", inp, "--output", out, "--with-logits")
+    assert r.returncode == 0 and "1 empty or whitespace-only text(s) (row 2)" in r.stderr, r.stderr
+    got = pd.read_csv(out, keep_default_na=False, dtype=str)
+    assert got["label"][1] == "" and got["label"][0] != "" and got["label"][2] != ""
+
+
 def test_missing_pair_column_is_one_line(pair_run, tmp_path, tiny_bert):
     run_dir, _, _, _ = pair_run
     inp = tmp_path / "no-pair.csv"

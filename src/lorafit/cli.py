@@ -70,8 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--batch-size", type=int, default=128, help="texts per model forward, sorted by length so each "
                     "batch pads little (default 128); lower it if memory runs short")
     pr.add_argument("--with-logits", action="store_true", help="add one logit_<label> column per class")
-    pr.add_argument("--probs", action="store_true", help="add one prob_<label> column per class: probabilities "
-                                                        "calibrated by the run's temperature (calibration.json)")
+    pr.add_argument("--probs", action="store_true", help="add one prob_<label> column per label: single_label, the softmax "
+                                                        "calibrated by the run's temperature (calibration.json); "
+                                                        "multi_label, each label's sigmoid (its set: prob >= its "
+                                                        "threshold in thresholds.json); not for regression")
     _serve_args(sub)
     _export_args(sub)
     return ap

@@ -122,9 +122,13 @@ def write_task_report(run_dir: Path, result: dict, names: list[str], rows: list[
           + (" — note: validation items were also trained on (train.final_on_val)" if v.get("seen_in_training") else "")]
     if "test" in result:
         md.append(f"- test: {tasks.describe(result['test'], ',')} (n={result['test']['n']:,})")
-    if task == tasks.MULTI:
-        md.append("- decision thresholds: tuned per label on the validation split (thresholds.json), so the validation "
-                  "scores are optimistic; the test scores are not")
+    if task == tasks.MULTI and "threshold_tuning" in result:
+        from .thresholds import describe
+
+        tuned = bool(result["threshold_tuning"]["tuned_labels"])
+        md.append(f"- {describe(result['threshold_tuning'])}"
+                  + ("; the validation scores use thresholds tuned on those rows, so they are optimistic (the test "
+                     "scores are not)" if tuned else ""))
     md += [f"- **warning**: {w}" for w in result.get("warnings", [])]
     md += ["", "## Curves", "", "![loss and score per epoch](curves.png)", ""]
     main = result.get("test") or v

@@ -91,6 +91,8 @@ def parse_request(body: bytes, limits: Limits) -> PredictRequest:
     for i, t in enumerate(req.texts):
         if len(t) > limits.max_chars:
             raise ClientError(413, f"texts.{i}: {len(t)} characters, at most {limits.max_chars} (--max-chars)")
+        if not t.strip():  # training drops such rows and predict leaves their label empty: no label to give
+            raise ClientError(422, f"texts.{i}: empty or whitespace-only text; remove it (there is nothing to classify)")
     return req
 
 

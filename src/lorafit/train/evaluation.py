@@ -12,6 +12,7 @@ from ..io import save_tensors_durably
 from ..metrics import higher_is_better
 from ..model.budget import trainable_state
 from ..progress import progress
+from ..thresholds import below_untuned, choose_thresholds, describe
 
 
 @torch.inference_mode()
@@ -43,12 +44,29 @@ def evaluate_with_logits(recipe, loader) -> tuple[dict, np.ndarray, np.ndarray]:
     return out, logits, labels
 
 
-def tuned_thresholds(recipe) -> dict | None:
-    """multi_label: per-label thresholds tuned on the validation split (the full model's own loader)."""
+def tuned_thresholds(recipe) -> tuple[dict | None, dict | None]:
+    """multi_label: per-label thresholds (0.5 unless a cross-fitted tuning on the validation split beats it:
+    thresholds.py) and the record of that choice; (None, None) for other tasks."""
     if recipe.cfg.data.task != tasks.MULTI:
-        return None
+        return None, None
     logits, labels, _ = predict_logits(recipe, recipe.final_val_loader)
-    return tasks.tune_thresholds(logits, labels, recipe.data.label_names)
+    thresholds, record = choose_thresholds(logits, labels, recipe.data.label_names, recipe.cfg.train.metric,
+                                           recipe.cfg.seed)
+    if recipe.acc.is_main_process:
+        recipe.log(describe(record))
+    return thresholds, record
+
+
+def untuned_warnings(recipe, result: dict, val: list, test: list | None) -> list[str]:
+    """multi_label: each split's scores at 0.5 into result[split]['untuned'], and a warning for every split whose
+    scores with the tuned thresholds are below them. val, test: [logits, labels]."""
+    if recipe.thresholds is None:
+        return []
+    out = []
+    for split, (logits, labels) in (("validation", val), ("test", test)) if test else (("validation", val),):
+        result[split]["untuned"], warning = below_untuned(split, result[split], labels, logits, recipe.data.label_names)
+        out += [warning] if warning else []
+    return out
 
 
 def evaluate_and_keep(recipe) -> bool:

@@ -408,7 +408,7 @@ class Recipe:
         self.cleanup()  # drop the prefix cache: the full model from here on (final epoch, final metrics, saving)
         if cfg.train.final_on_val:
             final_epoch.train_on_all(self)
-        self.thresholds = evaluation.tuned_thresholds(self)  # multi_label only; the metrics below use them
+        self.thresholds, tuning = evaluation.tuned_thresholds(self)  # multi_label only; the metrics below use them
         val, *val_logits = evaluation.evaluate_with_logits(self, self.final_val_loader)
         result = {"best_step": self.state.best_step, "metric": cfg.train.metric, "trainable": sum(r.total for r in self.rows),
                   "validation": val}
@@ -423,10 +423,11 @@ class Recipe:
             result["calibration"] = calibrated.summary
         warnings = [w for split in ("validation", "test") if split in result
                     for w in [never_predicted(result[split], self.data.label_names, split)] if w]
+        warnings += evaluation.untuned_warnings(self, result, val_logits, test_logits)  # multi_label: tuned below 0.5
         if cfg.data.task != tasks.SINGLE:
             result["task"] = cfg.data.task
         if self.thresholds is not None:
-            result["thresholds"] = self.thresholds
+            result["thresholds"], result["threshold_tuning"] = self.thresholds, tuning
         if warnings or self.data.warnings:  # in eval.json and report.md too: a good accuracy can hide them
             result["warnings"] = self.data.warnings + warnings  # the data's (logged at the start) first
         if self.acc.is_main_process:
