@@ -38,10 +38,6 @@ def task_of(cfg) -> Task:
     return get(cfg.data.task if hasattr(cfg, "data") else cfg.task)
 
 
-def loss(task: str, logits, labels, label_smoothing: float = 0.0, weight=None):
-    return get(task).loss(logits, labels, label_smoothing, weight)
-
-
 def metrics(task: str, labels: np.ndarray, logits: np.ndarray, names: list[str], thresholds: Optional[dict] = None) -> dict:
     return get(task).metrics(labels, logits, names, thresholds)
 

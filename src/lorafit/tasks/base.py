@@ -9,6 +9,7 @@ an input shape (data.text_pair_column), not a task: every task takes them.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -137,7 +138,6 @@ class Task:
 
     def save_thresholds(self, run_dir: Path, thresholds: Optional[dict]) -> None:
         if thresholds is not None:
-            from ..io import atomic_write_text
-            import json
+            from ..io import atomic_write_text  # here: io loads torch, which a config check of the task does not need
 
             atomic_write_text(Path(run_dir) / THRESHOLDS_FILE, json.dumps(thresholds, indent=2))
