@@ -124,10 +124,11 @@ def load_labelled(name: str, cfg: DataConfig, split: str, label_names: Optional[
         notes.append(f"dropped {n} row(s) with no label from {name}")
         texts, values = [texts[r] for r in rows], [values[r] for r in rows]
         pairs = None if pairs is None else [pairs[r] for r in rows]
-    hub_names = df.attrs.get("label_names", {}).get(cfg.label_column) if task_of(cfg).class_ids else None
+    task = task_of(cfg)
+    hub_names = df.attrs.get("label_names", {}).get(cfg.label_column) if task.class_ids else None
     if table_names is not None and hub_names:
         table_names.extend(hub_names)
-    labels, names = task_of(cfg).targets(values, cfg, label_names, name, rows, cli, hub_names)
+    labels, names = task.targets(values, cfg, label_names, name, rows, cli, hub_names)
     return filter_texts(Examples(texts, labels, pairs), cfg, name, notes, rows), names, notes
 
 
