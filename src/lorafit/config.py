@@ -401,11 +401,13 @@ class RunConfig(_Section):
     def _task_metrics(self) -> "RunConfig":
         """train.metric (and a sweep's metric) must be one of data.task's; left at its default it becomes
         the task's first (micro_f1, pearson), which config.yaml then records."""
+        from .tasks import get  # here: tasks read label cells with pandas, which config alone does not need
+
         task, allowed = self.data.task, TASK_METRICS[self.data.task]
-        if task == "regression" and self.train.class_weights != "none":
+        if not get(task).weighs_classes and self.train.class_weights != "none":
             raise ValueError("train.class_weights: a regression has no classes to weigh; remove it (or use data.task: "
                              "single_label / multi_label)")
-        if task != "single_label" and self.train.sampler == "balanced":
+        if not get(task).samples_by_class and self.train.sampler == "balanced":
             raise ValueError(f"train.sampler: balanced draws by class and needs data.task: single_label (this is {task}); "
                              "use train.class_weights for multi_label")
         for section, used in (("train", True), ("sweep", bool(self.sweep.space))):

@@ -122,7 +122,7 @@ def write_task_report(run_dir: Path, result: dict, names: list[str], rows: list[
           + (" — note: validation items were also trained on (train.final_on_val)" if v.get("seen_in_training") else "")]
     if "test" in result:
         md.append(f"- test: {tasks.describe(result['test'], ',')} (n={result['test']['n']:,})")
-    if task == tasks.MULTI and "threshold_tuning" in result:
+    if "threshold_tuning" in result:  # multi_label's
         from .thresholds import describe
 
         tuned = bool(result["threshold_tuning"]["tuned_labels"])
@@ -131,13 +131,6 @@ def write_task_report(run_dir: Path, result: dict, names: list[str], rows: list[
                      "scores are not)" if tuned else ""))
     md += [f"- **warning**: {w}" for w in result.get("warnings", [])]
     md += ["", "## Curves", "", "![loss and score per epoch](curves.png)", ""]
-    main = result.get("test") or v
-    if task == tasks.MULTI:
-        md += [f"## {'Test' if 'test' in result else 'Validation'} per label", "",
-               "| label | threshold | precision | recall | F1 | support |", "|---|---|---|---|---|---|"]
-        md += [f"| {n} | {c['threshold']:.2f} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1-score']:.4f} | "
-               f"{int(c['support'])} |" for n, c in main["per_label"].items()]
-    else:
-        md += [f"- {'test' if 'test' in result else 'validation'} RMSE {main['rmse']:.4f}, MAE {main['mae']:.4f}"]
+    md += tasks.get(task).report_lines(result)
     md += ["", "## Parameter table", "", "```", *params, "```", ""]
     atomic_write_text(run_dir / "report.md", "\n".join(md))

@@ -95,7 +95,7 @@ def describe(record: dict) -> str:
 def below_untuned(split: str, tuned: dict, labels: np.ndarray, logits: np.ndarray, names: list[str]
                   ) -> tuple[dict, Optional[str]]:
     """The split's scores at 0.5, and a warning when a score with the tuned thresholds is below its untuned one."""
-    untuned = tasks.scores(tasks.metrics(tasks.MULTI, labels, logits, names, None))
+    untuned = tasks.scores(tasks.multi_label_metrics(labels, tasks.label_sets(logits, names, None), names, None))
     worse = [f"{tasks.NAMES[k]} {tuned[k]:.4f} (at 0.5: {v:.4f})" for k, v in untuned.items() if tuned[k] < v]
     if not worse:
         return untuned, None

@@ -1,20 +1,19 @@
-"""From a table to examples: texts (joined columns), labels by value (or ids the data names),
-empty labels and texts, the length filter, and the seeded train/validation split (stratified by class;
-per label for multi_label, data/multilabel_split.py; random for regression)."""
+"""From a table to examples: texts (joined columns), labels by value (or ids the data names) as the
+task encodes them (tasks/), empty labels and texts, the length filter, and the seeded train/validation
+split the task chooses (stratified by class, data/splits.py; per label for multi_label,
+data/multilabel_split.py; random for regression)."""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
-from .. import tasks
 from ..config import DataConfig
 from ..errors import LorafitError
-from .label_checks import check_class_rows, near_duplicate_warnings
-from .multilabel_split import iterative_split, unvalidated_note
+from ..tasks import task_of
+from .labels import encode_labels, is_empty_label  # noqa: F401 (encode_labels: tests import it from here)
 from .tables import read_table
 
 
@@ -53,93 +52,6 @@ def pair_texts(df: pd.DataFrame, cfg: DataConfig, source: str, field_name: str =
         return None
     require_columns(df, [cfg.text_pair_column], source, field_name)
     return df[cfg.text_pair_column].fillna("").astype(str).str.strip().tolist()
-
-
-def _as_int(v) -> Optional[int]:
-    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
-        return int(v)
-    if isinstance(v, (float, np.floating)) and float(v).is_integer():
-        return int(v)
-    if isinstance(v, str) and re.fullmatch(r"\s*-?\d+(\.0*)?\s*", v):
-        return int(v.strip().split(".")[0])
-    return None
-
-
-def label_key(v) -> str:
-    """A label value as the label set holds it: '3' for 3, 3.0, '3.0'; else the stripped text."""
-    i = _as_int(v)
-    return str(i) if i is not None else str(v).strip()
-
-
-def is_empty_label(v) -> bool:
-    if isinstance(v, str):
-        return not v.strip()
-    return v is None or (pd.api.types.is_scalar(v) and bool(pd.isna(v)))
-
-
-def infer_label_names(values: Sequence, configured: Optional[list[str]], hub_names: Optional[list[str]]) -> list[str]:
-    """The label set, in id order: configured names, else the hub's, else the distinct values of the
-    data: integers in numeric order (1..4 gives four classes, {0, 5} two), other labels sorted as text."""
-    if configured:
-        return list(configured)
-    if hub_names:
-        return list(hub_names)
-    ints = [_as_int(v) for v in values]
-    if all(i is not None for i in ints):
-        return [str(i) for i in sorted(set(ints))]
-    return sorted({label_key(v) for v in values})
-
-
-def encode_labels(values: Sequence, names: list[str], source: str, column: str, *, ids: bool = False,
-                  rows: Optional[Sequence[int]] = None, cli: bool = False, configured: bool = False) -> np.ndarray:
-    """Map label values to ids 0..K-1 by value; with ids, integers are ids (names given for them).
-    Anything outside the label set is an error naming the first such row (rows: each value's row in
-    the file, 0-based; default its position) and how many there are; cli: checked against a run's labels;
-    configured: the label set is data.label_names (so the fix may be to remove it)."""
-    index = {label_key(n): i for i, n in enumerate(names)}
-    out = np.empty(len(values), dtype=np.int64)
-    bad = []
-    for j, v in enumerate(values):
-        i = _as_int(v) if ids else None
-        if i is None:
-            i = index.get(label_key(v))
-        if i is None or not 0 <= i < len(names):
-            bad.append(j)
-        else:
-            out[j] = i
-    if bad:
-        raise LorafitError(_not_in_set(values, bad, names, source, column, ids, rows, cli, configured))
-    return out
-
-
-def _not_in_set(values, bad: list[int], names: list[str], source: str, column: str, ids: bool,
-                rows: Optional[Sequence[int]], cli: bool, configured: bool = False) -> str:
-    j = bad[0]
-    v = values[j]
-    if is_empty_label(v):
-        shown = "empty"
-    elif isinstance(v, (float, np.floating)) and _as_int(v) is not None:
-        shown = str(_as_int(v))  # 2.0 in a column a NaN widened: the file says 2
-    else:
-        shown = repr(v)
-    extra = [f"{len(bad)} of {len(values)} rows are not"] if len(values) > 1 else []
-    fix = "fix the row: the run knows only these labels" if cli else "fix the row or set data.label_names"
-    if configured and not cli:
-        # the usual cause: a config written for another data set; setting label_names is not the fix
-        seen = list(dict.fromkeys(label_key(values[j]) if _as_int(values[j]) is not None else repr(label_key(values[j]))
-                                  for j in bad if not is_empty_label(values[j])))
-        listed = ", ".join(seen[:5]) + (f" and {len(seen) - 5} more" if len(seen) > 5 else "")
-        fix = (f"data.label_names names ids 0..{len(names) - 1}, and the file's labels {listed} are neither those ids "
-               "nor those names: remove data.label_names to take the label set from the data, or fix the rows")
-    elif ids:
-        extra.append(f"ids 0..{len(names) - 1}")
-    elif _as_int(v) is not None and any(_as_int(n) is None for n in names):
-        fix = ("the run's labels are names, so integers are not read as ids: write the names" if cli
-               else "the labels are names, so integers are not read as ids: write the names, or set data.label_names "
-                    "to name ids 0..K-1")
-    extra = f" ({'; '.join(extra)})" if extra else ""
-    return (f"{source}: row {(j if rows is None else rows[j]) + 1}: label {shown} in column '{column}' "
-            f"is not in the label set {names}{extra}; {fix}")
 
 
 @dataclass
@@ -212,67 +124,12 @@ def load_labelled(name: str, cfg: DataConfig, split: str, label_names: Optional[
         notes.append(f"dropped {n} row(s) with no label from {name}")
         texts, values = [texts[r] for r in rows], [values[r] for r in rows]
         pairs = None if pairs is None else [pairs[r] for r in rows]
-    if cfg.task != tasks.SINGLE:
-        labels, names = _task_targets(values, cfg, label_names, name, rows, cli)
-        return filter_texts(Examples(texts, labels, pairs), cfg, name, notes, rows), names, notes
-    hub_names = df.attrs.get("label_names", {}).get(cfg.label_column)
+    task = task_of(cfg)
+    hub_names = df.attrs.get("label_names", {}).get(cfg.label_column) if task.class_ids else None
     if table_names is not None and hub_names:
         table_names.extend(hub_names)
-    names = label_names or infer_label_names(values, cfg.label_names, hub_names)
-    if len(names) < 2:
-        raise LorafitError(f"{name}: found {len(names)} label(s) in '{cfg.label_column}'; classification needs at least 2")
-    labels = encode_labels(values, names, name, cfg.label_column, ids=bool(cfg.label_names or hub_names), rows=rows,
-                           cli=cli, configured=bool(cfg.label_names))
+    labels, names = task.targets(values, cfg, label_names, name, rows, cli, hub_names)
     return filter_texts(Examples(texts, labels, pairs), cfg, name, notes, rows), names, notes
-
-
-def _task_targets(values: list, cfg: DataConfig, label_names: Optional[list[str]], source: str, rows: list[int],
-                  cli: bool) -> tuple[np.ndarray, list[str]]:
-    """multi_label: multi-hot rows over the label set (the run's, else data.label_names, else every label
-    the rows name); regression: float targets, and the label column's name as the one output."""
-    if cfg.task == tasks.REGRESSION:
-        return tasks.encode_regression(values, source, cfg.label_column, rows), label_names or [cfg.label_column]
-    lists = tasks.label_lists(values, cfg.label_delimiter, source, cfg.label_column, rows)
-    names = label_names or infer_label_names([x for labels in lists for x in labels], cfg.label_names, None)
-    if len(names) < 2:
-        raise LorafitError(f"{source}: found {len(names)} label(s) in '{cfg.label_column}'; multi_label needs at least 2")
-    return tasks.encode_multi_label(lists, names, label_key, source, cfg.label_column, rows, cli), names
-
-
-def val_rows(val_size: float, n: int) -> int:
-    """data.val_size as a number of rows: a count (>= 1), or a fraction of n rounded."""
-    return int(val_size) if val_size >= 1 else int(round(val_size * n))
-
-
-def stratified_split(labels: np.ndarray, val_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.model_selection import train_test_split
-
-    n = len(labels)
-    n_val = val_rows(val_size, n)
-    k = len(np.unique(labels))
-    if not k <= n_val <= n - k:
-        raise LorafitError(f"data.val_size: {val_size} gives {n_val} validation rows out of {n}; "
-                           f"need between {k} (one per class) and {n - k}")
-    idx = np.arange(n)
-    counts = np.bincount(labels)
-    stratify = labels if counts[counts > 0].min() >= 2 else None
-    tr, va = train_test_split(idx, test_size=n_val, random_state=seed, shuffle=True, stratify=stratify)
-    return np.sort(tr), np.sort(va)
-
-
-def random_split(n: int, val_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.model_selection import train_test_split
-
-    tr, va = train_test_split(np.arange(n), test_size=checked_val_rows(val_size, n), random_state=seed, shuffle=True)
-    return np.sort(tr), np.sort(va)
-
-
-def checked_val_rows(val_size: float, n: int) -> int:
-    """val_rows, refused unless both parts keep at least 2 rows (regression, multi_label)."""
-    n_val = val_rows(val_size, n)
-    if not 2 <= n_val <= n - 2:
-        raise LorafitError(f"data.val_size: {val_size} gives {n_val} validation rows out of {n}; need between 2 and {n - 2}")
-    return n_val
 
 
 def split_seed(cfg: DataConfig, seed: int) -> int:
@@ -289,21 +146,5 @@ def load_split(cfg: DataConfig, seed: int) -> SplitData:
         order = order[: cfg.limit]
     limited = cfg.limit if cfg.limit is not None and cfg.limit < len(ex) else None
     ex = ex.subset(order)
-    if cfg.task == tasks.MULTI:  # label sets: stratified per label, so rare labels get validation positives
-        tr, va = iterative_split(ex.labels, checked_val_rows(cfg.val_size, len(ex)), seed)
-        note = unvalidated_note(ex.labels[tr], ex.labels[va], names, tasks.DEFAULT_THRESHOLD)
-        warnings = near_duplicate_warnings(names, (ex.labels > 0.5).sum(axis=0))
-        return SplitData(ex.subset(tr), ex.subset(va), names, notes + ([note] if note else []), warnings)
-    if cfg.task == tasks.REGRESSION:  # numbers, no classes to stratify on: a seeded random split
-        tr, va = random_split(len(ex), cfg.val_size, seed)
-        return SplitData(ex.subset(tr), ex.subset(va), names, notes)
-    k = len(np.unique(ex.labels))
-    if 2 * k > len(ex):
-        # no split can hold every class in both parts then; the usual cause is the wrong column
-        raise LorafitError(f"{cfg.train}: {k} distinct labels in {len(ex)} rows of column '{cfg.label_column}': most "
-                           "labels occur once, so it reads as an id or a number, not classes; point "
-                           "data.label_column at the class column")
-    check_class_rows(names, ex.labels, cfg.min_class_rows, cfg.train, limited)
-    warnings = near_duplicate_warnings(names, np.bincount(ex.labels, minlength=len(names)))
-    tr, va = stratified_split(ex.labels, cfg.val_size, seed)
-    return SplitData(ex.subset(tr), ex.subset(va), names, notes, warnings, named_ids=bool(named) and not cfg.label_names)
+    tr, va, more, warnings = task_of(cfg).split_rows(ex.labels, names, cfg, seed, limited)
+    return SplitData(ex.subset(tr), ex.subset(va), names, notes + more, warnings, named_ids=bool(named) and not cfg.label_names)

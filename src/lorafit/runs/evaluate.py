@@ -24,12 +24,12 @@ def evaluate_file(run_dir: str, data_path: str, *, allow_pickle: bool = False, b
                                  fmt=input_format)
     for note in notes if log else ():
         log(f"data: {note}")
-    thresholds = tasks.read_thresholds(run_dir, cfg.data.task)
+    thresholds = tasks.task_of(cfg).read_thresholds(run_dir)
     model, tokenizer, cfg, names = load_trained(run_dir, merge=True, device=default_device())
     logits = predict_logits(model, tokenizer, ex.texts, cfg.data.max_length, batch_size, pairs=ex.pairs, data=cfg.data,
                             log=log)
-    metrics = tasks.metrics(cfg.data.task, ex.labels, logits, names, thresholds)
-    temperature = read_temperature(run_dir) if cfg.data.task == tasks.SINGLE else None
+    metrics = tasks.task_of(cfg).metrics(ex.labels, logits, names, thresholds)
+    temperature = read_temperature(run_dir) if tasks.task_of(cfg).calibrated else None
     if temperature is not None:  # the ECE of what `predict --probs` gives, and of the plain softmax
         metrics["calibration"] = {"temperature": temperature, **split_summary(logits, ex.labels, temperature)}
     return metrics

@@ -146,33 +146,9 @@ def check_output(out: str, input_path: Optional[str] = None) -> Target:
 def probability_columns(run_dir: str, logits: np.ndarray, names: list[str],
                         log: Optional[Callable[[str], None]] = None, *, task: str = tasks.SINGLE,
                         thresholds: Optional[dict] = None) -> pd.DataFrame:
-    """One prob_<label> column per label, as float32 in the shortest text that reads back to the same float32.
-    single_label: softmax(logits / T) with the run's fitted temperature (calibration.py), rows summing to 1.
-    multi_label: each label's own sigmoid (no temperature is fitted for multi_label), so that a label is in a
-    row's set exactly when its probability as written is at or above its threshold."""
-    from ..calibration import FILE, read_temperature, softmax
-
-    if task == tasks.MULTI:
-        if log:
-            log(f"note: multi_label probabilities are each label's sigmoid of its logit, not calibrated (temperatures are "
-                f"fitted for single_label runs only); a label is in the set when its probability is at or above its "
-                f"threshold in {Path(run_dir) / tasks.THRESHOLDS_FILE}")
-        exact = tasks.sigmoid(logits)
-        cells = np.array([[str(v) for v in row] for row in exact.astype(np.float32)], dtype=object).reshape(exact.shape)
-        thr = tasks.threshold_vector(thresholds, names)
-        # a float32 text can round across a threshold (0.41999999 -> "0.42"): there, the exact float64 text
-        off = (cells.astype(np.float64) >= thr) != tasks.label_sets(logits, names, thresholds)
-        cells[off] = [repr(float(v)) for v in exact[off]]
-        return pd.DataFrame({f"prob_{name}": cells[:, k].tolist() for k, name in enumerate(names)})
-    t = read_temperature(run_dir)
-    if t is None:
-        t = 1.0
-        if log:
-            log(f"note: {Path(run_dir) / FILE} is missing (single_label runs have saved one since temperatures were "
-                "fitted: this run is older, or the file was removed): the probabilities are the plain softmax, not "
-                "calibrated")
-    p = softmax(logits, t).astype(np.float32)
-    return pd.DataFrame({f"prob_{name}": [str(v) for v in p[:, k]] for k, name in enumerate(names)})
+    """One prob_<label> column per label, as the task writes them (tasks/: single_label's calibrated softmax,
+    multi_label's per-label sigmoids, consistent with its thresholds)."""
+    return pd.DataFrame(tasks.get(task).probability_columns(run_dir, logits, names, log, thresholds))
 
 
 def empty_rows(texts: Sequence[str], source: str, log: Optional[Callable[[str], None]] = None) -> list[int]:
@@ -201,26 +177,25 @@ def predict_file(run_dir: str, input_path: str, output_path: str, *, allow_pickl
                  log: Optional[Callable[[str], None]] = None) -> int:
     target = check_output(output_path, input_path)
     cfg, names = read_run(run_dir)
-    if probs and cfg.data.task == tasks.REGRESSION:
-        raise LorafitError(f"--probs: {run_dir} is a regression run, which predicts a value, not probabilities; drop "
-                           f"--probs: the label column holds the predicted value (--with-logits adds it as "
-                           f"logit_{names[0]} too)")
+    task = tasks.task_of(cfg)
+    if probs and not task.has_probabilities:
+        raise LorafitError(task.probs_refused(run_dir, names))
     # bad input: refused before the model loads
     col, ids, texts, pairs = read_inputs(input_path, cfg.data, allow_pickle, text_columns=text_columns,
                                          id_column=id_column, delimiter=delimiter, text_pair_column=text_pair_column,
                                          input_format=input_format)
     empty = set(empty_rows(texts, input_path, log))
     keep = [i for i in range(len(texts)) if i not in empty]
-    thresholds = tasks.read_thresholds(run_dir, cfg.data.task)
+    thresholds = task.read_thresholds(run_dir)
     if keep:
         model, tokenizer, cfg, names = load_trained(run_dir, merge=True, device=default_device())
         logits = predict_logits(model, tokenizer, [texts[i] for i in keep], cfg.data.max_length, batch_size,
                                 pairs=None if pairs is None else [pairs[i] for i in keep], data=cfg.data, log=log)
     else:  # every text empty: no model needed
         logits = np.zeros((0, len(names)), dtype=np.float32)
-    labels = tasks.prediction_columns(cfg.data.task, logits, names, thresholds, cfg.data.label_delimiter)
+    labels = task.prediction_column(logits, names, thresholds, cfg.data.label_delimiter)
     # object, not inferred: an empty cell would make integer labels floats (12345678 -> 1.234568e+07)
-    kind = float if cfg.data.task == tasks.REGRESSION else object
+    kind = task.column_dtype
     frame = pd.DataFrame({col: ids, "label": pd.Series(_spread(labels, keep, len(texts)), dtype=kind)})
     if with_logits:
         for k, name in enumerate(names):

@@ -18,6 +18,7 @@ import numpy as np
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr, ValidationError
 
+from ..tasks import task_of
 from .auth import BearerAuth, read_key
 from .batcher import Batcher, QueueFull, Stopped, auto_streams
 from .drain import AnswerCancelled, Drain
@@ -221,12 +222,9 @@ def create_app(registry: Registry, limits: Limits | None = None, api_key: str | 
             if logits is None:
                 status = 499  # client closed the connection: nothing to answer
                 return PlainTextResponse("", status_code=499)
-            ids = logits.argmax(-1)
-            out: dict = {"model": name, "labels": [run.labels[k] for k in ids], "label_ids": ids.tolist()}
-            if req.probs:
-                from ..calibration import softmax
-
-                out["probs"] = softmax(logits, run.temperature).tolist()  # calibrated, as predict --probs
+            # the task's answer fields (tasks/): labels and label_ids, probs calibrated as predict --probs
+            out: dict = {"model": name, **task_of(run.cfg).response(logits, run.labels, temperature=run.temperature,
+                                                                     probs=req.probs)}
             if req.logits:
                 out["logits"] = logits.astype(np.float64).tolist()
             m["texts"].labels(name).inc(len(texts))

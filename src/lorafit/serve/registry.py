@@ -103,13 +103,14 @@ def check_run(folder: Path):
     """A finished run's config, checked without loading weights (what predict checks, before anything is bound)."""
     from ..runs.directory import read_run
     from ..runs.weights import weights_folder
+    from ..tasks import task_of
 
     cfg, _ = read_run(folder)
     weights = folder / weights_folder(cfg)
     if not weights.is_dir():
         raise LorafitError(f"{folder}: no trained weights ({weights.name}/ missing); did training finish?")
     # the API answers one label per text; other runs would get argmax answers that mean nothing
-    if cfg.data.task != "single_label":
+    if not task_of(cfg).served:
         raise LorafitError(f"{folder}: a {cfg.data.task} run; lorafit serve answers single_label runs only so far "
                            f"(use lorafit predict {folder} for it)")
     if cfg.data.text_pair_column:

@@ -28,7 +28,7 @@ def predict_logits(recipe, loader) -> tuple[np.ndarray, np.ndarray, float]:
         labs.append(labels.cpu())
     recipe.model.train()
     logits, labels = torch.cat(outs), torch.cat(labs)
-    loss = tasks.loss(recipe.cfg.data.task, logits, labels).item()  # unweighted: the validation loss is comparable
+    loss = tasks.task_of(recipe.cfg).loss(logits, labels).item()  # unweighted: the validation loss is comparable
     return logits.numpy(), labels.numpy(), loss
 
 
@@ -39,7 +39,7 @@ def evaluate(recipe, loader) -> dict:
 def evaluate_with_logits(recipe, loader) -> tuple[dict, np.ndarray, np.ndarray]:
     """The metrics, and the logits and labels they came from (the final evaluation fits the temperature on them)."""
     logits, labels, loss = predict_logits(recipe, loader)
-    out = tasks.metrics(recipe.cfg.data.task, labels, logits, recipe.data.label_names, recipe.thresholds)
+    out = tasks.task_of(recipe.cfg).metrics(labels, logits, recipe.data.label_names, recipe.thresholds)
     out["loss"] = loss
     return out, logits, labels
 
@@ -47,7 +47,7 @@ def evaluate_with_logits(recipe, loader) -> tuple[dict, np.ndarray, np.ndarray]:
 def tuned_thresholds(recipe) -> tuple[dict | None, dict | None]:
     """multi_label: per-label thresholds (0.5 unless a cross-fitted tuning on the validation split beats it:
     thresholds.py) and the record of that choice; (None, None) for other tasks."""
-    if recipe.cfg.data.task != tasks.MULTI:
+    if not tasks.task_of(recipe.cfg).tuned:
         return None, None
     logits, labels, _ = predict_logits(recipe, recipe.final_val_loader)
     thresholds, record = choose_thresholds(logits, labels, recipe.data.label_names, recipe.cfg.train.metric,

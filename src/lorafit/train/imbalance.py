@@ -19,9 +19,10 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
+from .. import tasks
 from ..config import TrainConfig, suggest
 from ..data.batches import LengthGroupedBatches
-from ..data.examples import label_key
+from ..data.labels import label_key
 from ..errors import LorafitError
 
 
@@ -32,23 +33,8 @@ def class_weights(setting: Union[str, dict], labels: np.ndarray, names: list[str
     if setting == "none":
         return None
     k = len(names)
-    if setting == "balanced" and task == "multi_label":
-        y = np.asarray(labels, dtype=np.float64) > 0.5
-        pos = y.sum(axis=0)
-        if (pos == 0).any():
-            raise LorafitError(f"train.class_weights: balanced: label {names[int(np.argmin(pos))]!r} is in no training "
-                               "row, so it has no pos_weight; give weights by label ({label: weight}) or drop it")
-        return torch.tensor((len(y) - pos) / pos, dtype=torch.float32)
-    if setting == "balanced":
-        from sklearn.utils.class_weight import compute_class_weight
-
-        counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=k)
-        empty = [names[i] for i in range(k) if counts[i] == 0]
-        if empty:  # possible when data.label_names names more ids than the training rows hold
-            raise LorafitError(f"train.class_weights: balanced: label {empty[0]!r} has no training rows, so it has no "
-                               "balanced weight; give weights by label ({label: weight}) or drop it from data.label_names")
-        w = compute_class_weight("balanced", classes=np.arange(k), y=np.asarray(labels, dtype=np.int64))
-        return torch.tensor(w, dtype=torch.float32)
+    if setting == "balanced":  # the task's own: class weights (single_label), pos_weight (multi_label)
+        return tasks.get(task).balanced_weights(labels, names)
     index = {label_key(n): i for i, n in enumerate(names)}
     w = torch.ones(k, dtype=torch.float32)
     for key, weight in setting.items():

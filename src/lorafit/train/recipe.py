@@ -172,8 +172,8 @@ class Recipe:
         self.model, self.plan = build_model(cfg, names, total_steps=self.total_steps)
         self.dtype_hooks, note = base_dtype.apply(self.model, cfg.model.dtype, self.acc.device)  # model/dtype.py
         self.log(note)
-        if tasks.problem_type(cfg.data.task):  # in the saved classifier config too: a plain reload knows the task
-            self.model.config.problem_type = tasks.problem_type(cfg.data.task)
+        if tasks.task_of(cfg).problem_type:  # in the saved classifier config too: a plain reload knows the task
+            self.model.config.problem_type = tasks.task_of(cfg).problem_type
         # PiSSA/OLoRA changed the base weights; their starting A/B let the saved adapter be plain LoRA
         self.lora_init = initial_lora(self.model) if cfg.adapter.init in ("pissa", "olora") else None
         self.rows = trainable_rows(self.model)
@@ -233,7 +233,7 @@ class Recipe:
                 self.tracking.log_row(row)
 
     def loss_fn(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return tasks.loss(self.cfg.data.task, logits, labels, self.cfg.train.label_smoothing, self.class_weights)
+        return tasks.task_of(self.cfg).loss(logits, labels, self.cfg.train.label_smoothing, self.class_weights)
 
     def train(self) -> "Recipe":
         cfg, st = self.cfg.train, self.state
@@ -303,7 +303,7 @@ class Recipe:
                 self.acc.backward(loss)
                 self._optimizer_step(self.scheduler, st.step + 1)
             n = labels.shape[0]
-            sums += torch.stack([loss.detach() * n, tasks.batch_score(self.cfg.data.task, logits.detach(), labels),
+            sums += torch.stack([loss.detach() * n, tasks.task_of(self.cfg).batch_score(logits.detach(), labels),
                                  torch.tensor(float(n), device=sums.device)])
             seen += n
             bar.update(n * self.acc.num_processes)
@@ -328,7 +328,7 @@ class Recipe:
         self._clock(running=False)  # the steps since the last evaluation count; the epoch's end does not
         tot = self.acc.reduce(sums, reduction="sum")
         self.record(type="epoch", epoch=epoch + 1, step=st.step, train_loss=(tot[0] / tot[2]).item(),
-                    **tasks.train_scores(self.cfg.data.task, tot[1], tot[2]),
+                    **tasks.task_of(self.cfg).train_scores(tot[1], tot[2]),
                     samples_per_s=round(seen * self.acc.num_processes / (time.perf_counter() - t0), 2))
         if not stop and (eval_steps is None or st.step >= self.total_steps):
             stop = evaluation.evaluate_and_keep(self)
@@ -418,13 +418,13 @@ class Recipe:
             loader = self.acc.prepare(self._loader(self.test_ds, cfg.train.eval_batch_size, shuffle=False))
             result["test"], *test_logits = evaluation.evaluate_with_logits(self, loader)
         calibrated = None  # a temperature scales softmax classes: single_label only
-        if cfg.data.task == tasks.SINGLE:
+        if tasks.task_of(cfg).calibrated:
             calibrated = calibration.fit(val_logits, test_logits, seen_in_training=cfg.train.final_on_val)
             result["calibration"] = calibrated.summary
         warnings = [w for split in ("validation", "test") if split in result
                     for w in [never_predicted(result[split], self.data.label_names, split)] if w]
         warnings += evaluation.untuned_warnings(self, result, val_logits, test_logits)  # multi_label: tuned below 0.5
-        if cfg.data.task != tasks.SINGLE:
+        if not tasks.task_of(cfg).is_default:
             result["task"] = cfg.data.task
         if self.thresholds is not None:
             result["thresholds"], result["threshold_tuning"] = self.thresholds, tuning
@@ -439,7 +439,7 @@ class Recipe:
                 save_weights(model, self.tokenizer, self.run_dir, cfg, self.lora_init)
                 if calibrated is not None:
                     calibrated.write(self.run_dir)
-                tasks.save_thresholds(self.run_dir, self.thresholds)
+                tasks.task_of(cfg).save_thresholds(self.run_dir, self.thresholds)
                 atomic_write_text(self.run_dir / "eval.json", json.dumps(result, indent=2))
                 write_report(self.run_dir, result, self.data.label_names)
             except BaseException:
