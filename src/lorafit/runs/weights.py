@@ -104,7 +104,8 @@ def load_trained(run_dir: str | Path, *, merge: bool = False, device: str | torc
     run is built over them instead of reading the base from disk, and holds them, not a copy (so
     only for unmerged adapter runs: a merge or a full fine-tuning load would write into them)."""
     from ..model import head_plan
-    from ..model.load import cap_max_length, load_base, load_tokenizer
+    from ..model.load import load_base, load_tokenizer
+    from .compat import cap_max_length
 
     run_dir = Path(run_dir)
     cfg, names = read_run(run_dir)
