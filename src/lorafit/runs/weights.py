@@ -133,13 +133,16 @@ def load_trained(run_dir: str | Path, *, merge: bool = False, device: str | torc
         model = PeftModel.from_pretrained(base, str(weights))
         if merge:
             model = model.merge_and_unload()
+    from ..speed import Where, apply
+
+    where = Where(device, cfg)
     if cfg.train.last_layer_first_token if first_token is None else first_token:
         from ..speed import first_token as ft
 
-        ft.apply(model, cfg.head.type)
+        apply(ft, model, where)
     model = model.to(device).eval()
     if cfg.train.packed_inference if packed is None else packed:
         from ..speed import packed as packing
 
-        packing.apply(model, device)
+        apply(packing, model, where)
     return model, tokenizer, cfg, names
