@@ -37,7 +37,7 @@ def main() -> int:
     from lorafit.data.batches import Collator
     from lorafit.model import build_model, load_tokenizer
     from lorafit.model import dtype as base_dtype
-    from lorafit.speed import first_token
+    from lorafit.speed import Where, apply, first_token
 
     frame = pd.read_csv(args.data).sample(n=args.steps * 32 * 2, random_state=0)
     names = sorted(map(str, frame["label"].unique()))
@@ -49,7 +49,7 @@ def main() -> int:
         torch.manual_seed(0)
         model, _ = build_model(cfg, names)
         _, note = base_dtype.apply(model, dt, "cpu")
-        first_token.apply(model, cfg.head.type)
+        apply(first_token, model, Where("cpu", cfg))
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-4)
         models[dt] = (model.train(), opt, note)
         print(note)

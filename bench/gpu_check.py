@@ -72,7 +72,7 @@ def lorafit_side(model_dir: Path, batches, device, steps: int, warmup: int) -> d
     from lorafit.config import load_config
     from lorafit.model import build_model
     from lorafit.model import dtype as base_dtype
-    from lorafit.speed import first_token
+    from lorafit.speed import Where, apply, first_token
 
     dtype = "bfloat16" if device.type == "cuda" else "auto"
     cfg = load_config(None, [f"model.name={model_dir}", "adapter.r=8", "adapter.alpha=16", "adapter.dropout=0.1",
@@ -80,7 +80,7 @@ def lorafit_side(model_dir: Path, batches, device, steps: int, warmup: int) -> d
     torch.manual_seed(0)
     model, _ = build_model(cfg, ["a", "b", "c", "d"])
     _, note = base_dtype.apply(model, dtype, device)
-    first_token.apply(model, cfg.head.type)
+    apply(first_token, model, Where(device, cfg))
     model.to(device).train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-4,
                             fused=device.type == "cuda")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from lorafit.speed import dropout as fd
+from lorafit.speed import Where, dropout as fd
 from lorafit.model import build_model
 
 
@@ -107,7 +107,7 @@ def test_install_keeps_evaluation_identical_and_remove_restores(fixture, synth_c
     torch.manual_seed(0)
     model, _ = build_model(cfg, ["a", "b", "c", "d"])
     ref = predict_logits(model.eval(), tok, texts, 32, batch_size=4)
-    what = fd.install(model)
+    what = fd.install(model, Where("cpu", cfg))
     n = sum(type(m) is fd.FastDropout for m in model.modules())
     assert n > 0 and what.startswith(f"{n} dropout layer(s)") and "attention" in what
     assert model.config._attn_implementation == fd.NAME

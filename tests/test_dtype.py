@@ -84,14 +84,14 @@ def test_bf16_base_follows_the_float32_model(kind, head, norms, request, synth_c
 
 def test_speed_switches_with_a_bf16_base(tiny_roberta, synth_csv):
     """first_token and the prefix cache give the bf16 model's own logits; packed weights say why off."""
-    from lorafit.speed import first_token, packed
+    from lorafit.speed import Where, first_token, packed
     from lorafit.speed.prefix import CachedCollator, IndexedDataset, PrefixCache
     from lorafit.data.batches import TokenDataset
 
     (_, m16), _ = _pair(tiny_roberta, synth_csv, adapter__layers="[1]")
     batch = _batch(tiny_roberta)
     full, full_g = _logits_and_grads(m16, batch)
-    first_token.install(m16)
+    first_token.install(m16, Where("cpu"))
     got, got_g = _logits_and_grads(m16, batch)
     torch.testing.assert_close(got, full, atol=2e-2, rtol=2e-2)
     for n in full_g:
@@ -112,8 +112,10 @@ def test_speed_switches_with_a_bf16_base(tiny_roberta, synth_csv):
         got = m16(input_ids=cb["input_ids"], attention_mask=cb["attention_mask"]).logits
     torch.testing.assert_close(got, ref, atol=1e-2, rtol=0)  # bf16 states stored in float32: only batching differs
     cache.close()
-    assert "16-bit" in packed.why_off("cpu", torch.bfloat16) and "16-bit" in packed.why_off("cpu", torch.float16)
-    f32 = packed.why_off("cpu", torch.float32)  # float32 weights: packed wherever the CPU path exists (here: x86-64, oneDNN)
+
+    assert "16-bit" in packed.why_off(None, Where("cpu", dtype=torch.bfloat16))
+    assert "16-bit" in packed.why_off(None, Where("cpu", dtype=torch.float16))
+    f32 = packed.why_off(None, Where("cpu", dtype=torch.float32))  # float32 weights: packed wherever the CPU path exists (here: x86-64, oneDNN)
     assert f32 is None if platform.machine().lower() in ("x86_64", "amd64") and torch.backends.mkldnn.is_available() \
         else "16-bit" not in f32, f32
 
@@ -184,7 +186,9 @@ def test_nf4_base_trains_and_saves_a_plain_adapter(tiny_roberta, synth_csv, tmp_
     from lorafit.model import nf4
     from lorafit.runs.predict import predict_logits
 
-    assert nf4.why_off("cpu") is None, nf4.why_off("cpu")  # bitsandbytes 0.50's CPU path; if this fails, refuse on CPU
+    from lorafit.speed import Where
+
+    assert nf4.why_off(None, Where("cpu")) is None, nf4.why_off(None, Where("cpu"))  # bitsandbytes 0.50's CPU path; if this fails, refuse on CPU
     import bitsandbytes as bnb
 
     rec, changed = train_briefly(tiny_roberta, synth_csv, tmp_path / "q", model__dtype="nf4")

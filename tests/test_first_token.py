@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import synthetic_rows, tiny_config
-from lorafit.speed import first_token
+from lorafit.speed import Where, first_token
 from lorafit.data.batches import Collator
 from lorafit.model import build_model
 
@@ -38,7 +38,7 @@ def test_same_logits_and_gradients(kind, head, request, synth_csv):
     _lora_b_random(model)
     batch = _batch(model_dir)
     labels = batch.pop("labels")
-    assert first_token.why_off(model, head) is None
+    assert first_token.why_off(model, Where("cpu", cfg)) is None
 
     def run():
         model.zero_grad()
@@ -48,7 +48,7 @@ def test_same_logits_and_gradients(kind, head, request, synth_csv):
 
     model.train()  # the tiny models have dropout 0: training mode, deterministic
     full_logits, full_grads = run()
-    first_token.install(model)
+    first_token.install(model, Where("cpu", cfg))
     logits, grads = run()
     torch.testing.assert_close(logits, full_logits, atol=1e-5, rtol=1e-5)
     assert grads.keys() == full_grads.keys() and any("layer.1." in n for n in grads)
@@ -61,12 +61,12 @@ def test_same_logits_and_gradients(kind, head, request, synth_csv):
 def test_says_why_it_is_off(tiny_bert, tiny_roberta, synth_csv):
     cfg = tiny_config(tiny_bert, synth_csv, head__type="mean_linear")
     model, _ = build_model(cfg, ["a", "b"])
-    assert "mean_linear" in first_token.why_off(model, "mean_linear")
+    assert "mean_linear" in first_token.why_off(model, Where("cpu", cfg))
     cfg = tiny_config(tiny_roberta, synth_csv)
     model, _ = build_model(cfg, ["a", "b"])
-    assert first_token.why_off(model, "model") is None
+    assert first_token.why_off(model, Where("cpu", cfg)) is None
     model.config._attn_implementation = "flash_attention_2"  # takes 2-D padding masks; only the check runs here
-    assert "flash_attention_2" in first_token.why_off(model, "model")
+    assert "flash_attention_2" in first_token.why_off(model, Where("cpu", cfg))
 
 
 def test_training_and_prediction_match_the_full_last_layer(tiny_bert, synth_csv, tmp_path):

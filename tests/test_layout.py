@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import inspect
 import re
 import subprocess
 import sys
@@ -125,53 +126,85 @@ def tiny_classifier():
 
 
 def why_off_cases(name: str) -> tuple[list, list]:
-    """(calls why_off must answer None: the switch applies, calls it must answer with a reason)."""
+    """(calls why_off must answer None: the switch applies, calls it must answer with a reason), each
+    (model, Where)."""
     import platform
 
     import torch
 
     from lorafit.config import load_config
+    from lorafit.speed import Where
+
+    def cfg(*sets):
+        return load_config(None, ["model.name=roberta-base", "data.train=ag_news", *sets])
 
     if name == "dropout":
-        return [("cpu",)], [("cuda",)]
+        return [(tiny_classifier(), Where("cpu"))], [(tiny_classifier(), Where("cuda"))]
     if name == "packed":
-        on = [("cpu", torch.float32)] if platform.machine().lower() in ("x86_64", "amd64") else []
-        return on, [("cpu", torch.bfloat16), ("cuda", torch.float32)]
+        on = [(tiny_classifier(), Where("cpu"))] if platform.machine().lower() in ("x86_64", "amd64") else []
+        return on, [(tiny_classifier(), Where("cpu", dtype=torch.bfloat16)), (tiny_classifier(), Where(torch.device("cuda")))]
     if name == "first_token":
-        return [(tiny_classifier(), "cls_linear")], [(tiny_classifier(), "mean_linear"), (torch.nn.Linear(2, 2), "model")]
+        return [(tiny_classifier(), Where("cpu", cfg("head.type=cls_linear"))), (tiny_classifier(), Where("cpu"))], \
+            [(tiny_classifier(), Where("cpu", cfg("head.type=mean_linear"))), (torch.nn.Linear(2, 2), Where("cpu"))]
     if name == "prefix":
-        def cfg(*sets):
-            return load_config(None, ["model.name=roberta-base", "data.train=ag_news", *sets])
-
         every_layer_trains = tiny_classifier().requires_grad_(True)
-        return [(tiny_classifier(), cfg())], [(tiny_classifier(), cfg("train.cache_prefix=false")),
-                                              (tiny_classifier(), cfg("data.shuffle_sentences_p=0.1")),
-                                              (every_layer_trains, cfg())]
+        return [(tiny_classifier(), Where("cpu", cfg()))], [(tiny_classifier(), Where("cpu", cfg("train.cache_prefix=false"))),
+                                                            (tiny_classifier(), Where("cpu", cfg("data.shuffle_sentences_p=0.1"))),
+                                                            (every_layer_trains, Where("cpu", cfg())),
+                                                            (tiny_classifier(), Where("cpu"))]
     if name == "memory":  # glibc has malloc_trim; nothing here can take it away
-        return ([()] if platform.libc_ver()[0] == "glibc" else []), []
+        return ([(tiny_classifier(), Where("cpu", cfg()))] if platform.libc_ver()[0] == "glibc" else []), []
     raise AssertionError(f"lorafit.speed.{name}: add its why_off cases here")
 
 
 @pytest.mark.parametrize("name", SPEED)
 def test_each_speed_switch_says_why_it_is_off_and_can_be_installed(name):
-    """why_off answers None where the switch applies and a reason (a run-log line) where it does not, and
-    every function the contract table names for installing and removing it exists."""
+    """why_off answers None where the switch applies and a reason (a run-log line) where it does not;
+    the contract table names the one install / remove pair; lorafit.speed.apply installs it where it
+    applies (install says what changed), remove takes it out, and apply changes nothing where it is off."""
+    from lorafit.speed import apply
+
     mod = importlib.import_module(f"lorafit.speed.{name}")
     on, off = why_off_cases(name)
-    for args in on:
-        assert mod.why_off(*args) is None, (args, mod.why_off(*args))
-    for args in off:
-        reason = mod.why_off(*args)
-        assert isinstance(reason, str) and len(reason) > 10, (args, reason)
+    for model, where in on:
+        assert mod.why_off(model, where) is None, (where, mod.why_off(model, where))
+    for model, where in off:
+        reason = mod.why_off(model, where)
+        assert isinstance(reason, str) and len(reason) > 10, (where, reason)
     assert len({mod.why_off(*args) for args in off}) == len(off)  # each reason names its own cause
-    names = contract_rows()[name]
-    assert names, f"speed/__init__.py names nothing that installs {name}"
-    owner = mod
-    for n in names:  # `PrefixCache.install` / `close`: a bare name after a Class.method is that class's
-        if "." in n:
-            owner = getattr(mod, n.split(".")[0])
-            n = n.split(".")[1]
-        assert callable(getattr(owner, n, None)), f"speed/__init__.py names `{n}` for {name}, which lorafit.speed.{name} lacks"
+    assert contract_rows()[name] == ["install", "remove"], contract_rows()[name]
+    for model, where in on:
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        what = mod.install(model, where)
+        assert isinstance(what, str) and what, what
+        assert mod.remove(model) is None
+        assert apply(mod, model, where) is None
+        mod.remove(model)
+        assert model.state_dict().keys() == state.keys()  # nothing saved changes
+    for model, where in off:
+        before = {id(m): vars(m).copy() for m in model.modules()}
+        assert apply(mod, model, where) == mod.why_off(model, where)
+        assert {id(m): vars(m) for m in model.modules()} == before, "apply changed a model it is off for"
+
+
+def _shape(fn) -> list[tuple]:
+    return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
+
+
+@pytest.mark.parametrize("name", SPEED)
+def test_every_speed_switch_has_the_one_signature(name):
+    """why_off(model, where), install(model, where), remove(model): one contract, no per-switch variants
+    (lorafit.speed.apply calls them all alike); model.nf4's check (not a speed switch) has why_off's too."""
+    from lorafit.model import nf4
+    from lorafit.speed import apply
+
+    mod = importlib.import_module(f"lorafit.speed.{name}")
+    two = _shape(lambda model, where: None)
+    assert _shape(mod.why_off) == two, inspect.signature(mod.why_off)
+    assert _shape(mod.install) == two, inspect.signature(mod.install)
+    assert _shape(mod.remove) == _shape(lambda model: None), inspect.signature(mod.remove)
+    assert _shape(nf4.why_off) == two and _shape(apply) == _shape(lambda switch, model, where: None)
+    assert not hasattr(mod, "apply") or mod.apply is apply, f"lorafit.speed.{name}.apply: use lorafit.speed.apply"
 
 
 def test_every_speed_module_is_listed_in_the_contract():

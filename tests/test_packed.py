@@ -4,10 +4,15 @@ import pytest
 import torch
 
 from conftest import synthetic_rows, tiny_config
-from lorafit.speed import packed
+from lorafit.speed import Where, packed
 from lorafit.model import build_model
 
-pytestmark = pytest.mark.skipif(packed.why_off("cpu") is not None, reason=str(packed.why_off("cpu")))
+CPU = Where("cpu")
+pytestmark = pytest.mark.skipif(packed.why_off(None, CPU) is not None, reason=str(packed.why_off(None, CPU)))
+
+
+def _count(model):
+    return sum("_lorafit_packed" in vars(m) for m in model.modules())
 
 
 def test_one_layer_same_output_any_shape_and_stride():
@@ -15,14 +20,14 @@ def test_one_layer_same_output_any_shape_and_stride():
     lin = torch.nn.Linear(48, 80)
     x = torch.randn(5, 7, 96)[..., ::2]  # strided: every other feature
     ref = lin(x)
-    assert packed.install(lin) == 1
+    assert packed.install(lin, CPU).startswith("1 Linear layer(s)") and _count(lin) == 1
     with torch.inference_mode():
         for inp in (x, x[:, :1], x[0], torch.randn(3, 48), torch.randn(0, 48)):
             torch.testing.assert_close(lin(inp), torch.nn.functional.linear(inp, lin.weight, lin.bias),
                                        atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(lin(x), ref.detach(), atol=1e-5, rtol=1e-5)
         no_bias = torch.nn.Linear(48, 8, bias=False)
-        packed.install(no_bias)
+        packed.install(no_bias, CPU)
         torch.testing.assert_close(no_bias(x), x @ no_bias.weight.T, atol=1e-5, rtol=1e-5)
 
 
@@ -43,7 +48,8 @@ def test_model_same_logits_state_and_gradients(kind, request, synth_csv):
     with torch.inference_mode():
         ref = model(**batch).logits
     keys = list(model.state_dict())
-    n = packed.install(model)
+    packed.install(model, CPU)
+    n = _count(model)
     assert n == sum(type(m) is torch.nn.Linear for m in model.modules()) > 0
     assert list(model.state_dict()) == keys  # the packed copy is no parameter or buffer
     with torch.inference_mode():
@@ -52,7 +58,8 @@ def test_model_same_logits_state_and_gradients(kind, request, synth_csv):
     model.requires_grad_(True)
     model(**batch).logits.sum().backward()
     grads = {k: p.grad.clone() for k, p in model.named_parameters()}
-    assert packed.remove(model) == n and not any("_lorafit_packed" in vars(m) for m in model.modules())
+    packed.remove(model)
+    assert _count(model) == 0
     model.zero_grad()
     model(**batch).logits.sum().backward()
     for k, p in model.named_parameters():
@@ -80,7 +87,7 @@ def test_load_trained_packs_unless_switched_off(trained_run):
 
 
 def test_says_why_it_is_off():
-    assert "CPU" in packed.why_off("cuda")
-    assert packed.why_off(torch.device("cpu")) is None
+    assert "CPU" in packed.why_off(None, Where("cuda"))
+    assert packed.why_off(None, Where(torch.device("cpu"))) is None
     with torch.backends.mkldnn.flags(enabled=False):  # the user switched oneDNN off
-        assert "enabled is False" in packed.why_off("cpu")
+        assert "enabled is False" in packed.why_off(None, CPU)

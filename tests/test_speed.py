@@ -8,6 +8,7 @@ import torch
 from conftest import tiny_config
 from lorafit.data.batches import Collator, TokenDataset
 from lorafit.model import build_model
+from lorafit.speed import Where
 from lorafit.speed.prefix import CachedCollator, IndexedDataset, PrefixCache, trainable_floor, why_off
 
 
@@ -25,7 +26,7 @@ def test_prefix_cache_gives_the_full_models_logits(tiny_roberta, synth_csv, dtyp
     cfg = tiny_config(tiny_roberta, synth_csv, adapter__layers="[1]")
     model, _ = build_model(cfg, ["a", "b", "c", "d"])
     model.eval()
-    assert trainable_floor(model) == 1 and why_off(model, cfg) is None
+    assert trainable_floor(model) == 1 and why_off(model, Where("cpu", cfg)) is None
     tok = AutoTokenizer.from_pretrained(str(tiny_roberta))
     texts, ids = _texts_ids(tok)
     ds = TokenDataset(ids, np.zeros(len(ids), dtype=int))
@@ -69,10 +70,10 @@ def test_prefix_cache_training_matches_uncached(tiny_roberta, synth_csv, tmp_pat
 def test_prefix_cache_says_why_it_is_off(tiny_roberta, synth_csv):
     cfg = tiny_config(tiny_roberta, synth_csv)
     model, _ = build_model(cfg, ["a", "b"])
-    assert "layer 0" in why_off(model, cfg)
+    assert "layer 0" in why_off(model, Where("cpu", cfg))
     cfg = tiny_config(tiny_roberta, synth_csv, adapter__layers="[1]", data__shuffle_sentences_p=0.3)
     model, _ = build_model(cfg, ["a", "b"])
-    assert "augmentation" in why_off(model, cfg)
+    assert "augmentation" in why_off(model, Where("cpu", cfg))
 
 
 def test_length_grouping_does_not_change_logits(tiny_roberta, synth_csv):

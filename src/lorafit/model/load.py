@@ -172,19 +172,6 @@ def check_max_length(cfg: ModelConfig, max_length: int, tokenizer) -> None:
                            f"set data.max_length <= {limit}")
 
 
-def cap_max_length(cfg, mcfg, tokenizer):
-    """A run trained before check_max_length may record a data.max_length its model cannot read; predicting
-    with it would crash on the first long input, so truncate at the model's limit instead, and say so."""
-    import sys
-
-    limit = model_token_limit(mcfg, tokenizer)
-    if limit is None or cfg.data.max_length <= limit:
-        return cfg
-    print(f"note: data.max_length {cfg.data.max_length} exceeds what {cfg.model.name} can read; inputs are "
-          f"truncated at {limit} tokens", file=sys.stderr)
-    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"max_length": limit})})
-
-
 @contextlib.contextmanager
 def quiet_transformers():
     """transformers' load report lists the classification head as MISSING (expected: lorafit trains

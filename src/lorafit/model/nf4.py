@@ -22,9 +22,15 @@ from ..errors import LorafitError
 BLOCK = 64  # bitsandbytes' NF4 block: one scale per 64 weights along the input dimension
 
 
+def why_off(model, where) -> str | None:
+    """None when bitsandbytes runs NF4 layers (forward and backward) on where.device, else why not. Not a
+    speed switch (4-bit weights change the numbers), but checked with the speed switches' signature
+    (lorafit.speed.Where); the model plays no part."""
+    return _probe(where.device_type)
+
+
 @functools.lru_cache(maxsize=None)
-def why_off(device_type: str) -> str | None:
-    """None when bitsandbytes runs NF4 layers (forward and backward) on this device, else why not."""
+def _probe(device_type: str) -> str | None:
     try:
         import bitsandbytes as bnb
     except Exception as e:  # not installed, or its native library fails to load
@@ -46,8 +52,10 @@ def quantize_frozen_linears(model: nn.Module, device: torch.device | str) -> int
     included) by an NF4 Linear4bit on device; returns how many."""
     import bitsandbytes as bnb
 
+    from ..speed import Where
+
     device = torch.device(device)
-    reason = why_off(device.type)
+    reason = why_off(model, Where(device))
     if reason is not None:
         raise LorafitError(f"model.dtype: nf4 needs bitsandbytes' 4-bit layers, and {reason}; use bfloat16 instead")
     n = 0

@@ -2,7 +2,9 @@
 replace what is not a run), making it so that a failed setup puts everything back, reading a
 finished run, and the resume/ pointer to its newest checkpoint.
 
-Layout: .lorafit-run, config.yaml, labels.json, metrics.jsonl, params.txt, eval.json, calibration.json, calibration.png, curves.png,
+Layout: .lorafit-run (the marker: JSON `{"format": N, "lorafit": version}`, N the run-folder format
+version; runs/compat.py is the one place that reads runs of older formats, and refuses newer ones),
+config.yaml, labels.json, metrics.jsonl, params.txt, eval.json, calibration.json, calibration.png, curves.png,
 confusion.png, report.md, adapter/ (PEFT format) or model/ (full fine-tuning), checkpoints/
 (top-k weights by the selection metric), resume/ (resumable state while training: train/checkpoint.py).
 """
@@ -13,19 +15,15 @@ import os
 import shutil
 from pathlib import Path
 
-from ..config import RunConfig, load_config
+from ..config import RunConfig
 from ..errors import LorafitError
 from ..io import atomic_write_text, check_writable
+from .compat import RUN_MARKER, is_run_dir, marker_text, read_run_folder, run_format
 
 # resume/LATEST names the newest complete checkpoint (train/checkpoint.py writes them; this reads the pointer)
+# (FORMAT is the checkpoint's state.json format; the run folder's is compat.RUN_FORMAT)
 RESUME, LATEST, FORMAT = "resume", "LATEST", 1
-RUN_MARKER = ".lorafit-run"  # written first into every new run: what --overwrite is allowed to replace
-
-
-def is_run_dir(folder: Path) -> bool:
-    """A lorafit run: the marker, or (runs written before it) config.yaml + labels.json."""
-    folder = Path(folder)
-    return (folder / RUN_MARKER).is_file() or ((folder / "config.yaml").is_file() and (folder / "labels.json").is_file())
+__all__ = ["RUN_MARKER", "is_run_dir", "check_run_dir", "prepare_run_dir", "read_run", "latest", "read_meta"]
 
 
 def _protected(folder: Path) -> str | None:
@@ -48,6 +46,7 @@ def check_run_dir(run_dir: Path, *, overwrite: bool, resume: bool) -> None:
     if resume:
         if not (run_dir / "config.yaml").is_file():
             raise LorafitError(f"{run_dir}: not a lorafit run directory (config.yaml missing); nothing to resume")
+        run_format(run_dir)  # refuses a run of a newer format
         read_meta(run_dir)  # refuses when there is no checkpoint
         check_writable(run_dir, "make it writable to resume the run there")
         return
@@ -119,7 +118,7 @@ def prepare_run_dir(run_dir: Path, *, overwrite: bool, resume: bool) -> NewRunDi
         made = NewRunDir(run_dir, "replaced", aside)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / RUN_MARKER, "lorafit run directory: `lorafit train --overwrite` may replace it\n")
+        atomic_write_text(run_dir / RUN_MARKER, marker_text())
     except BaseException:
         made.undo()
         raise
@@ -127,11 +126,9 @@ def prepare_run_dir(run_dir: Path, *, overwrite: bool, resume: bool) -> NewRunDi
 
 
 def read_run(run_dir: str | Path) -> tuple[RunConfig, list[str]]:
-    run_dir = Path(run_dir)
-    cfg_path, labels_path = run_dir / "config.yaml", run_dir / "labels.json"
-    if not cfg_path.is_file() or not labels_path.is_file():
-        raise LorafitError(f"{run_dir}: not a finished lorafit run (config.yaml / labels.json missing)")
-    return load_config(cfg_path), json.loads(labels_path.read_text(encoding="utf-8"))
+    """(config, label names) of a finished run, read through compat.read_run_folder (format checked)."""
+    run = read_run_folder(run_dir)
+    return run.cfg, run.labels
 
 
 # ---------------------------------------------------------------- resume/: the pointer to the newest checkpoint

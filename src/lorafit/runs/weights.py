@@ -104,7 +104,8 @@ def load_trained(run_dir: str | Path, *, merge: bool = False, device: str | torc
     run is built over them instead of reading the base from disk, and holds them, not a copy (so
     only for unmerged adapter runs: a merge or a full fine-tuning load would write into them)."""
     from ..model import head_plan
-    from ..model.load import cap_max_length, load_base, load_tokenizer
+    from ..model.load import load_base, load_tokenizer
+    from .compat import cap_max_length
 
     run_dir = Path(run_dir)
     cfg, names = read_run(run_dir)
@@ -132,13 +133,16 @@ def load_trained(run_dir: str | Path, *, merge: bool = False, device: str | torc
         model = PeftModel.from_pretrained(base, str(weights))
         if merge:
             model = model.merge_and_unload()
+    from ..speed import Where, apply
+
+    where = Where(device, cfg)
     if cfg.train.last_layer_first_token if first_token is None else first_token:
         from ..speed import first_token as ft
 
-        ft.apply(model, cfg.head.type)
+        apply(ft, model, where)
     model = model.to(device).eval()
     if cfg.train.packed_inference if packed is None else packed:
         from ..speed import packed as packing
 
-        packing.apply(model, device)
+        apply(packing, model, where)
     return model, tokenizer, cfg, names

@@ -215,9 +215,9 @@ def _pack_shared(model: torch.nn.Module, device: torch.device, packed: dict) -> 
 
     import torch
 
-    from ..speed import packed as packing
+    from ..speed import Where, packed as packing
 
-    if packing.why_off(device) is not None:
+    if packing.why_off(model, Where(device)) is not None:
         return
     with torch.no_grad():
         for m in model.modules():

@@ -9,7 +9,7 @@ elements are scaled by 1 / (1 - p') with p' that rounded probability (for p = 0.
 the output's expectation is the input exactly, as with torch's dropout. Masks come from torch's own
 generator, so seeding and resumed runs (which restore its state) stay reproducible.
 
-`install(model)` swaps every `nn.Dropout` for `FastDropout` and, for transformers models that
+`install(model, where)` swaps every `nn.Dropout` for `FastDropout` and, for transformers models that
 dispatch attention through `ALL_ATTENTION_FUNCTIONS` (BERT, RoBERTa, ...), points them at
 `attention`, which is SDPA whenever dropout is off (evaluation, prediction: unchanged results)
 and softmax(QK^T)V with this mask on the probabilities when training. On GPUs torch's dropout is a
@@ -131,12 +131,12 @@ def _switch_attention(model: nn.Module, old: str, new: str) -> bool:
     return bool(configs)
 
 
-def why_off(device_type: str) -> str | None:
+def why_off(model: nn.Module, where) -> str | None:
     """None on CPU, where torch draws one Bernoulli sample per element; elsewhere its fused kernel is fast."""
-    return None if device_type == "cpu" else f"torch's fused dropout on {device_type}"
+    return None if where.device_type == "cpu" else f"torch's fused dropout on {where.device_type}"
 
 
-def install(model: nn.Module) -> str:
+def install(model: nn.Module, where) -> str:
     """Swap the model's dropouts for FastDropout; returns what changed, for the run log."""
     _register()
     swapped = _swap_dropouts(model, nn.Dropout, FastDropout)

@@ -40,8 +40,10 @@ def last_layer(model: nn.Module) -> nn.Module | None:
     return layers[-1] if isinstance(layers, nn.ModuleList) and len(layers) else None
 
 
-def why_off(model: nn.Module, head_type: str) -> str | None:
-    """None when the first-token layer applies, else the reason it is off (for the run log)."""
+def why_off(model: nn.Module, where) -> str | None:
+    """None when the first-token layer applies, else the reason it is off (for the run log). The head
+    type is the run's head.type (where.cfg); without a config, the model's own head."""
+    head_type = where.cfg.head.type if where.cfg is not None else "model"
     base = _base(model)
     name = type(base).__name__
     if name not in FIRST_TOKEN_HEADS:
@@ -80,17 +82,10 @@ def _forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | N
     return self.output(self.intermediate(attention_output), attention_output)
 
 
-def apply(model: nn.Module, head_type: str) -> str | None:
-    """Install where it applies; returns why it did not (None when installed)."""
-    reason = why_off(model, head_type)
-    if reason is None:
-        install(model)
-    return reason
-
-
-def install(model: nn.Module) -> None:
+def install(model: nn.Module, where) -> str:
     layer = last_layer(model)
     layer.forward = types.MethodType(_forward, layer)
+    return "the head reads nothing else"
 
 
 def remove(model: nn.Module) -> None:

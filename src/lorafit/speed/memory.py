@@ -53,9 +53,31 @@ def heap_trimmer() -> Optional[Callable[[], int]]:
     return lambda: trim(0)
 
 
-def why_off() -> str | None:
-    """Why heap trimming cannot run here (None when it can)."""
+def why_off(model, where) -> str | None:
+    """Why heap trimming cannot run here (None when it can): a property of the process's C library."""
     return None if heap_trimmer() is not None else "the C library has no malloc_trim"
+
+
+def install(model, where) -> str:
+    """Keep on the model the function the training loop calls after each optimizer step (after_step):
+    malloc_trim after every step (train.trim_heap: true, or no config), or after steps that grew RSS
+    past a limit (a fraction; auto = GROWTH_SLACK). Returns the run log's description."""
+    choice = True if where.cfg is None else where.cfg.train.trim_heap
+    if choice is True:
+        model._lorafit_after_step = heap_trimmer()
+        return "freed memory goes back to the OS after each step: lowest peak RSS"
+    slack = GROWTH_SLACK if choice == "auto" else choice
+    model._lorafit_after_step = trim_when_grown(heap_trimmer(), slack)
+    return f"freed memory goes back to the OS after a step that leaves RSS more than {slack:.0%} above the first step's"
+
+
+def after_step(model) -> Callable[[], object]:
+    """What install put on the model to call after each step; a no-op when it is not installed."""
+    return model.__dict__.get("_lorafit_after_step") or (lambda: None)
+
+
+def remove(model) -> None:
+    model.__dict__.pop("_lorafit_after_step", None)
 
 
 def rss_bytes() -> int | None:

@@ -22,12 +22,12 @@ from torch import nn
 from torch.nn import functional as F
 
 
-def why_off(device: torch.device | str, dtype: torch.dtype = torch.float32) -> str | None:
-    """None when packing applies on this device (and weight dtype), else the reason."""
-    if dtype != torch.float32:
-        return f"{str(dtype).removeprefix('torch.')} (16-bit) weights: torch already runs them on oneDNN"
-    if torch.device(device).type != "cpu":
-        return f"device {device}: packed weights are a CPU (oneDNN) path"
+def why_off(model: nn.Module, where) -> str | None:
+    """None when packing applies on this device (where.device) and weight dtype (where.dtype), else the reason."""
+    if where.dtype_name != "float32":
+        return f"{where.dtype_name} (16-bit) weights: torch already runs them on oneDNN"
+    if where.device_type != "cpu":
+        return f"device {where.device}: packed weights are a CPU (oneDNN) path"
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return f"{platform.machine()} processor: measured on x86-64 only"
     if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
@@ -48,16 +48,8 @@ def _packable(m: nn.Module) -> bool:
     return type(m) is nn.Linear and m.weight.dtype == torch.float32 and m.weight.device.type == "cpu"
 
 
-def apply(model: nn.Module, device: torch.device | str) -> str | None:
-    """Install where it applies; returns why it did not (None when installed)."""
-    reason = why_off(device)
-    if reason is None:
-        install(model)
-    return reason
-
-
-def install(model: nn.Module) -> int:
-    """Pack every plain fp32 CPU nn.Linear of the model; returns how many."""
+def install(model: nn.Module, where) -> str:
+    """Pack every plain fp32 CPU nn.Linear of the model; says how many."""
     n = 0
     with torch.no_grad():
         for m in model.modules():
@@ -66,13 +58,10 @@ def install(model: nn.Module) -> int:
                 m._lorafit_packed = torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), None)
                 m.forward = types.MethodType(_forward, m)
                 n += 1
-    return n
+    return f"{n} Linear layer(s) on prepacked oneDNN weights"
 
 
-def remove(model: nn.Module) -> int:
-    n = 0
+def remove(model: nn.Module) -> None:
     for m in model.modules():
         if "_lorafit_packed" in m.__dict__:
             del m._lorafit_packed, m.forward
-            n += 1
-    return n

@@ -45,8 +45,11 @@ def trainable_floor(model: nn.Module) -> int:
     return floor
 
 
-def why_off(model: nn.Module, cfg) -> str | None:
+def why_off(model: nn.Module, where) -> str | None:
     """None when prefix caching applies, else the reason it is off (for the run log)."""
+    cfg = where.cfg
+    if cfg is None:
+        return "no run config: the prefix cache is a training switch"
     if cfg.train.cache_prefix is False:
         return "train.cache_prefix: false"
     if encoder_layers(model) is None:
@@ -118,6 +121,8 @@ class PrefixCache:
         from ..data.batches import LengthGroupedBatches
 
         device = next(p for p in self.model.parameters()).device
+        installed = self._saved is not None
+        self.restore()  # the prefix's own modules compute the states (put back in place afterwards)
         store = HiddenStore(ds.lengths(), self.model.config.hidden_size, self.dtype, self.folder)
         was_training = self.model.training
         self.model.eval()
@@ -136,6 +141,8 @@ class PrefixCache:
         finally:
             self.encoder.encoder.layer = self.layers
             self.model.train(was_training)
+            if installed:
+                self.install()
         self.stores.append(store)
         return store
 
@@ -168,6 +175,29 @@ class PrefixCache:
         for s in self.stores:
             s.close()
         self.stores = []
+
+
+def install(model: nn.Module, where) -> str:
+    """A PrefixCache for the model's frozen prefix, kept on the model (cache_of) and put in place:
+    feed it each batch's states (its compute() fills the stores). Says what is cached, for the run log."""
+    k = trainable_floor(model)
+    cache = PrefixCache(model, k, where.cfg.train.cache_dtype)
+    model.__dict__["_lorafit_prefix"] = cache  # not a submodule: saved weights and names stay the same
+    cache.install()
+    n = "the embeddings" if k == 0 else f"embeddings + layers 0-{k - 1}"
+    return f"nothing below layer {k} trains: {n} computed once"
+
+
+def cache_of(model: nn.Module) -> PrefixCache | None:
+    """The PrefixCache install() put on the model, or None."""
+    return model.__dict__.get("_lorafit_prefix")
+
+
+def remove(model: nn.Module) -> None:
+    """The model's own modules back, and the cached states' files deleted."""
+    cache = model.__dict__.pop("_lorafit_prefix", None)
+    if cache is not None:
+        cache.close()
 
 
 class CachedCollator:

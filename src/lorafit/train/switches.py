@@ -1,12 +1,19 @@
 """Which speed switches a training run installs, and the run-log line that says why each is on or off.
 
-The switches themselves live in lorafit.speed (each with its why-off / install / remove contract and
-an equivalence test); this module is the training policy: on CPU or GPU, with this config."""
+The switches themselves live in lorafit.speed (each with the one why_off / install / remove contract
+and an equivalence test); this module is the training policy: on CPU or GPU, with this config."""
 from __future__ import annotations
 
 from typing import Callable
 
 import torch
+
+
+def where(recipe):
+    """What the switches may look at besides the model: the device and the run's config."""
+    from ..speed import Where
+
+    return Where(recipe.acc.device, recipe.cfg)
 
 
 def install(recipe) -> None:
@@ -29,73 +36,68 @@ def huge_pages(recipe) -> None:
 
 def fast_dropout(recipe) -> bool:
     """Cheaper dropout masks (speed/dropout.py) when asked for, or on CPU with auto; says so in the log."""
-    from ..speed.dropout import install, why_off
+    from ..speed import dropout
 
-    choice = recipe.cfg.train.fast_dropout
-    why = "train.fast_dropout: false" if choice is False else why_off(recipe.acc.device.type) if choice == "auto" else None
+    choice, here = recipe.cfg.train.fast_dropout, where(recipe)
+    why = "train.fast_dropout: false" if choice is False else dropout.why_off(recipe.model, here) if choice == "auto" else None
     if why is not None:
         recipe.log(f"fast dropout: off ({why})")
         return False
-    recipe.log(f"fast dropout: on ({install(recipe.model)}: masks from 16-bit uniforms, same distribution)")
+    recipe.log(f"fast dropout: on ({dropout.install(recipe.model, here)}: masks from 16-bit uniforms, same distribution)")
     return True
 
 
 def heap_trimming(recipe) -> Callable[[], object]:
     """malloc_trim after every optimizer step (true), or after steps that grew RSS past a limit
     (a fraction; auto = memory.GROWTH_SLACK on CPU); a no-op when off, so the loops call it always."""
-    from ..speed.memory import GROWTH_SLACK, heap_trimmer, trim_when_grown, why_off
+    from ..speed import memory
 
-    choice, device = recipe.cfg.train.trim_heap, recipe.acc.device.type
+    choice, device, here = recipe.cfg.train.trim_heap, recipe.acc.device.type, where(recipe)
     why = None
     if choice is False:
         why = "train.trim_heap: false"
     elif choice == "auto" and device != "cpu":
         why = f"training on {device}"
     else:
-        why = why_off()
+        why = memory.why_off(recipe.model, here)
     if why:
         recipe.log(f"heap trimming: off ({why})")
         return lambda: None
-    if choice is True:
-        recipe.log("heap trimming: on (freed memory goes back to the OS after each step: lowest peak RSS)")
-        return heap_trimmer()
-    slack = GROWTH_SLACK if choice == "auto" else choice
-    recipe.log(f"heap trimming: when grown (freed memory goes back to the OS after a step that leaves RSS more than "
-               f"{slack:.0%} above the first step's)")
-    return trim_when_grown(heap_trimmer(), slack)
+    what = memory.install(recipe.model, here)
+    recipe.log(f"heap trimming: {'on' if choice is True else 'when grown'} ({what})")
+    return memory.after_step(recipe.model)
 
 
 def prefix_cache(recipe):
     """Frozen-prefix caching when it applies (speed/prefix.py); says in the log why it is on or off."""
     from ..data.batches import Collator
-    from ..speed.prefix import CachedCollator, IndexedDataset, PrefixCache, trainable_floor, why_off
+    from ..speed import prefix
 
-    reason = why_off(recipe.model, recipe.cfg)
+    here = where(recipe)
+    reason = prefix.why_off(recipe.model, here)
     if reason is not None:
         recipe.log(f"prefix cache: off ({reason})")
         return None
-    k = trainable_floor(recipe.model)
-    cache = PrefixCache(recipe.model.to(recipe.acc.device), k, recipe.cfg.train.cache_dtype)
+    what = prefix.install(recipe.model.to(recipe.acc.device), here)
+    cache = prefix.cache_of(recipe.model)
     collate = Collator(recipe.tokenizer.pad_token_id)
     bs = recipe.cfg.train.eval_batch_size
     loaders = []
     for ds, loader in ((recipe.train_ds, recipe.train_loader), (recipe.val_ds, recipe.val_loader)):
-        store = cache.compute(ds, collate, bs, f"caching layers 0-{k - 1}")
-        loaders.append(torch.utils.data.DataLoader(IndexedDataset(ds), batch_sampler=loader.batch_sampler,
-                                                   collate_fn=CachedCollator(collate, store),
+        store = cache.compute(ds, collate, bs, f"caching layers 0-{cache.k - 1}")
+        loaders.append(torch.utils.data.DataLoader(prefix.IndexedDataset(ds), batch_sampler=loader.batch_sampler,
+                                                   collate_fn=prefix.CachedCollator(collate, store),
                                                    generator=loader.generator))
     recipe.train_loader, recipe.val_loader = loaders
-    cache.install()
-    n = "the embeddings" if k == 0 else f"embeddings + layers 0-{k - 1}"
-    recipe.log(f"prefix cache: on (nothing below layer {k} trains: {n} computed once for "
-               f"{len(recipe.train_ds) + len(recipe.val_ds)} items, {recipe.cfg.train.cache_dtype}; training runs layers {k}+)")
+    recipe.log(f"prefix cache: on ({what} for {len(recipe.train_ds) + len(recipe.val_ds)} items, "
+               f"{recipe.cfg.train.cache_dtype}; training runs layers {cache.k}+)")
     return cache
 
 
 def first_token_layer(recipe) -> None:
     """The last layer on the first token only, where the head reads nothing else (speed/first_token.py)."""
-    from ..speed import first_token
+    from ..speed import apply, first_token
 
-    reason = (first_token.apply(recipe.model, recipe.cfg.head.type) if recipe.cfg.train.last_layer_first_token
+    reason = (apply(first_token, recipe.model, where(recipe)) if recipe.cfg.train.last_layer_first_token
               else "train.last_layer_first_token: false")
     recipe.log("last layer on the first token only: " + ("on (the head reads nothing else)" if reason is None else f"off ({reason})"))
