@@ -60,8 +60,9 @@ def _train_tokenizer(folder: Path, kind: str) -> None:
     fast.save_pretrained(folder)
 
 
-def make_tiny_model(folder: Path, kind: str = "roberta", seed: int = 0) -> Path:
-    """A random encoder saved as a plain HF folder (safetensors + tokenizer)."""
+def make_tiny_model(folder: Path, kind: str = "roberta", seed: int = 0, **size) -> Path:
+    """A random encoder saved as a plain HF folder (safetensors + tokenizer); `size` overrides the
+    config's tiny sizes (hidden_size=..., max_position_embeddings=...)."""
     import torch
     from transformers import AutoModel, BertConfig, RobertaConfig
 
@@ -69,6 +70,7 @@ def make_tiny_model(folder: Path, kind: str = "roberta", seed: int = 0) -> Path:
     _train_tokenizer(folder, kind)
     common = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                   max_position_embeddings=80, vocab_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    common.update(size)
     cfg = BertConfig(pad_token_id=0, **common) if kind == "bert" else RobertaConfig(pad_token_id=1, bos_token_id=0, eos_token_id=2, **common)
     torch.manual_seed(seed)
     AutoModel.from_config(cfg).save_pretrained(folder, safe_serialization=True)

@@ -79,25 +79,36 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+class _DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default: "(default: X)" added unless the text already says it."""
+
+    def _get_help_string(self, action):
+        return action.help if "(default" in (action.help or "") else super()._get_help_string(action)
+
+
 def _serve_args(sub) -> None:
-    sv = sub.add_parser("serve", help="HTTP API over finished runs, adapters over one base sharing its weights")
+    sv = sub.add_parser("serve", help="HTTP API over finished runs, adapters over one base sharing its weights",
+                        formatter_class=_DefaultsShown)
     sv.add_argument("runs", nargs="+", metavar="[NAME=]RUN_DIR", help="runs to serve; named by NAME= or their folder's name")
-    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; another needs "
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s; another needs "
                                                          "--api-key-file or --insecure)")
-    sv.add_argument("--port", type=int, default=8000, help="port (0: any free one, printed at start)")
+    sv.add_argument("--port", type=int, default=8000, help="port; 0: any free one, printed at start")
     sv.add_argument("--max-batch", type=int, default=64, help="most texts per model forward")
     sv.add_argument("--max-wait-ms", type=float, default=5.0, help="how long the first waiting text waits for others")
     sv.add_argument("--max-round", type=int, default=0, help="most waiting texts of one run a round takes, sorted by length and "
-                                                             "cut into forwards (default 0: 4 x --max-batch)")
+                                                             "cut into forwards (default: %(default)s, i.e. 4 x --max-batch)")
     sv.add_argument("--streams", type=int, default=0, help="worker threads computing rounds side by side, sharing the cores "
-                                                           "(default 0: 2 on a CPU, 1 on a GPU)")
+                                                           "(default: %(default)s, i.e. 2 on a CPU, 1 on a GPU)")
     sv.add_argument("--queue", type=int, default=512, help="most requests waiting or running; more get 503 + Retry-After")
     sv.add_argument("--max-texts", type=int, default=256, help="most texts per request")
     sv.add_argument("--max-chars", type=int, default=100_000, help="most characters per text")
-    sv.add_argument("--api-key-file", help="file holding the key every route but /healthz needs as 'Authorization: Bearer KEY'")
-    sv.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without a key")
-    sv.add_argument("--grace", type=float, default=30.0, help="seconds in-flight requests get to finish on SIGTERM")
-    sv.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+    sv.add_argument("--api-key-file", help="file holding the key every route but /healthz needs as 'Authorization: Bearer KEY' "
+                                           "(default: none, no key: a loopback --host only, unless --insecure)")
+    sv.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without a key (default: off)")
+    sv.add_argument("--grace", type=float, default=30.0, help="seconds in-flight requests get to finish on SIGTERM; those that cannot are "
+                                                           "answered 503 + Retry-After, then exit 0")
+    sv.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"],
+                    help="uvicorn's log level")
 
 
 def _export_args(sub) -> None:

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr, ValidationErr
 
 from .auth import BearerAuth, read_key
 from .batcher import Batcher, QueueFull, Stopped, auto_streams
+from .drain import AnswerCancelled, Drain
 from .registry import Registry
 
 
@@ -33,6 +34,7 @@ class Limits:
     max_chars: int = 100_000
     max_body_bytes: int = 0       # 0: derived from max_texts x max_chars (see body_limit)
     retry_after_s: int = 1
+    stop_wait_s: float = 5.0      # at exit, how long the forwards still running may take (drain.py)
     max_round: int = 0            # texts per run a round may take when many wait; 0: 4 x max_batch (batcher.ROUND_BATCHES)
     streams: int = 0              # worker threads computing rounds; 0: batcher.auto_streams (2 on a CPU, 1 on a GPU)
 
@@ -113,12 +115,14 @@ def _metrics(registry_names: list[str]):
         "queue": Gauge("lorafit_queue_depth", "Requests waiting or running in the batcher", registry=reg),
         "streams": Gauge("lorafit_streams", "Worker streams computing rounds (--streams)", registry=reg),
         "busy": Gauge("lorafit_streams_busy", "Worker streams computing a round now", registry=reg),
+        "in_flight": Gauge("lorafit_requests_in_flight", "Predict requests received and not answered yet", registry=reg),
     }
 
 
 def create_app(registry: Registry, limits: Limits | None = None, api_key: str | None = None):
-    """The ASGI app over loaded runs. The batcher thread starts with the app's lifespan and stops
-    (after finishing what it took) when the server shuts down."""
+    """The ASGI app over loaded runs. The batcher threads start with the app's lifespan and stop when
+    the server shuts down (what is left dropped; a forward already running finishes, up to
+    limits.stop_wait_s). `app.state.drain.begin(grace)` on SIGTERM answers in time (drain.py)."""
     from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, PlainTextResponse
@@ -136,20 +140,23 @@ def create_app(registry: Registry, limits: Limits | None = None, api_key: str | 
     @asynccontextmanager
     async def lifespan(app):
         batcher.start()
+        drain.attach()
         app.state.ready = True
         try:
             yield
         finally:
             app.state.ready = False
-            await asyncio.to_thread(batcher.stop)
+            await asyncio.to_thread(batcher.stop, limits.stop_wait_s)
 
     app = FastAPI(title="lorafit serve", version="1", lifespan=lifespan,
                   description="Text classification with lorafit runs: many adapters over one shared base model.")
-    app.state.ready, app.state.draining, app.state.batcher = False, False, batcher
+    drain = Drain(batcher)
+    app.state.ready, app.state.drain, app.state.batcher = False, drain, batcher
     key = api_key.encode() if api_key else None
 
     if key is not None:
         app.add_middleware(BearerAuth, key=key)
+    app.add_middleware(AnswerCancelled, retry_after_s=limits.retry_after_s)  # outermost: sees every cancel
 
     @app.exception_handler(ClientError)
     async def client_error(request, e: ClientError):
@@ -171,8 +178,8 @@ def create_app(registry: Registry, limits: Limits | None = None, api_key: str | 
 
     @app.get("/readyz", summary="Models loaded and accepting requests")
     async def readyz():
-        if not app.state.ready or app.state.draining:
-            return JSONResponse({"status": "draining" if app.state.draining else "starting"}, status_code=503)
+        if not app.state.ready or drain.draining:
+            return JSONResponse({"status": "draining" if drain.draining else "starting"}, status_code=503)
         return {"status": "ready", "models": registry.names()}
 
     @app.get("/metrics", summary="Prometheus metrics")
@@ -194,8 +201,11 @@ def create_app(registry: Registry, limits: Limits | None = None, api_key: str | 
     async def predict(name: str, request: Request):
         start = time.monotonic()
         label = name if name in registry.runs else "unknown"
-        status = 500
+        status, job = 500, None
+        m["in_flight"].inc()
         try:
+            if drain.draining:  # SIGTERM came before this request: refused (those already in flight go on)
+                raise Stopped()
             run = registry.runs.get(name)
             if run is None:
                 status = 404
@@ -204,12 +214,10 @@ def create_app(registry: Registry, limits: Limits | None = None, api_key: str | 
             texts = [t.strip() for t in req.texts]  # as predict reads a text column (join_texts strips)
             try:
                 job = batcher.submit(run, texts)
+                logits = await _wait_or_disconnect(job, request, batcher)
             except QueueFull:
                 raise ClientError(503, f"server: queue full ({limits.queue} requests waiting, --queue); retry after "
                                        f"{limits.retry_after_s} s", {"Retry-After": str(limits.retry_after_s)}) from None
-            except Stopped:
-                raise ClientError(503, "server: shutting down", {"Retry-After": str(limits.retry_after_s)}) from None
-            logits = await _wait_or_disconnect(job, request, batcher)
             if logits is None:
                 status = 499  # client closed the connection: nothing to answer
                 return PlainTextResponse("", status_code=499)
@@ -224,11 +232,21 @@ def create_app(registry: Registry, limits: Limits | None = None, api_key: str | 
             m["texts"].labels(name).inc(len(texts))
             status = 200
             return JSONResponse(out)
+        except Stopped:  # refused after SIGTERM, or dropped at the --grace deadline (not computed)
+            status = 503
+            raise ClientError(503, "server: shutting down; this request was not computed; retry",
+                              {"Retry-After": str(limits.retry_after_s)}) from None
         except ClientError as e:
             status = e.status
             raise
+        except asyncio.CancelledError:  # the server's shutdown timeout: AnswerCancelled answers 503
+            status = 503
+            if job is not None:
+                batcher.cancel(job)
+            raise
         finally:
             m["requests"].labels(label, str(status)).inc()
+            m["in_flight"].dec()
             m["latency"].labels(label).observe(time.monotonic() - start)
 
     return app

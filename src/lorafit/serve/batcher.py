@@ -19,6 +19,11 @@ only arises when more than max_batch texts wait (under load they wait in the que
 The queue is bounded (max_queue requests waiting or running): `submit` refuses at once when it is
 full (the server answers 503 + Retry-After), so memory stays bounded under any load. A request
 whose client went away is dropped before its texts are computed (also between a round's forwards).
+`drop` (the --grace deadline, and `stop`) drops every request waiting or taken: each is failed with
+Stopped (the server answers 503), no round or forward starts for it any more, and only the forwards
+already running finish; `stop` then joins the threads, so no thread is inside torch when the
+interpreter shuts down (a daemon thread there aborts the process: `terminate called without an
+active exception`, exit 134). texts_computed / texts_dropped count every submitted text once.
 
 Streams: `streams` worker threads take rounds from the one queue (a round per thread; arrival order
 kept). Why more than one on a CPU: one forward over torch's intra-op threads (one per core) loses a
@@ -49,7 +54,7 @@ class Stopped(Exception):
     pass
 
 
-@dataclass
+@dataclass(eq=False)  # a job is itself (identity hash: held in a set while taken)
 class Job:
     run: object                      # registry.ServedRun
     texts: list[str]
@@ -136,9 +141,10 @@ class Batcher:
         self.on_batch = on_batch or (lambda size: None)  # metrics hooks: texts per forward, per round
         self.on_round = on_round or (lambda size: None)
         self.pending: deque[Job] = deque()
-        self.running = 0                 # requests taken by the worker, not finished
+        self.taken: set[Job] = set()     # requests taken by a stream, not finished
+        self.texts_computed = self.texts_dropped = 0  # under cond; the summary `lorafit serve` logs at exit
         self.cond = threading.Condition()
-        self.stopping = False
+        self.stopping, self.stop_by = False, float("inf")
         # intra-op threads to share among the streams busy at a forward's start (the creating thread's
         # torch setting: OMP_NUM_THREADS or the core count)
         self.streams, self.cores, self.busy = max(1, streams), torch.get_num_threads(), 0
@@ -152,7 +158,7 @@ class Batcher:
 
     def depth(self) -> int:
         with self.cond:
-            return len(self.pending) + self.running
+            return len(self.pending) + len(self.taken)
 
     def submit(self, run, texts: list[str]) -> Job:
         loop = asyncio.get_running_loop()
@@ -160,7 +166,7 @@ class Batcher:
         with self.cond:
             if self.stopping:
                 raise Stopped()
-            if len(self.pending) + self.running >= self.max_queue:
+            if len(self.pending) + len(self.taken) >= self.max_queue:
                 raise QueueFull()
             self.pending.append(job)
             self.cond.notify()
@@ -173,24 +179,43 @@ class Batcher:
             try:
                 self.pending.remove(job)
             except ValueError:
-                pass  # already taken: its result is dropped
+                return  # already taken: its stream skips its texts not yet computed
+            self.texts_dropped += len(job.texts)
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Finish what was taken, fail what still waits, end the thread."""
+    def drop(self) -> None:
+        """Shutting down: fail every request waiting or taken with Stopped (its client is answered 503 now)
+        and start no round or forward for it; the forwards already running finish, their results unused."""
         with self.cond:
             self.stopping = True
+            for job in self.pending:
+                self.texts_dropped += len(job.texts)
+            for job in (*self.pending, *self.taken):
+                if not job.cancelled:  # a cancelled one has nobody waiting (its error would never be read)
+                    job.cancelled = True
+                    job.finish(error=Stopped())
+            self.pending.clear()
             self.cond.notify_all()
-        end = time.monotonic() + timeout
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Drop what is left (nobody waits for it: the server has answered or closed every request), end
+        the threads; False if a forward still runs after `timeout` s (torch cannot be interrupted mid-op)."""
+        self.drop()
+        # a second stop (the app's shutdown, then lorafit serve's own) waits no longer than the first
+        end = self.stop_by = min(self.stop_by, time.monotonic() + timeout)
         for t in self.threads:
             if t.is_alive():
                 t.join(max(0.0, end - time.monotonic()))
+        return not self.alive()
+
+    def alive(self) -> bool:
+        return any(t.is_alive() for t in self.threads)
 
     def _take(self) -> list[Job] | None:
         """Wait for work until max_batch texts wait or the oldest waited max_wait; take up to max_round texts per run."""
         with self.cond:
             while not self.pending and not self.stopping:
                 self.cond.wait(0.5)
-            if not self.pending:
+            if self.stopping or not self.pending:  # stopping: what still waits was dropped (drop)
                 return None
             deadline = self.pending[0].queued_at + self.max_wait
             while not self.stopping:
@@ -210,10 +235,11 @@ class Batcher:
                     break
                 job = self.pending.popleft()
                 if job.cancelled or job.future.done():
+                    self.texts_dropped += len(job.texts)
                     continue
                 jobs.append(job)
                 per_run[job.run.name] = n + len(job.texts)
-            self.running += len(jobs)
+            self.taken.update(jobs)
             self.busy += 1  # in the same lock as the take: a stream taking next sees this one busy
             return jobs
 
@@ -228,7 +254,7 @@ class Batcher:
                 self._compute(jobs)
             finally:
                 with self.cond:
-                    self.running -= len(jobs)
+                    self.taken.difference_update(jobs)
                     self.busy -= 1
 
     def _share_cores(self) -> None:
@@ -243,9 +269,15 @@ class Batcher:
         for job in jobs:
             groups.setdefault(job.run.name, []).append(job)
         for group in groups.values():
+            self._count(dropped=sum(len(j.texts) for j in group if j.cancelled))
             group = [j for j in group if not j.cancelled]
             if group:
                 self._compute_run(group)
+
+    def _count(self, computed: int = 0, dropped: int = 0) -> None:
+        with self.cond:
+            self.texts_computed += computed
+            self.texts_dropped += dropped
 
     def _compute_run(self, group: list[Job]) -> None:
         """One run's texts of this round, in plan_forwards' forwards; each request answered when its last text is done."""
@@ -257,12 +289,15 @@ class Batcher:
             ids = tokenize_texts(run, [t for j in group for t in j.texts])
             out = np.zeros((len(ids), len(run.labels)), dtype=np.float32)
             for idx in plan_forwards([len(x) for x in ids], self.max_batch):
-                idx = [i for i in idx if not group[owner[i]].cancelled]  # its client went away meanwhile
+                keep = [i for i in idx if not group[owner[i]].cancelled]  # its client went away, or drop()
+                self._count(dropped=len(idx) - len(keep))
+                idx = keep
                 if not idx:
                     continue
                 self._share_cores()
                 self.on_batch(len(idx))
                 out[idx] = forward_logits(run, [ids[i] for i in idx])
+                self._count(computed=len(idx))
                 for i in idx:
                     k = owner[i]
                     left[k] -= 1
