@@ -21,7 +21,7 @@ from ..data.tables import read_table
 from ..errors import LorafitError
 from ..io import Target, atomic_write_text, output_target, probe_writable, regular_identity
 from ..infer import engine
-from ..infer.loaded import default_device, from_model, load_run  # noqa: F401 (default_device: for callers)
+from ..infer.loaded import from_model, load_run
 from .directory import read_run
 
 ID_COLUMNS = ("ID", "id", "Id")
