@@ -43,9 +43,9 @@ def main() -> int:
     from lorafit.export import export_run
     from lorafit.export import onnx as ox
     from lorafit.export.check import check_texts
+    from lorafit.infer import engine
+    from lorafit.infer.loaded import load_run
     from lorafit.runs.directory import read_run
-    from lorafit.runs.predict import predict_logits
-    from lorafit.runs.weights import load_trained
 
     cfg, _ = read_run(args.run)
     texts = check_texts(Path(args.run), cfg, args.data)[1][: args.limit]
@@ -54,15 +54,13 @@ def main() -> int:
         manifest = export_run(args.run, "onnx", Path(tmp) / "onnx", quantize="int8", min_agreement=1.0, check=args.data,
                               log=print)
         export_s = time.perf_counter() - t
-        model, tok, cfg, _ = load_trained(args.run, merge=True)
+        loaded = load_run(args.run)
+        cfg = loaded.cfg
         folder = Path(tmp) / "onnx"
-        runners = {
-            "lorafit predict (torch)": lambda: predict_logits(model, tok, texts, cfg.data.max_length, args.batch),
-            "ONNX Runtime fp32": (lambda s: lambda: ox.ort_logits(s, tok, texts, cfg.data.max_length, args.batch))(
-                ox.session(folder / "model.onnx")),
-            "ONNX Runtime int8 (dynamic quantisation)": (lambda s: lambda: ox.ort_logits(
-                s, tok, texts, cfg.data.max_length, args.batch))(ox.session(folder / "model.int8.onnx")),
-        }
+        on = {"lorafit predict (torch)": loaded,  # the same engine on each backend: the runtimes alone differ
+              "ONNX Runtime fp32": loaded.with_session(ox.session(folder / "model.onnx")),
+              "ONNX Runtime int8 (dynamic quantisation)": loaded.with_session(ox.session(folder / "model.int8.onnx"))}
+        runners = {name: (lambda r: lambda: engine.logits(r, texts, batch_size=args.batch))(r) for name, r in on.items()}
         best = {name: float("inf") for name in runners}
         labels = {}
         for run in runners.values():  # warm-up: first calls allocate and pick kernels

@@ -107,9 +107,9 @@ def test_training_fits_saves_and_reports_the_temperature(trained_run):
     # T minimises the validation NLL, so it can only lower it (T = 1 is one of the candidates)
     assert val["nll_after"] <= val["nll_before"] + 1e-9
     # eval.json's numbers are the validation logits' own
-    from lorafit.train.evaluation import predict_logits
+    from lorafit.train.evaluation import validation_logits
 
-    logits, labels, _ = predict_logits(recipe, recipe.final_val_loader)
+    logits, labels, _ = validation_logits(recipe, recipe.final_val_loader)
     assert calibration.nll(logits, labels, t) == pytest.approx(val["nll_after"], rel=1e-6)
     assert calibration.ece(calibration.softmax(logits), labels) == pytest.approx(val["ece_before"], abs=1e-9)
     assert abs(calibration.fit_temperature(logits, labels) - t) < 1e-6 * t

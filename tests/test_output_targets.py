@@ -46,7 +46,7 @@ def no_model(monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr("lorafit.runs.predict.load_trained", refuse)
+    monkeypatch.setattr("lorafit.runs.weights.load_trained", refuse)  # infer.loaded.load_run calls it
 
 
 # ---------------------------------------------------------------- where the CSV goes

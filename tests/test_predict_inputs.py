@@ -235,7 +235,7 @@ def test_output_folder_not_writable_is_refused_before_the_model_loads(run, tmp_p
 
     monkeypatch.setattr(tempfile, "mkstemp", refuse)
     monkeypatch.setattr(lorafit.runs, "load_trained", no_model)
-    monkeypatch.setattr("lorafit.runs.predict.load_trained", no_model)
+    monkeypatch.setattr("lorafit.runs.weights.load_trained", no_model)  # what load_run calls
     assert _one_error(capsys, ["predict", run_dir, "--input", inp, "--output", ro / "p.csv"]) == (
         f"--output: cannot write in folder {ro} (Permission denied); choose another --output")
     assert list(ro.iterdir()) == []

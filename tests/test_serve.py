@@ -329,7 +329,10 @@ def test_runs_over_one_base_hold_one_copy_of_its_files(runs, tiny_roberta, tmp_p
     import torch
     import yaml
 
-    from lorafit.serve.batcher import forward_logits, tokenize_texts
+    from lorafit.infer.engine import encode, forward as forward_logits
+
+    def tokenize_texts(run, texts):
+        return encode(run, texts)[0]
     from lorafit.serve.registry import Registry, _owned, base_state, check_run
 
     copy, other = tmp_path / "tiny-roberta-copy", tmp_path / "other"
@@ -367,7 +370,7 @@ def test_plan_forwards_is_the_cut_that_pads_least():
     overhead per forward of all contiguous cuts of the sorted lengths (checked by enumerating them)."""
     import itertools
 
-    from lorafit.serve.batcher import plan_forwards
+    from lorafit.infer.engine import plan_forwards
 
     def cost(lens, forwards, overhead):
         return sum(len(f) * max(lens[i] for i in f) + overhead for f in forwards)
@@ -397,7 +400,11 @@ def test_a_round_takes_several_forwards_worth_sorted_by_length(runs):
 
     import torch
 
-    from lorafit.serve.batcher import Batcher, forward_logits, plan_forwards, tokenize_texts
+    from lorafit.infer.engine import encode, forward as forward_logits, plan_forwards
+    from lorafit.serve.batcher import Batcher
+
+    def tokenize_texts(run, texts):
+        return encode(run, texts)[0]
     from lorafit.serve.registry import Registry
 
     reg = Registry.load([("topics", runs["topics"]), ("binary", runs["binary"])], device=torch.device("cpu"))

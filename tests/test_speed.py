@@ -114,7 +114,11 @@ def test_group_by_length_training_same_loss_per_batch(tiny_roberta, synth_csv):
 
 def test_token_cache_hit_skips_the_tokenizer_and_is_identical(tiny_roberta, tmp_path, monkeypatch):
     from transformers import AutoTokenizer
-    from lorafit.data.tokens import tokenize
+    from lorafit.data.encoding import Encoding, encode
+
+    def tokenize(tok, texts, max_length):
+        ids, _, truncated = encode(tok, texts, Encoding(max_length))
+        return ids, truncated
 
     monkeypatch.setenv("LORAFIT_CACHE", str(tmp_path))
     tok = AutoTokenizer.from_pretrained(str(tiny_roberta))

@@ -1,5 +1,5 @@
 """What an export is checked on, and the check itself: the run's validation texts (or a --check
-file), lorafit's own logits on them (the path `lorafit predict` takes), and the rule an exported
+file; with their pair texts for a text-pair run), and the rule an exported
 model must meet: logits within ATOL of lorafit's and the same label for every text."""
 from __future__ import annotations
 
@@ -16,27 +16,28 @@ ATOL = 1e-4  # fp32 export vs lorafit: the same math in another runtime, so only
 
 def check_texts(run_dir: Path, cfg, check: Optional[str], *, allow_pickle: bool = False,
                 text_columns: Optional[Sequence[str]] = None, delimiter: Optional[str] = None,
-                input_format: Optional[str] = None) -> tuple[str, list[str]]:
-    """(where the texts came from, texts): --check FILE, else the run's validation split rebuilt from
-    its config (same file, seed and split as in training)."""
+                input_format: Optional[str] = None) -> tuple[str, list[str], Optional[list[str]]]:
+    """(where the texts came from, texts, pair texts or None): --check FILE, else the run's validation
+    split rebuilt from its config (same file, seed and split as in training)."""
     if check:
         from ..runs.predict import read_inputs
 
-        texts = read_inputs(check, cfg.data, allow_pickle, text_columns=text_columns, delimiter=delimiter,
-                            input_format=input_format)[2]
+        _, _, texts, pairs = read_inputs(check, cfg.data, allow_pickle, text_columns=text_columns,
+                                         delimiter=delimiter, input_format=input_format)
         where = check
     else:
         from ..data.examples import load_split, split_seed
 
         try:
-            texts = load_split(cfg.data, split_seed(cfg.data, cfg.seed)).val.texts
+            val = load_split(cfg.data, split_seed(cfg.data, cfg.seed)).val
+            texts, pairs = val.texts, val.pairs
         except LorafitError as e:
             raise LorafitError(f"export: the run's validation texts cannot be rebuilt ({e}); give --check FILE with "
                                "texts to check the export on") from None
         where = f"the run's validation set ({cfg.data.train})"
     if not texts:
         raise LorafitError(f"--check: {where} has no texts to check the export on")
-    return where, list(texts)
+    return where, list(texts), None if pairs is None else list(pairs)
 
 
 @dataclass

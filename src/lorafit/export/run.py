@@ -49,30 +49,27 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, *, check: Optiona
     cfg, names = read_run(run_dir)
     if not (run_dir / weights_folder(cfg)).is_dir():
         raise LorafitError(f"{run_dir}: no trained weights ({weights_folder(cfg)}/ missing); did training finish?")
-    if cfg.data.text_pair_column:  # the graph takes input_ids + attention_mask: BERT's segment ids would be lost
-        raise LorafitError(f"{run_dir}: trained on text pairs (data.text_pair_column); lorafit export takes "
-                           "single-text runs only so far (use lorafit predict for it)")
     check_out(out, overwrite, {"RUN_DIR": run_dir, "--check": check})
     if fmt == "merged":
         from .merged import check_mappable
 
         check_mappable(cfg.head.type)
-    where, texts = checking.check_texts(run_dir, cfg, check, allow_pickle=allow_pickle, text_columns=text_columns,
-                                        delimiter=delimiter, input_format=input_format)
-    ref = _lorafit_logits(run_dir, texts, batch_size)
+    where, texts, pairs = checking.check_texts(run_dir, cfg, check, allow_pickle=allow_pickle,
+                                               text_columns=text_columns, delimiter=delimiter, input_format=input_format)
+    ref = _lorafit_logits(run_dir, texts, pairs, batch_size)
     manifest = {"format": fmt, "run": str(run_dir.resolve()), "lorafit": __version__, "labels": names,
                 "max_length": cfg.data.max_length, "head": cfg.head.type, "model": cfg.model.name,
-                "task": cfg.data.task, "truncation": cfg.data.truncation,
+                "task": cfg.data.task, "truncation": cfg.data.truncation, "text_pair_column": cfg.data.text_pair_column,
                 "check": {"texts": where, "n": len(texts), "atol": checking.ATOL}}
     with tempfile.TemporaryDirectory(prefix="lorafit-export-") as tmp:
         built = Path(tmp) / "export"
         built.mkdir()
-        model, tokenizer, _, _ = _plain_merged(run_dir)
+        plain = _plain_merged(run_dir)
         if fmt == "onnx":
-            _build_onnx(model, tokenizer, built, texts, ref, cfg, quantize, min_agreement, manifest, batch_size, log)
+            _build_onnx(plain, built, texts, pairs, ref, quantize, min_agreement, manifest, batch_size, log)
         else:
-            _build_merged(model, tokenizer, built, texts, ref, cfg, manifest, batch_size, log)
-        tokenizer.save_pretrained(built)
+            _build_merged(plain, built, texts, pairs, ref, manifest, batch_size, log)
+        plain.tokenizer.save_pretrained(built)
         (built / "labels.json").write_text(json.dumps(names, indent=2), encoding="utf-8")
         for extra in ("thresholds.json", "calibration.json"):  # multi_label's thresholds; predict --probs' temperature
             if (run_dir / extra).is_file():
@@ -83,20 +80,19 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, *, check: Optiona
     return manifest
 
 
-def _lorafit_logits(run_dir: Path, texts: list[str], batch_size: int):
-    """What `lorafit predict` computes: its own load path and speed settings."""
-    from ..runs.predict import predict_logits
-    from ..runs.weights import load_trained
+def _lorafit_logits(run_dir: Path, texts: list[str], pairs, batch_size: int):
+    """What `lorafit predict` computes: its own load path, speed settings and engine (on the CPU)."""
+    from ..infer import engine
+    from ..infer.loaded import load_run
 
-    model, tokenizer, cfg, _ = load_trained(run_dir, merge=True)
-    return predict_logits(model, tokenizer, texts, cfg.data.max_length, batch_size)
+    return engine.logits(load_run(run_dir, device="cpu"), texts, pairs, batch_size=batch_size, desc="checking")
 
 
 def _plain_merged(run_dir: Path):
-    """The merged model with none of lorafit's speed paths: torch's own modules only, as an exporter needs."""
-    from ..runs.weights import load_trained
+    """The run merged with none of lorafit's speed paths: torch's own modules only, as an exporter needs."""
+    from ..infer.loaded import load_run
 
-    return load_trained(run_dir, merge=True, device="cpu", first_token=False, packed=False)
+    return load_run(run_dir, device="cpu", first_token=False, packed=False)
 
 
 def _refuse(what: str, agreement: checking.Agreement, rule: str) -> LorafitError:
@@ -104,28 +100,33 @@ def _refuse(what: str, agreement: checking.Agreement, rule: str) -> LorafitError
                         "nothing was written")
 
 
-def _build_onnx(model, tokenizer, built: Path, texts, ref, cfg, quantize, min_agreement, manifest, batch_size, log) -> None:
+def _build_onnx(plain, built: Path, texts, pairs, ref, quantize, min_agreement, manifest, batch_size, log) -> None:
+    """The graph, checked through the engine (the run's encoding: truncation, pairs) on ONNX Runtime."""
+    from ..infer import engine
     from . import onnx as ox
 
+    def ort_logits(path: Path):
+        return engine.logits(plain.with_session(ox.session(path)), texts, pairs, batch_size=batch_size, desc="checking")
+
+    model = plain.model
     path = built / "model.onnx"
     try:
-        ox.export_onnx(model, tokenizer, path)
+        inputs = ox.export_onnx(model, plain.tokenizer, path, pairs=pairs is not None)
     except Exception as e:
         raise LorafitError(f"export: torch.onnx.export failed for {type(model).__name__} ({type(e).__name__}: "
                            f"{' '.join(str(e).split())[:300]}); nothing was written") from e
-    fp32 = ox.ort_logits(ox.session(path), tokenizer, texts, cfg.data.max_length, batch_size)
+    fp32 = ort_logits(path)
     agreement = checking.compare(ref, fp32)
     if not agreement.passes():
         raise _refuse("the ONNX model", agreement, f"logits within {checking.ATOL:g} and every label equal")
     log(f"check: ONNX Runtime fp32 vs lorafit on {len(texts)} texts: {agreement.describe()}")
     manifest["check"].update(max_abs_diff=agreement.max_abs_diff, labels_equal=agreement.labels_equal)
-    manifest.update(files={"fp32": path.name}, inputs=list(ox.INPUTS), outputs=["logits"], opset=ox.OPSET)
+    manifest.update(files={"fp32": path.name}, inputs=list(inputs), outputs=["logits"], opset=ox.OPSET)
     model.config.to_json_file(built / "config.json")
     if quantize == "int8":
         q = built / "model.int8.onnx"
         ox.quantize_int8(path, q)
-        int8 = checking.int8_verdict(fp32, ox.ort_logits(ox.session(q), tokenizer, texts, cfg.data.max_length, batch_size),
-                                     min_agreement)
+        int8 = checking.int8_verdict(fp32, ort_logits(q), min_agreement)
         log(f"check: int8 vs fp32 on {len(texts)} texts: labels agree on {int8.labels_equal}/{int8.n} "
             f"({100 * int8.fraction:.2f}%), max |logit difference| {int8.max_abs_diff:.3g}")
         manifest["files"]["int8"] = q.name
@@ -133,13 +134,13 @@ def _build_onnx(model, tokenizer, built: Path, texts, ref, cfg, quantize, min_ag
                             "max_abs_diff": int8.max_abs_diff, "min_agreement_pct": min_agreement}
 
 
-def _build_merged(model, tokenizer, built: Path, texts, ref, cfg, manifest, batch_size, log) -> None:
-    from ..runs.predict import predict_logits
+def _build_merged(plain, built: Path, texts, pairs, ref, manifest, batch_size, log) -> None:
+    from ..infer import engine
     from .merged import load_merged, save_merged
 
-    save_merged(model, built)
-    reloaded = load_merged(built)
-    agreement = checking.compare(ref, predict_logits(reloaded, tokenizer, texts, cfg.data.max_length, batch_size))
+    save_merged(plain.model, built)
+    reloaded = plain.with_model(load_merged(built))
+    agreement = checking.compare(ref, engine.logits(reloaded, texts, pairs, batch_size=batch_size, desc="checking"))
     if not agreement.passes():
         raise _refuse("the merged model, reloaded by AutoModelForSequenceClassification", agreement,
                       f"logits within {checking.ATOL:g} and every label equal")

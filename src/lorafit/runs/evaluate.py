@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
 
-from ..calibration import read_temperature, split_summary
+from ..calibration import split_summary
 from .. import tasks
 from ..data.examples import load_labelled
+from ..infer import engine
+from ..infer.loaded import load_run
 from .directory import read_run
-from .predict import default_device, input_config, predict_logits
-from .weights import load_trained
+from .predict import input_config
 
 
 def evaluate_file(run_dir: str, data_path: str, *, allow_pickle: bool = False, batch_size: int = 128,
@@ -25,11 +26,11 @@ def evaluate_file(run_dir: str, data_path: str, *, allow_pickle: bool = False, b
     for note in notes if log else ():
         log(f"data: {note}")
     thresholds = tasks.task_of(cfg).read_thresholds(run_dir)
-    model, tokenizer, cfg, names = load_trained(run_dir, merge=True, device=default_device())
-    logits = predict_logits(model, tokenizer, ex.texts, cfg.data.max_length, batch_size, pairs=ex.pairs, data=cfg.data,
-                            log=log)
+    run = load_run(run_dir)
+    cfg, names = run.cfg, run.labels
+    logits = engine.logits(run, ex.texts, ex.pairs, batch_size=batch_size, log=log)
     metrics = tasks.task_of(cfg).metrics(ex.labels, logits, names, thresholds)
-    temperature = read_temperature(run_dir) if tasks.task_of(cfg).calibrated else None
+    temperature = run.temperature if tasks.task_of(cfg).calibrated else None
     if temperature is not None:  # the ECE of what `predict --probs` gives, and of the plain softmax
         metrics["calibration"] = {"temperature": temperature, **split_summary(logits, ex.labels, temperature)}
     return metrics

@@ -15,47 +15,26 @@ import torch
 
 from .. import tasks
 from ..config import DataConfig
-from ..data.batches import Collator, LengthGroupedBatches, TokenDataset
-from ..data.encoding import Encoding, encode, truncation_note
+from ..data.encoding import Encoding
 from ..data.examples import join_texts, pair_texts, require_all
 from ..data.tables import read_table
 from ..errors import LorafitError
 from ..io import Target, atomic_write_text, output_target, probe_writable, regular_identity
-from ..progress import progress
+from ..infer import engine
+from ..infer.loaded import from_model, load_run
 from .directory import read_run
-from .weights import load_trained
 
 ID_COLUMNS = ("ID", "id", "Id")
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-@torch.inference_mode()
 def predict_logits(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 128,
                    device: torch.device | None = None, *, pairs: Optional[list[str]] = None,
                    data: Optional[DataConfig] = None, log: Optional[Callable[[str], None]] = None) -> np.ndarray:
-    """Logits in input order. Batches are sorted by length so padding stays minimal. pairs: the second
-    texts of text pairs; data: the run's data settings (its truncation), with max_length as given;
-    log: told how many texts were cut to max_length, if any."""
-    device = device or next(model.parameters()).device
+    """Logits in input order of a model in memory (tests, benchmarks), computed by the engine (infer/engine.py)
+    as for a loaded run. pairs: the second texts of text pairs; data: the run's data settings (its
+    truncation), with max_length as given; log: told how many texts were cut to max_length, if any."""
     enc = Encoding(max_length) if data is None else Encoding(max_length, data.truncation, data.head_tokens)
-    ids, types, truncated = encode(tokenizer, texts, enc, pairs)
-    note = truncation_note(truncated, len(ids), enc, pairs is not None)
-    if note and log:
-        log(f"note: {note}")
-    ds = TokenDataset(ids, types=types)
-    sampler = LengthGroupedBatches(ds.lengths(), batch_size, shuffle=False)
-    collate = Collator(tokenizer.pad_token_id)
-    out = np.zeros((len(ds), model.config.num_labels), dtype=np.float32)
-    with progress(total=len(ds), desc="predicting", unit=" samples", disable=len(ds) < batch_size) as bar:
-        for idx in sampler:
-            batch = collate([ds[i] for i in idx])
-            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
-            out[np.asarray(idx)] = logits.float().cpu().numpy()
-            bar.update(len(idx))
-    return out
+    return engine.logits(from_model(model, tokenizer, enc, device), texts, pairs, batch_size=batch_size, log=log)
 
 
 def input_config(data: DataConfig, text_columns: Optional[Sequence[str]] = None, label_column: Optional[str] = None,
@@ -188,9 +167,10 @@ def predict_file(run_dir: str, input_path: str, output_path: str, *, allow_pickl
     keep = [i for i in range(len(texts)) if i not in empty]
     thresholds = task.read_thresholds(run_dir)
     if keep:
-        model, tokenizer, cfg, names = load_trained(run_dir, merge=True, device=default_device())
-        logits = predict_logits(model, tokenizer, [texts[i] for i in keep], cfg.data.max_length, batch_size,
-                                pairs=None if pairs is None else [pairs[i] for i in keep], data=cfg.data, log=log)
+        run = load_run(run_dir)
+        cfg, names = run.cfg, run.labels
+        logits = engine.logits(run, [texts[i] for i in keep], None if pairs is None else [pairs[i] for i in keep],
+                               batch_size=batch_size, log=log)
     else:  # every text empty: no model needed
         logits = np.zeros((0, len(names)), dtype=np.float32)
     labels = task.prediction_column(logits, names, thresholds, cfg.data.label_delimiter)

@@ -3,10 +3,10 @@ texts, run in one worker thread (off the event loop: health checks answer while 
 
 A round waits until max_batch texts wait or the oldest has waited max_wait_ms, then takes every
 waiting request in arrival order up to max_round texts per run (several forwards' worth; a request
-with more texts than that is taken whole), groups the texts per run, tokenises them as `lorafit
-predict` does, sorts them by length and cuts them into forwards of at most max_batch texts, each
-padded to its longest item (plan_forwards). A request is answered as soon as its last text is
-computed; the logits go back to each request in its own order. A run's rows never see another
+with more texts than that is taken whole), groups the texts per run, and computes them with
+`lorafit predict`'s engine (infer/engine.py): encoded with the run's truncation, sorted by length
+and cut into forwards of at most max_batch texts, each padded to its longest item (plan_forwards).
+A request is answered as soon as its last text is computed; the logits go back to each request in its own order. A run's rows never see another
 run's, and the attention mask keeps padding out of every real token, so a text's logits do not
 depend on what else was in the batch (beyond float rounding; tests/test_serve.py checks 1e-4).
 
@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..infer import engine
+
 
 class QueueFull(Exception):
     pass
@@ -75,51 +77,6 @@ class Job:
             self.loop.call_soon_threadsafe(set_it)
         except RuntimeError:  # the loop has closed: nobody waits any more
             pass
-
-
-def tokenize_texts(run, texts: list[str]) -> list[list[int]]:
-    """The token ids `lorafit predict` computes for these texts: the run's truncation (data.encoding),
-    without the disk cache."""
-    from ..data.encoding import Encoding, encode
-
-    d = run.cfg.data
-    return encode(run.tokenizer, texts, Encoding(run.max_length, d.truncation, d.head_tokens), None, cache=False)[0]
-
-
-# What one more forward costs beyond its padded tokens, in tokens: per-call overhead and small
-# matrices running below the CPU's speed. From interleaved runs on 2 cores (MiniLM, 512 AG News texts
-# in rounds of 64/256, load ~4): 256 was faster than cutting at every max_batch texts (1.2-1.5x) and than 64
-# (more, smaller forwards).
-FORWARD_COST_TOKENS = 256
-
-
-def plan_forwards(lengths: list[int], max_batch: int, overhead: int = FORWARD_COST_TOKENS) -> list[list[int]]:
-    """Indices into `lengths`, longest first, cut into forwards of at most max_batch: the cut that
-    minimises padded tokens plus `overhead` per forward (dynamic programming over the sorted lengths,
-    O(n x max_batch))."""
-    order = np.argsort(-np.asarray(lengths), kind="stable")
-    sorted_len = np.asarray(lengths, dtype=np.int64)[order]
-    n = len(order)
-    best, cut = np.zeros(n + 1), np.zeros(n + 1, dtype=np.int64)
-    for j in range(1, n + 1):
-        start = np.arange(max(0, j - max_batch), j)
-        cost = best[start] + (j - start) * sorted_len[start] + overhead  # texts start..j-1 padded to the first
-        k = int(np.argmin(cost))
-        best[j], cut[j] = cost[k], start[k]
-    out, j = [], n
-    while j > 0:
-        out.append(order[cut[j]:j].tolist())
-        j = int(cut[j])
-    return out[::-1]
-
-
-@torch.inference_mode()
-def forward_logits(run, ids: list[list[int]]) -> np.ndarray:
-    """One forward over these token ids, padded to the longest (as predict's Collator pads)."""
-    from ..data.batches import Collator
-
-    batch = Collator(run.tokenizer.pad_token_id)([(x, None) for x in ids])
-    return run.model(**{k: v.to(run.device) for k, v in batch.items()}).logits.float().cpu().numpy()
 
 
 def auto_streams(devices) -> int:
@@ -286,9 +243,9 @@ class Batcher:
         first = np.cumsum([0] + [len(j.texts) for j in group])
         left = [len(j.texts) for j in group]
         try:
-            ids = tokenize_texts(run, [t for j in group for t in j.texts])
+            ids = engine.encode(run, [t for j in group for t in j.texts])[0]
             out = np.zeros((len(ids), len(run.labels)), dtype=np.float32)
-            for idx in plan_forwards([len(x) for x in ids], self.max_batch):
+            for idx in engine.plan_forwards([len(x) for x in ids], self.max_batch):
                 keep = [i for i in idx if not group[owner[i]].cancelled]  # its client went away, or drop()
                 self._count(dropped=len(idx) - len(keep))
                 idx = keep
@@ -296,7 +253,7 @@ class Batcher:
                     continue
                 self._share_cores()
                 self.on_batch(len(idx))
-                out[idx] = forward_logits(run, [ids[i] for i in idx])
+                out[idx] = engine.forward(run, [ids[i] for i in idx])
                 self._count(computed=len(idx))
                 for i in idx:
                     k = owner[i]

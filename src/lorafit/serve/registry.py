@@ -48,23 +48,36 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # a URL path segment wi
 if TYPE_CHECKING:
     import torch
 
+    from ..infer.loaded import LoadedRun
+
 OWN = (".lora_", "modules_to_save.", "lora_magnitude_vector")  # tensors that belong to one run
 
 
 @dataclass
 class ServedRun:
+    """A served run: infer.loaded.LoadedRun (what the engine computes with: tokenizer, encoding, backend)
+    under a name, with what /v1/models reports."""
     name: str
     run_dir: Path
-    model: torch.nn.Module
-    tokenizer: object
-    cfg: object
-    labels: list
-    device: torch.device
+    loaded: LoadedRun
     own_parameters: int = 0      # parameters this run holds alone (adapter, head, trained norms)
     shared_parameters: int = 0   # parameters it reads from the shared base copy
-    max_length: int = 128
-    temperature: float = 1.0     # calibration.json's, as `lorafit predict --probs` applies it
     trainable: int = 0           # eval.json's count of trained parameters
+
+    # the engine reads these of any run it computes (infer/engine.py)
+    model = property(lambda self: self.loaded.model)
+    tokenizer = property(lambda self: self.loaded.tokenizer)
+    encoding = property(lambda self: self.loaded.encoding)
+    backend = property(lambda self: self.loaded.backend)
+    cfg = property(lambda self: self.loaded.cfg)
+    labels = property(lambda self: self.loaded.labels)
+    device = property(lambda self: self.loaded.device)
+    max_length = property(lambda self: self.loaded.max_length)
+
+    @property
+    def temperature(self) -> float:
+        """calibration.json's, as `lorafit predict --probs` applies it (1 when the run has none)."""
+        return self.loaded.temperature or 1.0
 
     def describe(self) -> dict:
         return {"name": self.name, "labels": self.labels, "base": self.cfg.model.name,
@@ -241,9 +254,7 @@ class Registry:
     @classmethod
     def load(cls, specs: list[tuple[str, Path]], device: torch.device | None = None, log=lambda line: None,
              packed: bool | None = None) -> "Registry":
-        from .. import calibration
-        from ..runs.predict import default_device
-        from ..runs.weights import load_trained
+        from ..infer.loaded import default_device, load_run
 
         device = device or default_device()
         cfgs = [check_run(folder) for _, folder in specs]
@@ -253,23 +264,21 @@ class Registry:
             pack = run_cfg.train.packed_inference if packed is None else packed
             if run_cfg.adapter.method == "full" or per_base[_base_key(run_cfg)] == 1:
                 # nothing to share its base with: predict's own path (LoRA merged, packed as predict packs)
-                model, tokenizer, cfg, labels = load_trained(folder, merge=True, device=device, packed=pack)
-                model.requires_grad_(False)
+                loaded = load_run(folder, device, merge=True, packed=pack)
+                model = loaded.model.requires_grad_(False)
                 own, shared = sum(p.numel() for p in model.parameters()), 0
             else:
                 # unmerged (the base stays shared), unpacked (packing is done once per shared weight below)
                 state = base_state(run_cfg, device, states)
-                model, tokenizer, cfg, labels = load_trained(folder, merge=False, device=device, packed=False,
-                                                             base_state=state)
-                model.requires_grad_(False)
-                own, shared = pool.share(model, _base_key(cfg))
+                loaded = load_run(folder, device, merge=False, base_state=state, packed=False)
+                model = loaded.model.requires_grad_(False)
+                own, shared = pool.share(model, _base_key(loaded.cfg))
                 if state is None:
                     _free_memory()  # the run's own copy of the base, just swapped out
                 if pack:
                     _pack_shared(model, device, pack_pool)
-            runs[name] = ServedRun(name, Path(folder), model, tokenizer, cfg, list(labels), device, own, shared,
-                                   cfg.data.max_length, calibration.read_temperature(folder) or 1.0,
-                                   _trainable(folder))
+            runs[name] = ServedRun(name, Path(folder), loaded, own, shared, _trainable(folder))
+            cfg = loaded.cfg
             log(f"loaded {name} ({folder}): {cfg.adapter.method} over {cfg.model.name}, {own:,} own parameters, "
                 f"{shared:,} shared")
         return cls(runs)

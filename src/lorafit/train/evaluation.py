@@ -16,8 +16,13 @@ from ..thresholds import below_untuned, choose_thresholds, describe
 
 
 @torch.inference_mode()
-def predict_logits(recipe, loader) -> tuple[np.ndarray, np.ndarray, float]:
-    """Logits and labels of every item exactly once (duplicates from DDP padding dropped)."""
+def validation_logits(recipe, loader) -> tuple[np.ndarray, np.ndarray, float]:
+    """Logits and labels of every item exactly once (duplicates from DDP padding dropped).
+
+    Not infer/engine.py's forward: these batches come from accelerate's DataLoader (padded, sharded
+    over DDP ranks, already on the device), may carry the prefix cache's hidden states in place of the
+    frozen layers (recipe.forward feeds them), and stay tensors for gather_for_metrics; the engine
+    pads token ids itself and gives numpy."""
     recipe.model.eval()
     outs, labs = [], []
     for batch in progress(loader, desc="evaluating", unit=" batches", leave=False, disable=not recipe.acc.is_main_process):
@@ -38,7 +43,7 @@ def evaluate(recipe, loader) -> dict:
 
 def evaluate_with_logits(recipe, loader) -> tuple[dict, np.ndarray, np.ndarray]:
     """The metrics, and the logits and labels they came from (the final evaluation fits the temperature on them)."""
-    logits, labels, loss = predict_logits(recipe, loader)
+    logits, labels, loss = validation_logits(recipe, loader)
     out = tasks.task_of(recipe.cfg).metrics(labels, logits, recipe.data.label_names, recipe.thresholds)
     out["loss"] = loss
     return out, logits, labels
@@ -49,7 +54,7 @@ def tuned_thresholds(recipe) -> tuple[dict | None, dict | None]:
     thresholds.py) and the record of that choice; (None, None) for other tasks."""
     if not tasks.task_of(recipe.cfg).tuned:
         return None, None
-    logits, labels, _ = predict_logits(recipe, recipe.final_val_loader)
+    logits, labels, _ = validation_logits(recipe, recipe.final_val_loader)
     thresholds, record = choose_thresholds(logits, labels, recipe.data.label_names, recipe.cfg.train.metric,
                                            recipe.cfg.seed)
     if recipe.acc.is_main_process:
