@@ -14,6 +14,8 @@ TORCH_PIP_ARGS ?=
 # Where the offline AG News sample lives; falls back to the hub's ag_news when missing.
 LORAFIT_DATA ?= ../shared/data/agnews
 PYTEST_ARGS ?=
+# pytest-xdist workers: one per core, at most 4 (each test's torch uses the cores too)
+WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
 
 .PHONY: install test check demo lock test-latest clean
 
@@ -30,12 +32,12 @@ $(VENV)/.installed: requirements/lock.txt requirements/torch.txt pyproject.toml
 	touch $@
 
 test: install
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(WORKERS) $(PYTEST_ARGS)
 
 # The quick tier: unit tests on tiny models, no `slow` test (bench smoke tests, compile, DDP, sweep
 # workers, real-model integration, server processes). <= 2 minutes on 2 cores.
 check: install
-	$(BIN)/python -m pytest -q -m 'not slow' $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(WORKERS) -m 'not slow' $(PYTEST_ARGS)
 
 demo: install
 	LORAFIT_DATA=$(LORAFIT_DATA) $(BIN)/python -m lorafit.demo
@@ -52,7 +54,7 @@ test-latest:
 	$(LATEST)/bin/pip install -q --no-deps $(TORCH_PIP_ARGS) -r requirements/torch.txt
 	$(LATEST)/bin/pip install -q --upgrade --upgrade-strategy eager -c requirements/torch.txt -e '.[dev]'
 	$(LATEST)/bin/python -m pip list --format=freeze > $(LATEST)/versions.txt
-	$(LATEST)/bin/python -m pytest -q $(PYTEST_ARGS)
+	$(LATEST)/bin/python -m pytest -q -n $(WORKERS) $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) $(LATEST) runs

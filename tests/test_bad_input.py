@@ -473,6 +473,7 @@ def test_bad_input_one_line_exit_2_nothing_written(case, env, capsys, monkeypatc
     assert listing(env.tmp) == before  # nothing written anywhere: no run dir, no output, existing dirs untouched
 
 
+@pytest.mark.slow
 def test_subprocess_prints_only_the_error_line(env):
     """The real CLI (library warnings, progress bars and all): stderr is the one error line."""
     argv, run = CASES["unknown-target-module"][1](env)
@@ -488,6 +489,7 @@ def test_debug_shows_the_traceback(env):
         main(["--debug", *map(str, argv)])
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_an_existing_run_dir_only_when_asked(env, capsys):
     argv, _ = _existing_run(env)
     run = env.tmp / "run"

@@ -1,4 +1,5 @@
 """The benchmark runs end to end on a tiny input (no timing is asserted: benchmarks are not tests)."""
+import pytest
 import subprocess
 import sys
 from pathlib import Path
@@ -6,6 +7,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_compare_runs_on_tiny_input(tiny_roberta, synth_csv, tmp_path):
     out = tmp_path / "RESULTS.md"
     out.write_text("# Speed: an older table\n\n## Optional switches (appended by switches.py)\n\n| kept |\n")
@@ -27,6 +29,7 @@ def test_compare_runs_on_tiny_input(tiny_roberta, synth_csv, tmp_path):
     assert "older table" not in text and text.endswith("## Optional switches (appended by switches.py)\n\n| kept |\n")
 
 
+@pytest.mark.slow
 def test_switches_runs_on_tiny_input(tiny_roberta, synth_csv, tmp_path):
     out = tmp_path / "RESULTS.md"
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "switches.py"), "--model", str(tiny_roberta),
@@ -37,6 +40,7 @@ def test_switches_runs_on_tiny_input(tiny_roberta, synth_csv, tmp_path):
     assert "| default (fp32, eager) |" in text and "| bf16 autocast |" in text and "failed" not in text
 
 
+@pytest.mark.slow
 def test_quality_runs_on_tiny_input(tiny_bert, synth_csv, tmp_path):
     """bench/quality.py starts and writes its table (3 rows x 1 seed on a tiny BERT; numbers are not checked)."""
     out = tmp_path / "QUALITY.md"
@@ -51,6 +55,7 @@ def test_quality_runs_on_tiny_input(tiny_bert, synth_csv, tmp_path):
     assert "lorafit train --config configs/agnews-minilm-best.yaml --seeds 0" in text
 
 
+@pytest.mark.slow
 def test_quality_sst2_rows_seed_by_seed_keep_the_ag_news_section(tiny_bert, tmp_path):
     """--dataset sst2: binary rows (the AG News configs renamed to two labels, configs/sst2-minilm.yaml),
     --rows order, and the AG News section of --out is kept."""
@@ -75,6 +80,7 @@ def test_quality_sst2_rows_seed_by_seed_keep_the_ag_news_section(tiny_bert, tmp_
     assert "--set 'data.label_names=[negative,positive]'" in text and "--set data.limit=120" in text
 
 
+@pytest.mark.slow
 def test_profile_step_runs_on_tiny_input(tiny_roberta, synth_csv):
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "profile_step.py"), "--model", str(tiny_roberta),
                            "--data", str(synth_csv), "--steps", "3", "--warmup", "2", "--set", "data.max_length=32"],
@@ -83,6 +89,7 @@ def test_profile_step_runs_on_tiny_input(tiny_roberta, synth_csv):
     assert "aten::addmm" in proc.stdout and "minor page faults per step: " in proc.stdout
 
 
+@pytest.mark.slow
 def test_predict_speed_runs_on_a_finished_run(trained_run, synth_csv, tmp_path):
     out = tmp_path / "RESULTS.md"
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "predict_speed.py"), "--run", str(trained_run[0]),
@@ -94,6 +101,7 @@ def test_predict_speed_runs_on_a_finished_run(trained_run, synth_csv, tmp_path):
     assert all(x.endswith("| True |") for x in rows), rows  # every variant gives the plain model's labels
 
 
+@pytest.mark.slow
 def test_merge_dtype_runs_on_a_finished_run(trained_run, synth_csv):
     """bench/merge_dtype.py prints its four prediction paths; the 16-bit ones with an agreement share,
     a finite logit difference and a speed (numbers are not judged on a tiny random model)."""

@@ -60,6 +60,7 @@ def test_unknown_target_and_layer_out_of_range_name_what_exists():
 
 
 @needs_roberta
+@pytest.mark.slow
 def test_budget_cli_exit_codes(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"model: {{name: {ROBERTA}}}\ndata: {{label_names: [a, b, c, d]}}\nbudget: {{max_trainable: 1000000}}\n")

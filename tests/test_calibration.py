@@ -119,6 +119,7 @@ def test_training_fits_saves_and_reports_the_temperature(trained_run):
     assert (run_dir / calibration.PLOT).stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_predict_probs_rows_sum_to_one_and_reload_exactly(trained_run, tmp_path):
     from lorafit.runs.predict import predict_file, predict_logits
     from lorafit.runs.weights import load_trained

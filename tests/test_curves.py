@@ -2,6 +2,8 @@
 evaluation, for a run of one epoch too; report.md embeds it."""
 from __future__ import annotations
 
+import pytest
+
 import json
 
 import numpy as np
@@ -9,6 +11,7 @@ import numpy as np
 from conftest import tiny_config
 
 
+@pytest.mark.slow
 def test_one_epoch_run_plots_every_logged_step(tmp_path, tiny_roberta, synth_csv):
     import matplotlib.image as mpimg
 

@@ -23,6 +23,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.skipif(shutil.which("accelerate", path=os.path.dirname(sys.executable)) is None, reason="accelerate CLI missing")
+@pytest.mark.slow
 def test_two_cpu_processes_match_single_process(tiny_roberta, synth_csv, tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"""model: {{name: {tiny_roberta}}}

@@ -121,6 +121,7 @@ def test_install_keeps_evaluation_identical_and_remove_restores(fixture, synth_c
     assert model.config._attn_implementation == "sdpa"
 
 
+@pytest.mark.slow
 def test_train_switch_logs_and_saved_run_has_no_trace(tiny_roberta, synth_csv, tmp_path):
     from lorafit.train.run import run_training
 
@@ -137,6 +138,7 @@ def test_train_switch_logs_and_saved_run_has_no_trace(tiny_roberta, synth_csv, t
     assert saved and not any(fd.NAME in p.read_text() for p in saved)
 
 
+@pytest.mark.slow
 def test_fast_dropout_trains_like_torchs(tiny_roberta, synth_csv, tmp_path):
     """Same data, same recipe, different masks: the runs end at validation losses within seed noise
     (the torch-dropout runs over three seeds set the scale)."""

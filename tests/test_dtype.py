@@ -120,6 +120,7 @@ def test_speed_switches_with_a_bf16_base(tiny_roberta, synth_csv):
         else "16-bit" not in f32, f32
 
 
+@pytest.mark.slow
 def test_a_bf16_run_saves_the_float32_runs_adapter_format(tiny_roberta, synth_csv, tmp_path):
     """Same params.txt and adapter tensors (names, shapes, float32); the adapter loads on a float32 base with
     plain PEFT; the optimizer state is float32; the log says the dtype and why; lorafit predict's default

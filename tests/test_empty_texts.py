@@ -12,6 +12,7 @@ import pytest
 from lorafit.errors import LorafitError
 
 
+@pytest.mark.slow
 def test_predict_leaves_empty_texts_unlabelled_and_says_which(trained_run, tmp_path):
     from lorafit.calibration import read_temperature, softmax
     from lorafit.runs.predict import predict_file, predict_logits

@@ -168,10 +168,10 @@ def test_predict_leaves_the_token_cache_alone(engine_runs, tmp_path, monkeypatch
     """The disk token cache is training's: predicting a file (any truncation) writes nothing into it."""
     from lorafit.runs.predict import predict_file
 
+    runs = {mode: engine_runs(mode) for mode in ("head", "tail")}  # trained first: training does fill the cache
     cache = tmp_path / "cache"
     monkeypatch.setenv("LORAFIT_CACHE", str(cache))
-    for mode in ("head", "tail"):
-        run_dir, rows = engine_runs(mode)
+    for mode, (run_dir, rows) in runs.items():
         rows.to_csv(tmp_path / "in.csv", index=False)
         predict_file(str(run_dir), str(tmp_path / "in.csv"), str(tmp_path / f"out-{mode}.csv"))
         assert (tmp_path / f"out-{mode}.csv").is_file()

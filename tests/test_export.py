@@ -171,6 +171,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_merged_loads_without_peft_or_lorafit(runs, run_cli, tmp_path):
     """head.type model (RoBERTa) and lora_dense (BERT: LoRA on the pooler's dense layer, merged too)."""
     run_dirs = [runs("roberta", "model"), runs("bert", "lora_dense")]
@@ -253,6 +254,7 @@ def test_readme_onnxruntime_snippet_runs(runs, tmp_path):
         assert p.stdout.strip().splitlines()[-1] == f"LABELS {expected}"
 
 
+@pytest.mark.slow
 def test_export_speed_bench_writes_its_table(runs, synth_csv, tmp_path):
     from pathlib import Path
 

@@ -69,6 +69,7 @@ def test_says_why_it_is_off(tiny_bert, tiny_roberta, synth_csv):
     assert "flash_attention_2" in first_token.why_off(model, Where("cpu", cfg))
 
 
+@pytest.mark.slow
 def test_training_and_prediction_match_the_full_last_layer(tiny_bert, synth_csv, tmp_path):
     from lorafit.runs.predict import predict_logits
     from lorafit.runs.weights import load_trained

@@ -17,6 +17,7 @@ def gpu_check_module():
     return mod
 
 
+@pytest.mark.slow
 def test_gpu_check_smoke(tiny_roberta, tmp_path):
     from transformers import AutoConfig
 

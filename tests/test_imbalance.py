@@ -118,6 +118,7 @@ def test_balanced_sampler_draws_every_class_alike_seeded_per_epoch():
     assert list(again) == epochs[1][5:]
 
 
+@pytest.mark.slow
 def test_balanced_sampler_and_class_weights_resume_exactly(tiny_roberta, imbalanced_csv, tmp_path):
     cfg = tiny_config(tiny_roberta, imbalanced_csv, data__limit=200, adapter__dropout=0.1, train__checkpoint_every=3,
                       train__log_every=1, train__sampler="balanced", train__class_weights="balanced")

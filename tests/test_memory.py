@@ -42,6 +42,7 @@ def _run(tiny_roberta, synth_csv, run_dir, choice, **over):
 
 
 @linux_glibc
+@pytest.mark.slow
 def test_trimming_changes_nothing_but_memory(tiny_roberta, synth_csv, tmp_path, monkeypatch):
     calls = []
     trim = heap_trimmer()
@@ -56,6 +57,7 @@ def test_trimming_changes_nothing_but_memory(tiny_roberta, synth_csv, tmp_path, 
 
 
 @linux_glibc
+@pytest.mark.slow
 def test_the_final_epoch_on_train_and_validation_trims_too(tiny_roberta, synth_csv, tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr("lorafit.speed.memory.heap_trimmer", lambda: lambda: calls.append(1))

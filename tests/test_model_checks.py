@@ -182,6 +182,7 @@ def _probe(env: dict) -> tuple[float, str]:
     return float(seconds), message
 
 
+@pytest.mark.slow
 def test_hub_id_fails_fast_when_the_hub_cannot_be_reached(tmp_path):
     seconds, message = _probe({"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_CACHE": str(tmp_path)})
     assert seconds < RETRIES_TAKE / 3, seconds
@@ -189,6 +190,7 @@ def test_hub_id_fails_fast_when_the_hub_cannot_be_reached(tmp_path):
                       "cache, and the hub (http://127.0.0.1:9) cannot be reached; point model.name at a model folder", message
 
 
+@pytest.mark.slow
 def test_hub_id_fails_fast_with_hf_hub_offline(tmp_path):
     seconds, message = _probe({"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path)})
     assert seconds < RETRIES_TAKE / 3, seconds
@@ -208,6 +210,7 @@ def _fake_cache(tiny_roberta: Path, root: Path, repo: str) -> Path:
 
 @pytest.mark.parametrize("offline", [{"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": "http://127.0.0.1:9"}],
                          ids=["HF_HUB_OFFLINE", "unreachable"])
+@pytest.mark.slow
 def test_cached_hub_id_still_works_offline(offline, tiny_roberta, tmp_path):
     cache = _fake_cache(tiny_roberta, tmp_path / "hub", "someorg/tiny")
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT")}

@@ -57,6 +57,7 @@ def _predict(run_dir, inp, out, *extra) -> pd.DataFrame:
 
 # ---------------------------------------------------------------- column flags
 
+@pytest.mark.slow
 def test_text_and_id_column_flags(run, tmp_path, capsys):
     run_dir, texts, ref = run
     inp = tmp_path / "in.csv"

@@ -69,7 +69,7 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c == "step-schedule" else c for c in CASES],
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c != "epoch-2-prefix-cache" else c for c in CASES],
                          ids=list(CASES))
 def test_resume_in_process_is_exact(case, tiny_roberta, synth_csv, tmp_path):
     at, over = CASES[case]
@@ -89,6 +89,7 @@ def test_resume_in_process_is_exact(case, tiny_roberta, synth_csv, tmp_path):
     assert_same_run(tmp_path / "ref", tmp_path / "run")
 
 
+@pytest.mark.slow
 def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tiny_roberta, synth_csv, tmp_path, monkeypatch):
     """Killed half-way through writing checkpoint 2: LATEST still names checkpoint 1, which resumes exactly."""
     cfg = tiny_config(tiny_roberta, synth_csv, data__limit=200, adapter__dropout=0.1, train__checkpoint_every=3,
@@ -137,6 +138,7 @@ def _cli(*args):
     return [sys.executable, "-m", "lorafit", *map(str, args)], env
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tiny_roberta, synth_csv, tmp_path):
     """`lorafit train` in a subprocess, SIGKILLed as soon as a mid-epoch checkpoint exists, then
     `lorafit train --resume`: adapter weights and every metrics line equal an uninterrupted run's."""

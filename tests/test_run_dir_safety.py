@@ -217,6 +217,7 @@ class Stop(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_sigterm_mid_epoch_keeps_a_checkpoint_that_resumes_exactly(tiny_roberta, synth_csv, tmp_path, monkeypatch,
                                                                    capsys):
     """Default checkpoint_every (null): SIGTERM at step 3 of 10 writes a mid-epoch checkpoint,
@@ -265,6 +266,7 @@ def first_logged_step(proc, run: Path, timeout: float) -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_sigint_in_a_real_process_then_resume_matches_uninterrupted(tiny_roberta, synth_csv, tmp_path):
     """`lorafit train` in a subprocess gets SIGINT after its first logged step: exit 130 with one
     line naming the step and the resume command; `--resume` then gives the uninterrupted run."""
@@ -362,6 +364,7 @@ needs_mounts = pytest.mark.skipif(not _unshare_works(), reason="needs `unshare -
 
 
 @needs_mounts
+@pytest.mark.slow
 def test_real_read_only_out_is_one_line_before_the_model_loads(tiny_roberta, synth_csv, tmp_path):
     cfg = write_config(tmp_path, tiny_roberta, synth_csv, train__max_steps=2)
     mnt = tmp_path / "ro"
@@ -411,6 +414,7 @@ print("left", sorted(os.listdir(d)))
     assert ".w.safetensors.tmp" not in lines[2], lines  # the partial temporary file is gone
 
 
+@pytest.mark.slow
 def test_full_disk_while_saving_weights_leaves_a_resumable_run(tiny_roberta, synth_csv, tmp_path, monkeypatch, capsys):
     """ENOSPC while the adapter is written: one line naming the file, no half-written finished run
     (no adapter/, no eval.json, no temporary folder), resume/ kept; --resume then finishes it."""
@@ -457,6 +461,7 @@ def test_oserror_reaching_main_is_one_line_and_debug_shows_it(monkeypatch, capsy
         main(["--debug", "budget", "--config", "x.yaml"])
 
 
+@pytest.mark.slow
 def test_budget_into_a_closed_pipe_exits_quietly(tiny_roberta, synth_csv, tmp_path):
     """`lorafit budget ... | head -1`: the reader has gone; no BrokenPipeError traceback."""
     cfg = write_config(tmp_path, tiny_roberta, synth_csv)
@@ -512,6 +517,7 @@ def _children(pid: int) -> list[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds the worker processes in /proc")
+@pytest.mark.slow
 def test_sigterm_to_one_ddp_process_stops_all_at_one_step_and_resumes(tiny_roberta, synth_csv, tmp_path):
     """Two CPU processes; SIGTERM reaches only one of them. Both agree to stop at the next log step
     (a checkpoint is collective), write one checkpoint there, and --resume on two processes finishes."""

@@ -3,6 +3,8 @@ output is not a terminal, the test score printed, a warning when a class is neve
 `--version`, and argument errors before torch loads."""
 from __future__ import annotations
 
+import pytest
+
 import io
 import json
 import subprocess
@@ -50,6 +52,7 @@ def test_progress_is_tqdm_on_a_terminal_and_lines_elsewhere():
     assert list(plain) == [0, 1, 2] and len(plain) == 3
 
 
+@pytest.mark.slow
 def test_training_log_has_no_terminal_escapes_and_progress_ends_at_the_total(tiny_roberta, synth_csv, tmp_path):
     """300/320 before: the bar's total assumed every batch full. Redirected output held \\r and ESC[A."""
     cfg = tmp_path / "c.yaml"

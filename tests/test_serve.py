@@ -131,6 +131,7 @@ def _predict(url, name, texts, **kw):
     return r.json()
 
 
+@pytest.mark.slow
 def test_answers_equal_predict_whatever_else_is_in_the_batch(server, reference, runs):
     """Concurrent requests over all three runs, each a different slice of TEXTS (so forwards mix
     lengths, requests and runs): labels equal and logits within 1e-4 of `lorafit predict`."""
@@ -162,6 +163,7 @@ def test_answers_equal_predict_whatever_else_is_in_the_batch(server, reference, 
     assert counts[8.0] > 0 and counts[8.0] - counts.get(4.0, 0) > 0  # forwards of 5-8 texts happened
 
 
+@pytest.mark.slow
 def test_models_health_ready_openapi(server, runs):
     models = httpx.get(f"{server.url}/v1/models").json()["models"]
     by = {m["name"]: m for m in models}
@@ -198,6 +200,7 @@ BAD = [
 
 
 @pytest.mark.parametrize("what,name,body,status,words", BAD, ids=[b[0] for b in BAD])
+@pytest.mark.slow
 def test_bad_input_is_a_one_line_4xx(server, what, name, body, status, words):
     kw = {"content": body, "headers": {"content-type": "application/json"}} if isinstance(body, bytes) else {"json": body}
     r = httpx.post(f"{server.url}/v1/models/{name}/predict", timeout=30, **kw)
@@ -217,6 +220,7 @@ def test_empty_texts_are_refused_by_the_request_check():
         assert e.value.status == 422 and e.value.detail.startswith(f"texts.{index}: empty or whitespace-only"), e.value.detail
 
 
+@pytest.mark.slow
 def test_bad_inputs_leave_the_server_answering(server, reference):
     """Interleaved with bad requests, good ones still get predict's answers; 4xx counted in /metrics."""
     with cf.ThreadPoolExecutor(6) as pool:
@@ -234,6 +238,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_startup_errors_are_one_line_exit_2(runs, tmp_path):
     key = tmp_path / "key"
     key.write_text("")
@@ -270,6 +275,7 @@ def test_startup_errors_are_one_line_exit_2(runs, tmp_path):
         assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], (args, r.stderr)
 
 
+@pytest.mark.slow
 def test_auth_overload_recovery_and_sigterm_drain(runs, tmp_path):
     """One server with a key and a queue of 1, whose batcher waits 1.5 s for company: a second request
     while the first waits is refused at once (503 + Retry-After), a later one succeeds; SIGTERM while a
@@ -318,6 +324,7 @@ def test_auth_overload_recovery_and_sigterm_drain(runs, tmp_path):
         s.stop()
 
 
+@pytest.mark.slow
 def test_runs_over_one_base_hold_one_copy_of_its_files(runs, tiny_roberta, tmp_path):
     """Registry in-process: topics and binary (one tiny RoBERTa folder) are built over one read of its
     checkpoint (their frozen tensors are the same memory); a run over a byte-equal copy of that folder
@@ -390,6 +397,7 @@ def test_plan_forwards_is_the_cut_that_pads_least():
         assert cost(lens, plan, overhead) == best, (lens, b, overhead, plan)
 
 
+@pytest.mark.slow
 def test_a_round_takes_several_forwards_worth_sorted_by_length(runs):
     """Four requests of three texts wait together (submitted under the batcher's lock): with
     --max-batch 4 one round takes all twelve, sorted by length and cut as plan_forwards cuts them
@@ -450,6 +458,7 @@ def test_a_round_takes_several_forwards_worth_sorted_by_length(runs):
     check(logits, alone(two_runs))
 
 
+@pytest.mark.slow
 def test_streams_compute_side_by_side_sharing_the_cores(runs):
     """Two streams: while one stream's forward is held (its on_batch hook blocks), a later request is
     computed by the other stream and answered; a forward alone gets every core torch had, two at once

@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("dora", [False, True])
+@pytest.mark.slow
 def test_closed_form_equals_peft_for_every_layout(tiny_bert, dora):
     """Every head (lora_dense included: the tiny BERT has pooler weights), target set, layer choice
     and LayerNorm option, counted by the closed form and by PEFT on the meta device."""

@@ -48,6 +48,7 @@ def test_prefix_cache_gives_the_full_models_logits(tiny_roberta, synth_csv, dtyp
     assert any("layer.0.attention" in n for n in names)  # restored
 
 
+@pytest.mark.slow
 def test_prefix_cache_training_matches_uncached(tiny_roberta, synth_csv, tmp_path):
     from lorafit.train.run import run_training
 
@@ -152,6 +153,7 @@ def test_sdpa_equals_eager_attention(tiny_roberta, synth_csv):
 
 
 @pytest.mark.parametrize("switch", ["train__precision=bf16", "train__compile=true"])
+@pytest.mark.slow
 def test_precision_and_compile_switches_keep_the_loss(tiny_roberta, synth_csv, tmp_path, switch):
     """bf16 autocast and torch.compile: the same run to the tolerance of their arithmetic."""
     from lorafit.train.run import run_training

@@ -18,6 +18,7 @@ def sweep_config(path, model, data, space, **extra):
     return path
 
 
+@pytest.mark.slow
 def test_sweep_runs_resumes_and_exports_best(tiny_roberta, synth_csv, tmp_path):
     import optuna
 

@@ -123,6 +123,7 @@ def _check_outputs(study, out):
     return rows
 
 
+@pytest.mark.slow
 def test_two_workers_on_postgresql_survive_a_sigkill(postgres_url, tiny_roberta, tmp_path):
     import optuna
 
@@ -163,6 +164,7 @@ def test_two_workers_on_postgresql_survive_a_sigkill(postgres_url, tiny_roberta,
     assert rows.set_index("trial").loc[killed, "state"] == "fail"
 
 
+@pytest.mark.slow
 def test_two_local_workers_on_sqlite(tiny_roberta, tmp_path):
     import optuna
 

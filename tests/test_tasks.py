@@ -164,6 +164,7 @@ def test_task_trains_and_reloads_exactly(task_run):
         assert again[k] == pytest.approx(v[k], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_task_predict_and_evaluate_in_a_new_process(task_run, tmp_path):
     task, run_dir, recipe, result = task_run
     val = recipe.data.val
@@ -217,6 +218,7 @@ def test_multi_label_with_a_delimiter_and_its_bad_rows(tiny_roberta, tmp_path):
         load_labelled(str(bad), cfg.data, "train", split.label_names, "--data")
 
 
+@pytest.mark.slow
 def test_bad_targets_are_one_line_and_leave_no_run(tiny_roberta, tmp_path):
     reg = tmp_path / "reg.csv"
     frame = regression_rows(40)
@@ -237,6 +239,7 @@ def test_bad_targets_are_one_line_and_leave_no_run(tiny_roberta, tmp_path):
 
 
 @pytest.mark.parametrize("task", ["regression", "multi_label"])
+@pytest.mark.slow
 def test_task_resumes_exactly(task, tiny_roberta, task_data, tmp_path):
     from test_resume import Crash, CrashAt, assert_same_run
 
@@ -256,6 +259,7 @@ def test_task_resumes_exactly(task, tiny_roberta, task_data, tmp_path):
 
 
 @pytest.mark.parametrize("task", ["regression", "multi_label"])
+@pytest.mark.slow
 def test_task_seeds_sweep_and_budget(task, tiny_roberta, task_data, tmp_path, capsys):
     import yaml
 

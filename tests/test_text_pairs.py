@@ -135,6 +135,7 @@ def pair_run(tmp_path_factory, tiny_bert):
     return run_dir, recipe, result, folder
 
 
+@pytest.mark.slow
 def test_pairs_train_reload_and_predict_exactly(pair_run):
     from lorafit.runs.predict import predict_logits
     from lorafit.runs.weights import load_trained
@@ -184,6 +185,7 @@ def test_a_pair_is_empty_when_its_first_text_is(pair_run, tmp_path):
     assert got["label"][1] == "" and got["label"][0] != "" and got["label"][2] != ""
 
 
+@pytest.mark.slow
 def test_missing_pair_column_is_one_line(pair_run, tmp_path, tiny_bert):
     run_dir, _, _, _ = pair_run
     inp = tmp_path / "no-pair.csv"

@@ -75,6 +75,7 @@ def test_tensorboard_events_per_step_and_resume(tmp_path, tiny_roberta, synth_cs
     assert len(hparams) == 1 and "optim.lr: 0.005" in hparams[0].read_text()
 
 
+@pytest.mark.slow
 def test_mlflow_seeds_one_experiment_params_metrics_artefacts(tmp_path, tiny_roberta, synth_csv, migrated_store):
     from mlflow import MlflowClient
 
@@ -141,6 +142,7 @@ def test_unknown_tracker_is_a_config_error(tiny_roberta, synth_csv):
         tiny_config(tiny_roberta, synth_csv, train__report_to='["wandb"]')
 
 
+@pytest.mark.slow
 def test_sweep_one_mlflow_run_per_trial_under_its_study(tmp_path, tiny_roberta, synth_csv, migrated_store):
     import yaml
     from mlflow import MlflowClient

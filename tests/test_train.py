@@ -40,6 +40,7 @@ def test_run_dir_complete_and_reproducible(trained_run):
     assert {"accuracy", "macro_f1", "n", "per_class", "confusion"} <= set(ev["validation"])
 
 
+@pytest.mark.slow
 def test_reload_is_exact_by_every_route(trained_run, tmp_path, tiny_roberta):
     """End-of-training model, `lorafit predict` in a new process, plain transformers + peft, and the
     merged model give the same logits (PEFT issues #310/#577/#876: the head lost on reload)."""
@@ -71,6 +72,7 @@ def test_reload_is_exact_by_every_route(trained_run, tmp_path, tiny_roberta):
     assert list(got["label"]) == list(ref.argmax(-1))
 
 
+@pytest.mark.slow
 def test_evaluate_cli_prints_metrics(trained_run, tmp_path):
     run_dir, recipe, result = trained_run
     data = tmp_path / "val.jsonl"
@@ -82,6 +84,7 @@ def test_evaluate_cli_prints_metrics(trained_run, tmp_path):
     assert "macro_f1" in got and len(got["confusion"]) == 4
 
 
+@pytest.mark.slow
 def test_predict_keeps_id_column_and_order(trained_run, tmp_path):
     run_dir, recipe, _ = trained_run
     texts = recipe.data.val.texts[:25]
@@ -127,6 +130,7 @@ def test_bert_head_trains_pooler_and_classifier(tiny_bert):
     assert any("pooler" in n for n in trainable) and any("classifier" in n for n in trainable)
 
 
+@pytest.mark.slow
 def test_same_seed_same_result(tiny_roberta, synth_csv, tmp_path):
     from lorafit.train.run import run_training
 

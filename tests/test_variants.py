@@ -32,6 +32,7 @@ def test_variant_trains_and_reloads_exactly(over, tiny_bert, synth_csv, tmp_path
     assert_reload_exact(recipe, tmp_path / "run")
 
 
+@pytest.mark.slow
 def test_pissa_saves_plain_lora_that_loads_on_the_original_base(tiny_roberta, synth_csv, tmp_path):
     """PiSSA moves the principal part out of the base weights; the saved adapter is plain LoRA of
     rank 2r (alpha doubled) over the untouched checkpoint: plain peft and `lorafit predict` agree."""
