@@ -173,3 +173,14 @@ def _isolated_token_cache(tmp_path_factory):
     """Tests never read or fill the user's ~/.cache/lorafit."""
     os.environ["LORAFIT_CACHE"] = str(tmp_path_factory.mktemp("cache"))
     yield
+
+
+def one_error(capsys, argv) -> str:
+    """`lorafit ARGV` in this process must exit 2 with exactly one `error:` line on stderr; its text."""
+    from lorafit.cli import main
+
+    capsys.readouterr()
+    assert main([str(a) for a in argv]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0][len("error: "):]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import run_cli, synthetic_rows
+from conftest import run_cli, synthetic_rows, one_error as _one_error
 from lorafit.cli import main
 
 TIMEOUT = 120  # a subprocess that blocks (a FIFO opened too early) fails here instead of hanging
@@ -30,14 +30,6 @@ def run(tmp_path_factory, trained_run):
     ref = tmp / "ref.csv"
     assert main(["predict", str(trained_run[0]), "--input", str(inp), "--output", str(ref)]) == 0
     return trained_run[0], inp, ref.read_text()
-
-
-def _one_error(capsys, argv) -> str:
-    capsys.readouterr()
-    assert main([str(a) for a in argv]) == 2
-    lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), lines
-    return lines[0][len("error: "):]
 
 
 @pytest.fixture

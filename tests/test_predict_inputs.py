@@ -14,7 +14,7 @@ import tempfile
 import pandas as pd
 import pytest
 
-from conftest import synthetic_rows, tiny_config
+from conftest import synthetic_rows, tiny_config, one_error as _one_error
 from lorafit.cli import main
 from lorafit.config import DataConfig, load_config
 from lorafit.data.examples import load_labelled
@@ -40,14 +40,6 @@ def run(tmp_path_factory, tiny_roberta):
     texts = synthetic_rows(12, seed=5)["text"].tolist()
     model, tok, _, _ = load_trained(tmp / "run", merge=True)
     return tmp / "run", texts, predict_logits(model, tok, texts, 32).argmax(-1)
-
-
-def _one_error(capsys, argv) -> str:
-    capsys.readouterr()
-    assert main([str(a) for a in argv]) == 2
-    lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), lines
-    return lines[0][len("error: "):]
 
 
 def _predict(run_dir, inp, out, *extra) -> pd.DataFrame:

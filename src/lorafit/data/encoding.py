@@ -54,8 +54,8 @@ def encode(tokenizer, texts: Sequence[str], enc: Encoding, pairs: Optional[Seque
     extra = ["pair", *pairs] if pairs is not None else [f"truncation={enc.truncation}:{enc.head_tokens}"]
     folder = cache_root() / _fingerprint(tokenizer, texts, enc.max_length, extra) if cache else None
     if folder is not None and folder.is_dir():
-        ids, truncated = _load_cached(folder), _load_truncated(folder)
-        types = _load_types(folder) if with_types else None
+        ids, truncated = _load_flat(folder, "ids.npy"), _load_truncated(folder)
+        types = _load_flat(folder, "types.npy") if with_types else None
         if ids is not None and truncated is not None and (types is not None or not with_types):
             return ids, types, truncated
     ids: list[list[int]] = []
@@ -172,19 +172,10 @@ def _fingerprint(tokenizer, texts: Sequence[str], max_length: int, extra: Sequen
     return h.hexdigest()[:32]
 
 
-def _load_cached(folder: Path) -> Optional[list[list[int]]]:
+def _load_flat(folder: Path, name: str) -> Optional[list[list[int]]]:
+    """A cached flat array (ids.npy, or types.npy: the segment ids of text pairs) cut at offsets.npy, or None."""
     try:
-        flat = np.load(folder / "ids.npy", mmap_mode="r", allow_pickle=False)
-        offsets = np.load(folder / "offsets.npy", allow_pickle=False)
-    except (OSError, ValueError):
-        return None
-    return [flat[offsets[i]:offsets[i + 1]].tolist() for i in range(len(offsets) - 1)]
-
-
-def _load_types(folder: Path) -> Optional[list[list[int]]]:
-    """Segment ids stored beside the ids (text pairs), or None."""
-    try:
-        flat = np.load(folder / "types.npy", mmap_mode="r", allow_pickle=False)
+        flat = np.load(folder / name, mmap_mode="r", allow_pickle=False)
         offsets = np.load(folder / "offsets.npy", allow_pickle=False)
     except (OSError, ValueError):
         return None
@@ -224,7 +215,7 @@ def _head(tokenizer, texts: Sequence[str], max_length: int, desc: str = "tokenis
     texts were longer): `encode`'s path for single texts with head truncation."""
     folder = cache_root() / _fingerprint(tokenizer, texts, max_length) if cache else None
     if folder is not None and folder.is_dir():
-        hit, truncated = _load_cached(folder), _load_truncated(folder)
+        hit, truncated = _load_flat(folder, "ids.npy"), _load_truncated(folder)
         if hit is not None and truncated is not None:
             return hit, truncated
     out: list[list[int]] = []
