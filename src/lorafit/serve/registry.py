@@ -224,22 +224,9 @@ def _free_memory() -> None:
 def _pack_shared(model: torch.nn.Module, device: torch.device, packed: dict) -> None:
     """speed/packed.py's prepacked Linear weights, one packed copy per shared weight (a copy per run
     would undo the sharing)."""
-    import types
+    from ..speed import Where, apply, packed as packing
 
-    import torch
-
-    from ..speed import Where, packed as packing
-
-    if packing.why_off(model, Where(device)) is not None:
-        return
-    with torch.no_grad():
-        for m in model.modules():
-            if packing._packable(m):
-                key = m.weight.data_ptr()
-                if key not in packed:
-                    packed[key] = (m.weight, torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), None))
-                m._lorafit_packed = packed[key][1]
-                m.forward = types.MethodType(packing._forward, m)
+    apply(packing, model, Where(device, shared=packed))
 
 
 class Registry:

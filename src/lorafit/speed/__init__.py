@@ -30,7 +30,7 @@ finished run predicts, in `lorafit.runs.weights.load_trained`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 # No torch import here: speed.memory.request_huge_pages must run before torch loads.
@@ -39,10 +39,13 @@ from typing import Any, Optional
 @dataclass(frozen=True)
 class Where:
     """Where a switch would run: device (a torch.device or its name), the run's config (a RunConfig, or
-    None), and the dtype of the weights it would see (a torch.dtype or its name)."""
+    None), and the dtype of the weights it would see (a torch.dtype or its name). shared: a pool that
+    runs over one base pass to every install, so a switch that copies base weights (packed) makes one
+    copy per shared weight rather than one per run (serve/registry)."""
     device: Any = "cpu"
     cfg: Optional[Any] = None
     dtype: Any = "float32"
+    shared: Optional[dict] = field(default=None, compare=False, hash=False)
 
     @property
     def device_type(self) -> str:

@@ -49,13 +49,18 @@ def _packable(m: nn.Module) -> bool:
 
 
 def install(model: nn.Module, where) -> str:
-    """Pack every plain fp32 CPU nn.Linear of the model; says how many."""
+    """Pack every plain fp32 CPU nn.Linear of the model; says how many. With where.shared (runs over one
+    base), a weight already packed for another run is shared, not packed again."""
+    pool = {} if where.shared is None else where.shared  # data_ptr -> (weight, its packed copy)
     n = 0
     with torch.no_grad():
         for m in model.modules():
             if _packable(m):
-                # batch size hint None: one layout for every batch shape (measured as fast as a fixed hint)
-                m._lorafit_packed = torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), None)
+                key = m.weight.data_ptr()
+                if key not in pool:  # the weight is kept beside its copy, so its data_ptr stays taken
+                    # batch size hint None: one layout for every batch shape (measured as fast as a fixed hint)
+                    pool[key] = (m.weight, torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), None))
+                m._lorafit_packed = pool[key][1]
                 m.forward = types.MethodType(_forward, m)
                 n += 1
     return f"{n} Linear layer(s) on prepacked oneDNN weights"
