@@ -31,6 +31,28 @@ def test_one_layer_same_output_any_shape_and_stride():
         torch.testing.assert_close(no_bias(x), x @ no_bias.weight.T, atol=1e-5, rtol=1e-5)
 
 
+def test_runs_over_one_base_share_one_packed_copy_of_each_weight():
+    """Where.shared (serve's runs over one base): a weight packed for one run is not packed again for the
+    next; without it each model packs its own copy."""
+    torch.manual_seed(0)
+    base = torch.nn.Linear(16, 8)
+    a, b = torch.nn.Sequential(torch.nn.Linear(16, 8)), torch.nn.Sequential(torch.nn.Linear(16, 8))
+    for m in (a, b):  # both over the same frozen weight, each with its own bias (as a run's own tensors)
+        m[0].weight = base.weight
+    pool: dict = {}
+    packed.install(a, Where("cpu", shared=pool))
+    packed.install(b, Where("cpu", shared=pool))
+    assert len(pool) == 1 and a[0]._lorafit_packed is b[0]._lorafit_packed
+    c = torch.nn.Sequential(torch.nn.Linear(16, 8))
+    c[0].weight = base.weight
+    packed.install(c, CPU)
+    assert c[0]._lorafit_packed is not a[0]._lorafit_packed
+    x = torch.randn(3, 16)
+    with torch.inference_mode():
+        for m in (a, b, c):
+            torch.testing.assert_close(m(x), torch.nn.functional.linear(x, base.weight, m[0].bias), atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("kind", ["tiny_bert", "tiny_roberta"])
 def test_model_same_logits_state_and_gradients(kind, request, synth_csv):
     from transformers import AutoTokenizer
