@@ -88,7 +88,7 @@ def test_predict_evaluate_serve_and_export_give_the_engines_logits(engine_runs, 
     from lorafit import tasks
     from lorafit.calibration import split_summary
     from lorafit.data.encoding import Encoding
-    from lorafit.export import export_run, onnx as ox
+    from lorafit.export import ExportSettings, export_run, onnx as ox
     from lorafit.export.run import _lorafit_logits
     from lorafit.infer import engine
     from lorafit.infer.loaded import load_run
@@ -128,7 +128,8 @@ def test_predict_evaluate_serve_and_export_give_the_engines_logits(engine_runs, 
         np.testing.assert_allclose(_served_logits(run_dir, texts), ref, atol=1e-4)
 
     np.testing.assert_allclose(_lorafit_logits(run_dir, texts, pairs, 4), ref, atol=1e-4)  # the check's reference
-    manifest = export_run(run_dir, "onnx", tmp_path / "onnx", check=str(labelled), batch_size=4, log=lambda *a: None)
+    manifest = export_run(ExportSettings(run_dir, "onnx", tmp_path / "onnx", check=str(labelled), batch_size=4),
+                          log=lambda *a: None)
     assert manifest["check"]["max_abs_diff"] <= 1e-4 and manifest["check"]["n"] == len(texts)
     sess = ox.session(tmp_path / "onnx" / "model.onnx")
     np.testing.assert_allclose(engine.logits(run.with_session(sess), texts, pairs, batch_size=4), ref, atol=1e-4)

@@ -83,11 +83,11 @@ def plain_ort(folder, texts, max_length):
 @pytest.mark.parametrize("kind,head", [("roberta", "mean_linear"), ("roberta", "cls_linear"), ("roberta", "model"),
                                        ("bert", "mean_linear"), ("bert", "cls_linear"), ("bert", "lora_dense")])
 def test_onnx_every_head_matches_lorafit(runs, kind, head, tmp_path):
-    from lorafit.export import export_run
+    from lorafit.export import ExportSettings, export_run
 
     run_dir = runs(kind, head)
     out = tmp_path / "onnx"
-    manifest = export_run(run_dir, "onnx", out, log=lambda *a: None)
+    manifest = export_run(ExportSettings(run_dir, "onnx", out), log=lambda *a: None)
     assert manifest["check"]["labels_equal"] == manifest["check"]["n"] > 0
     assert json.loads((out / "labels.json").read_text()) == json.loads((run_dir / "labels.json").read_text())
     ref = lorafit_logits(run_dir, TEXTS)
@@ -237,13 +237,13 @@ def test_readme_onnxruntime_snippet_runs(runs, tmp_path):
     import re
     from pathlib import Path
 
-    from lorafit.export import export_run
+    from lorafit.export import ExportSettings, export_run
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     code = re.search(r"Run it with plain ONNX Runtime.*?```python\n(.*?)```", readme, re.S).group(1)
     for kind, head in (("bert", "mean_linear"), ("roberta", "cls_linear")):
         out = tmp_path / kind
-        export_run(runs(kind, head), "onnx", out, log=lambda *a: None)
+        export_run(ExportSettings(runs(kind, head), "onnx", out), log=lambda *a: None)
         snippet = code.replace('"exports/agnews-onnx"', repr(str(out)))
         p = subprocess.run([sys.executable, "-c", snippet.replace("print(", "print('LABELS', ")], capture_output=True,
                            text=True, timeout=300)

@@ -89,25 +89,28 @@ class _DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
 def _serve_args(sub) -> None:
     sv = sub.add_parser("serve", help="HTTP API over finished runs, adapters over one base sharing its weights",
                         formatter_class=_DefaultsShown)
+    from .serve.settings import LOG_LEVELS, defaults
+
+    d = defaults()  # ServeSettings' own: the library and the command cannot drift apart
     sv.add_argument("runs", nargs="+", metavar="[NAME=]RUN_DIR", help="runs to serve; named by NAME= or their folder's name")
-    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s; another needs "
+    sv.add_argument("--host", default=d["host"], help="address to bind (default: %(default)s; another needs "
                                                          "--api-key-file or --insecure)")
-    sv.add_argument("--port", type=int, default=8000, help="port; 0: any free one, printed at start")
-    sv.add_argument("--max-batch", type=int, default=64, help="most texts per model forward")
-    sv.add_argument("--max-wait-ms", type=float, default=5.0, help="how long the first waiting text waits for others")
-    sv.add_argument("--max-round", type=int, default=0, help="most waiting texts of one run a round takes, sorted by length and "
+    sv.add_argument("--port", type=int, default=d["port"], help="port; 0: any free one, printed at start")
+    sv.add_argument("--max-batch", type=int, default=d["max_batch"], help="most texts per model forward")
+    sv.add_argument("--max-wait-ms", type=float, default=d["max_wait_ms"], help="how long the first waiting text waits for others")
+    sv.add_argument("--max-round", type=int, default=d["max_round"], help="most waiting texts of one run a round takes, sorted by length and "
                                                              "cut into forwards (default: %(default)s, i.e. 4 x --max-batch)")
-    sv.add_argument("--streams", type=int, default=0, help="worker threads computing rounds side by side, sharing the cores "
+    sv.add_argument("--streams", type=int, default=d["streams"], help="worker threads computing rounds side by side, sharing the cores "
                                                            "(default: %(default)s, i.e. 2 on a CPU, 1 on a GPU)")
-    sv.add_argument("--queue", type=int, default=512, help="most requests waiting or running; more get 503 + Retry-After")
-    sv.add_argument("--max-texts", type=int, default=256, help="most texts per request")
-    sv.add_argument("--max-chars", type=int, default=100_000, help="most characters per text")
+    sv.add_argument("--queue", type=int, default=d["queue"], help="most requests waiting or running; more get 503 + Retry-After")
+    sv.add_argument("--max-texts", type=int, default=d["max_texts"], help="most texts per request")
+    sv.add_argument("--max-chars", type=int, default=d["max_chars"], help="most characters per text")
     sv.add_argument("--api-key-file", help="file holding the key every route but /healthz needs as 'Authorization: Bearer KEY' "
                                            "(default: none, no key: a loopback --host only, unless --insecure)")
     sv.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without a key (default: off)")
-    sv.add_argument("--grace", type=float, default=30.0, help="seconds in-flight requests get to finish on SIGTERM; those that cannot are "
+    sv.add_argument("--grace", type=float, default=d["grace"], help="seconds in-flight requests get to finish on SIGTERM; those that cannot are "
                                                            "answered 503 + Retry-After, then exit 0")
-    sv.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"],
+    sv.add_argument("--log-level", default=d["log_level"], choices=LOG_LEVELS,
                     help="uvicorn's log level")
 
 
@@ -121,9 +124,11 @@ def _export_args(sub) -> None:
     x.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
     x.add_argument("--check", metavar="FILE", help="texts to check the export on (default: the run's validation texts)")
     x.add_argument("--quantize", help="int8: also write model.int8.onnx (ONNX Runtime dynamic quantisation)")
-    x.add_argument("--min-agreement", type=float, default=99.5, metavar="PCT",
+    from .export.settings import defaults
+
+    x.add_argument("--min-agreement", type=float, default=defaults()["min_agreement"], metavar="PCT",
                    help="refuse an int8 model whose labels agree with fp32 on fewer than PCT%% of the check texts "
-                        "(default 99.5)")
+                        "(default %(default)s)")
     _input_args(x)
 
 
@@ -275,18 +280,21 @@ def cmd_predict(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from .serve.main import serve
+    import dataclasses
 
-    return serve(args)
+    from .serve import ServeSettings, serve
+
+    return serve(ServeSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServeSettings)}))
 
 
 def cmd_export(args) -> int:
-    from .export import export_run
+    from .export import ExportSettings, export_run
 
-    export_run(args.run_dir, args.format, args.out, check=args.check, quantize=args.quantize,
-               min_agreement=args.min_agreement, overwrite=args.overwrite, allow_pickle=args.allow_pickle,
-               text_columns=args.text_column, delimiter=args.delimiter, input_format=args.input_format,
-               log=lambda line: print(line, file=sys.stderr))
+    settings = ExportSettings(args.run_dir, args.format, args.out, check=args.check, quantize=args.quantize,
+                              min_agreement=args.min_agreement, overwrite=args.overwrite,
+                              allow_pickle=args.allow_pickle, text_columns=args.text_column,
+                              delimiter=args.delimiter, input_format=args.input_format)
+    export_run(settings, log=lambda line: print(line, file=sys.stderr))
     return 0
 
 

@@ -2,5 +2,6 @@
 Runtime (optionally int8) or a standalone transformers model — checked against lorafit's own
 predictions before anything is written (export/run.py)."""
 from .run import export_run
+from .settings import ExportSettings
 
-__all__ = ["export_run"]
+__all__ = ["export_run", "ExportSettings"]

@@ -1,5 +1,6 @@
-"""`lorafit export RUN_DIR --format onnx|merged --out DIR`: build in a temporary folder, check the
-result against lorafit's own logits on the check texts, and only then move it to --out.
+"""`lorafit export RUN_DIR --format onnx|merged --out DIR`, i.e. export_run(ExportSettings): build in a
+temporary folder, check the result against lorafit's own logits on the check texts, and only then move
+it to --out.
 
 An ONNX export holds model.onnx (fp32; model.int8.onnx with --quantize int8), the tokenizer files,
 config.json (the label map, for optimum's ORTModelForSequenceClassification), labels.json (label
@@ -12,50 +13,35 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable
 
 from .. import __version__
 from ..errors import LorafitError
 from . import check as checking
 from .folder import MANIFEST, check_out, publish
+from .settings import ExportSettings
 
-FORMATS = ("onnx", "merged")
-QUANTIZE = ("int8",)
-
-
-def _validate(fmt: str, quantize: Optional[str], min_agreement: float) -> None:
-    if fmt not in FORMATS:
-        raise LorafitError(f"--format: unknown format '{fmt}'; use onnx (ONNX Runtime) or merged (a transformers folder)")
-    if quantize is not None and quantize not in QUANTIZE:
-        raise LorafitError(f"--quantize: unknown scheme '{quantize}'; use int8")
-    if quantize is not None and fmt != "onnx":
-        raise LorafitError("--quantize: int8 quantisation is for --format onnx (ONNX Runtime's dynamic quantisation)")
-    if not 0 < min_agreement <= 100:
-        raise LorafitError(f"--min-agreement: {min_agreement} is a percentage of labels; give a value in (0, 100]")
-
-
-def export_run(run_dir: str | Path, fmt: str, out: str | Path, *, check: Optional[str] = None,
-               quantize: Optional[str] = None, min_agreement: float = 99.5, overwrite: bool = False,
-               allow_pickle: bool = False, text_columns: Optional[Sequence[str]] = None,
-               delimiter: Optional[str] = None, input_format: Optional[str] = None, batch_size: int = 64,
-               log: Callable = print) -> dict:
+def export_run(settings: ExportSettings, log: Callable = print) -> dict:
     """Export a finished run; returns export.json's content. Bad input and a failed check raise
     LorafitError with nothing written."""
     from ..runs.directory import read_run
     from ..runs.weights import weights_folder
 
-    _validate(fmt, quantize, min_agreement)
-    run_dir, out = Path(run_dir), Path(out)
+    if not isinstance(settings, ExportSettings):
+        raise TypeError(f"export_run() takes an ExportSettings, not {type(settings).__name__}")
+    s = settings  # short: read on every line below
+    run_dir, out, fmt, check, batch_size = s.run_dir, s.out, s.format, s.check, s.batch_size
     cfg, names = read_run(run_dir)
     if not (run_dir / weights_folder(cfg)).is_dir():
         raise LorafitError(f"{run_dir}: no trained weights ({weights_folder(cfg)}/ missing); did training finish?")
-    check_out(out, overwrite, {"RUN_DIR": run_dir, "--check": check})
+    check_out(out, s.overwrite, {"RUN_DIR": run_dir, "--check": check})
     if fmt == "merged":
         from .merged import check_mappable
 
         check_mappable(cfg.head.type)
-    where, texts, pairs = checking.check_texts(run_dir, cfg, check, allow_pickle=allow_pickle,
-                                               text_columns=text_columns, delimiter=delimiter, input_format=input_format)
+    where, texts, pairs = checking.check_texts(run_dir, cfg, check, allow_pickle=s.allow_pickle,
+                                               text_columns=s.text_columns, delimiter=s.delimiter,
+                                               input_format=s.input_format)
     ref = _lorafit_logits(run_dir, texts, pairs, batch_size)
     manifest = {"format": fmt, "run": str(run_dir.resolve()), "lorafit": __version__, "labels": names,
                 "max_length": cfg.data.max_length, "head": cfg.head.type, "model": cfg.model.name,
@@ -66,7 +52,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, *, check: Optiona
         built.mkdir()
         plain = _plain_merged(run_dir)
         if fmt == "onnx":
-            _build_onnx(plain, built, texts, pairs, ref, quantize, min_agreement, manifest, batch_size, log)
+            _build_onnx(plain, built, texts, pairs, ref, s.quantize, s.min_agreement, manifest, batch_size, log)
         else:
             _build_merged(plain, built, texts, pairs, ref, manifest, batch_size, log)
         plain.tokenizer.save_pretrained(built)

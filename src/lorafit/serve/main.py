@@ -1,14 +1,13 @@
 """`lorafit serve`: start-up checks (before anything binds or loads), the socket, the models, uvicorn.
 
-Order: arguments, key file, run folders and names (cheap, one `error:` line each) -> bind the port
-(in use: one line, nothing loaded) -> load the runs -> serve. SIGTERM/SIGINT: /readyz and new
+Order: settings (checked when the ServeSettings is built), key file, run folders and names (cheap,
+one `error:` line each) -> bind the port (in use: one line, nothing loaded) -> load the runs -> serve. SIGTERM/SIGINT: /readyz and new
 requests 503, uvicorn stops accepting, in-flight requests finish within --grace seconds; those that
 cannot are answered 503 + Retry-After at the deadline and their texts dropped (drain.py); the
 batcher's threads stop, exit 0."""
 from __future__ import annotations
 
 import gc
-import ipaddress
 import os
 import signal
 import socket
@@ -16,15 +15,7 @@ import sys
 
 from ..errors import LorafitError
 from .auth import read_key
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+from .settings import ServeSettings
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -45,56 +36,44 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def check_limits(args) -> None:
-    for flag, value, low in (("--port", args.port, 0), ("--max-batch", args.max_batch, 1), ("--queue", args.queue, 1),
-                             ("--max-texts", args.max_texts, 1), ("--max-chars", args.max_chars, 1),
-                             ("--max-round", args.max_round, 0), ("--streams", args.streams, 0)):
-        if value < low:
-            raise LorafitError(f"{flag}: {value} is below {low}")
-    if args.port > 65535:
-        raise LorafitError(f"--port: {args.port} is above 65535")
-    if args.max_wait_ms < 0 or args.grace < 0:
-        raise LorafitError("--max-wait-ms / --grace: give a number >= 0")
-
-
-def serve(args, log=lambda line: print(line, file=sys.stderr, flush=True)) -> int:
+def serve(settings: ServeSettings, log=lambda line: print(line, file=sys.stderr, flush=True)) -> int:
+    """Serve settings.runs until SIGTERM/SIGINT; 0 after a drained stop. Bad input raises LorafitError
+    before anything binds or loads."""
     from .registry import check_run, parse_specs
 
-    check_limits(args)
-    key = read_key(args.api_key_file) if args.api_key_file else None
-    if key is None and not is_loopback(args.host) and not args.insecure:
-        raise LorafitError(f"--host: {args.host} is reachable from other machines; give --api-key-file FILE "
-                           "(or --insecure to serve without a key)")
-    specs = parse_specs(args.runs)
+    if not isinstance(settings, ServeSettings):
+        raise TypeError(f"serve() takes a ServeSettings, not {type(settings).__name__}")
+    key = read_key(settings.api_key_file) if settings.api_key_file else None
+    specs = parse_specs(list(settings.runs))
     for _, folder in specs:
         check_run(folder)
-    sock = bind(args.host, args.port)
+    sock = bind(settings.host, settings.port)
     try:
-        return _run(args, specs, key, sock, log)
+        return _run(settings, specs, key, sock, log)
     finally:
         sock.close()
 
 
-def _run(args, specs, key, sock, log) -> int:
+def _run(settings, specs, key, sock, log) -> int:
     import uvicorn
 
     from .app import Limits, create_app
     from .registry import Registry
 
     registry = Registry.load(specs, log=log)
-    limits = Limits(args.max_batch, args.max_wait_ms, args.queue, args.max_texts, args.max_chars,
-                    max_round=args.max_round, streams=args.streams)
+    limits = Limits(settings.max_batch, settings.max_wait_ms, settings.queue, settings.max_texts, settings.max_chars,
+                    max_round=settings.max_round, streams=settings.streams)
     app = create_app(registry, limits, key)
     host, port = sock.getsockname()[:2]
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame):
             # /readyz says 503 at once (a load balancer stops sending here); the deadline is armed
-            app.state.drain.begin(args.grace)
+            app.state.drain.begin(settings.grace)
             super().handle_exit(sig, frame)
 
-    config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=args.grace, access_log=False,
-                            lifespan="on")
+    config = uvicorn.Config(app, log_level=settings.log_level, timeout_graceful_shutdown=settings.grace,
+                            access_log=False, lifespan="on")
     server = Server(config)
     # until uvicorn installs its own handlers (its start-up), a SIGTERM/SIGINT must start the same
     # graceful stop, not be lost; and uvicorn re-raises the signal it caught once it has shut down: with
