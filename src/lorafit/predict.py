@@ -13,16 +13,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import tasks
-from ..config import DataConfig
-from ..data.encoding import Encoding
-from ..data.examples import join_texts, pair_texts, require_all
-from ..data.tables import read_table
-from ..errors import LorafitError
-from ..io import Target, atomic_write_text, output_target, probe_writable, regular_identity
-from ..infer import engine
-from ..infer.loaded import from_model, load_run
-from .directory import read_run
+from . import tasks
+from .config import DataConfig
+from .data.encoding import Encoding
+from .data.examples import join_texts, pair_texts, require_all
+from .data.tables import read_table
+from .errors import LorafitError
+from .io import Target, atomic_write_text, output_target, probe_writable, regular_identity
+from .infer import engine
+from .infer.loaded import from_model, load_run
+from .runs.directory import read_run
 
 ID_COLUMNS = ("ID", "id", "Id")
 
