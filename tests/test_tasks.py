@@ -339,6 +339,8 @@ def test_task_predict_probs_and_empty_rows(task_run, tmp_path):
 
 def test_multi_label_probs_as_written_agree_with_the_thresholds(tmp_path):
     """A float32 text can round across a threshold (0.4199999... -> "0.42"): such a cell is written exactly."""
+    from types import SimpleNamespace
+
     from lorafit.predict import probability_columns
 
     target = np.float32(np.log(0.42 / 0.58))
@@ -351,7 +353,7 @@ def test_multi_label_probs_as_written_agree_with_the_thresholds(tmp_path):
         pytest.fail("no float32 logit rounds across 0.42")
     logits = np.array([[target, 0.3], [3.0, -2.0]], dtype=np.float32)
     thresholds = {"a": 0.42, "b": 0.5}
-    cols = probability_columns(str(tmp_path), logits, ["a", "b"], task=tasks.MULTI, thresholds=thresholds)
+    cols = probability_columns(SimpleNamespace(path=tmp_path), logits, ["a", "b"], task=tasks.MULTI, thresholds=thresholds)
     written = cols.to_numpy(np.float64)
     decided = tasks.label_sets(logits, ["a", "b"], thresholds)
     np.testing.assert_array_equal(written >= [0.42, 0.5], decided)
