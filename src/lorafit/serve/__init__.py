@@ -1,4 +1,5 @@
 """`lorafit serve`: finished runs behind one HTTP API; adapters over one base share its weights.
 
-registry.py loads the runs and shares their frozen base tensors, batcher.py gathers concurrent
-texts into batches in a worker thread, app.py is the FastAPI app (`create_app`), main.py the command."""
+registry.py names and loads the runs (over infer/pool.py, which shares their frozen base tensors),
+batcher.py gathers concurrent texts into batches in a worker thread, app.py is the FastAPI app
+(`create_app`), main.py the command."""
