@@ -129,7 +129,7 @@ def run_lorafit(spec: dict) -> dict:
     import pandas as pd
     import torch
     from lorafit.config import load_config
-    from lorafit.runs.predict import predict_logits
+    from lorafit.predict import predict_logits
     from lorafit.runs.weights import load_trained
     from lorafit.train.recipe import Recipe
 

@@ -36,7 +36,7 @@ def main() -> int:
     import torch
 
     from lorafit.model import dtype as base_dtype
-    from lorafit.runs.predict import predict_logits
+    from lorafit.predict import predict_logits
     from lorafit.runs.weights import load_trained
 
     texts = pd.read_csv(args.data)["text"].astype(str).tolist()[: args.limit]

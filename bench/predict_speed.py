@@ -44,7 +44,7 @@ def main() -> int:
     import numpy as np
 
     from compare import append_section
-    from lorafit.runs.predict import predict_logits, read_inputs
+    from lorafit.predict import predict_logits, read_inputs
     from lorafit.runs.weights import load_trained
     from lorafit.runs.directory import read_run
 

@@ -171,7 +171,7 @@ def stop(proc) -> None:
 
 def offline(run: Path, bodies: list[list[str]]) -> float:
     """(d): texts/s of `lorafit predict`'s path (merged, batches of 64 sorted over all the texts), one pass."""
-    from lorafit.runs.predict import predict_logits
+    from lorafit.predict import predict_logits
     from lorafit.runs.weights import load_trained
 
     model, tok, cfg, _ = load_trained(run, merge=True)

@@ -125,7 +125,7 @@ def assert_reload_exact(recipe, run_dir, merges=(False, True)):
     """load_trained (unmerged and merged) gives the end-of-training logits; returns (texts, logits)."""
     import numpy as np
 
-    from lorafit.runs.predict import predict_logits
+    from lorafit.predict import predict_logits
     from lorafit.runs.weights import load_trained
 
     texts = recipe.data.val.texts[:16]

@@ -121,7 +121,7 @@ def test_training_fits_saves_and_reports_the_temperature(trained_run):
 
 @pytest.mark.slow
 def test_predict_probs_rows_sum_to_one_and_reload_exactly(trained_run, tmp_path):
-    from lorafit.runs.predict import predict_file, predict_logits
+    from lorafit.predict import predict_file, predict_logits
     from lorafit.runs.weights import load_trained
 
     run_dir, recipe, _ = trained_run
@@ -161,7 +161,7 @@ def test_predict_probs_rows_sum_to_one_and_reload_exactly(trained_run, tmp_path)
 
 
 def test_evaluate_gives_mcc_and_the_ece_before_and_after(trained_run, tmp_path):
-    from lorafit.runs.evaluate import evaluate_file
+    from lorafit.evaluate import evaluate_file
 
     run_dir, recipe, result = trained_run
     data = tmp_path / "val.csv"

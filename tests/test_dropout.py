@@ -98,7 +98,7 @@ def test_attention_dropout_is_the_masked_scaled_probabilities_and_so_is_its_grad
 @pytest.mark.parametrize("fixture", ["tiny_roberta", "tiny_bert"])
 def test_install_keeps_evaluation_identical_and_remove_restores(fixture, synth_csv, request):
     from transformers import AutoTokenizer
-    from lorafit.runs.predict import predict_logits
+    from lorafit.predict import predict_logits
 
     path = request.getfixturevalue(fixture)
     tok = AutoTokenizer.from_pretrained(str(path))

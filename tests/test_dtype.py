@@ -129,7 +129,7 @@ def test_a_bf16_run_saves_the_float32_runs_adapter_format(tiny_roberta, synth_cs
     from safetensors import safe_open
     from transformers import AutoModelForSequenceClassification
 
-    from lorafit.runs.predict import predict_logits
+    from lorafit.predict import predict_logits
     from lorafit.runs.weights import load_trained
 
     runs = {}
@@ -185,7 +185,7 @@ def test_nf4_base_trains_and_saves_a_plain_adapter(tiny_roberta, synth_csv, tmp_
     from transformers import AutoModelForSequenceClassification
 
     from lorafit.model import nf4
-    from lorafit.runs.predict import predict_logits
+    from lorafit.predict import predict_logits
 
     from lorafit.speed import Where
 

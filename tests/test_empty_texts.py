@@ -15,7 +15,7 @@ from lorafit.errors import LorafitError
 @pytest.mark.slow
 def test_predict_leaves_empty_texts_unlabelled_and_says_which(trained_run, tmp_path):
     from lorafit.calibration import read_temperature, softmax
-    from lorafit.runs.predict import predict_file, predict_logits
+    from lorafit.predict import predict_file, predict_logits
     from lorafit.runs.weights import load_trained
 
     run_dir, recipe, _ = trained_run
@@ -43,7 +43,7 @@ def test_predict_leaves_empty_texts_unlabelled_and_says_which(trained_run, tmp_p
 
 
 def test_predict_of_only_empty_texts_loads_no_model(trained_run, tmp_path):
-    from lorafit.runs.predict import predict_file
+    from lorafit.predict import predict_file
 
     run_dir, _, _ = trained_run
     bare = tmp_path / "bare"  # the run without its weights

@@ -92,8 +92,8 @@ def test_predict_evaluate_serve_and_export_give_the_engines_logits(engine_runs, 
     from lorafit.export.run import _lorafit_logits
     from lorafit.infer import engine
     from lorafit.infer.loaded import load_run
-    from lorafit.runs.evaluate import evaluate_file
-    from lorafit.runs.predict import predict_file
+    from lorafit.evaluate import evaluate_file
+    from lorafit.predict import predict_file
 
     run_dir, rows = engine_runs(mode)
     texts, pairs = _inputs(rows)
@@ -167,7 +167,7 @@ def test_iter_logits_streams_a_window_at_a_time(engine_runs):
 
 def test_predict_leaves_the_token_cache_alone(engine_runs, tmp_path, monkeypatch):
     """The disk token cache is training's: predicting a file (any truncation) writes nothing into it."""
-    from lorafit.runs.predict import predict_file
+    from lorafit.predict import predict_file
 
     runs = {mode: engine_runs(mode) for mode in ("head", "tail")}  # trained first: training does fill the cache
     cache = tmp_path / "cache"

@@ -62,7 +62,7 @@ TEXTS = ["Stocks rally as oil prices fall and the bank reports earnings.", "goal
 
 
 def lorafit_logits(run_dir, texts):
-    from lorafit.runs.predict import predict_logits
+    from lorafit.predict import predict_logits
     from lorafit.runs.weights import load_trained
 
     model, tok, cfg, _ = load_trained(run_dir, merge=True)

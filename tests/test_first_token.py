@@ -71,7 +71,7 @@ def test_says_why_it_is_off(tiny_bert, tiny_roberta, synth_csv):
 
 @pytest.mark.slow
 def test_training_and_prediction_match_the_full_last_layer(tiny_bert, synth_csv, tmp_path):
-    from lorafit.runs.predict import predict_logits
+    from lorafit.predict import predict_logits
     from lorafit.runs.weights import load_trained
     from lorafit.train.run import run_training
 

@@ -293,7 +293,7 @@ def test_adapter_ships_id2label_for_plain_transformers(tmp_path, tiny_roberta):
     from peft import AutoPeftModelForSequenceClassification, PeftModel
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-    from lorafit.runs.predict import predict_logits
+    from lorafit.predict import predict_logits
     from lorafit.runs.weights import load_trained
 
     run, frame = _train(tmp_path, tiny_roberta, NAMES)
@@ -336,8 +336,8 @@ def test_class_label_names_are_recorded_and_read_back_as_ids(tiny_roberta, tmp_p
     import datasets
     import yaml
 
-    from lorafit.runs.evaluate import evaluate_file
-    from lorafit.runs.predict import predict_file
+    from lorafit.evaluate import evaluate_file
+    from lorafit.predict import predict_file
     from lorafit.train.run import run_training
 
     rows = synthetic_rows(240)

@@ -127,7 +127,7 @@ def test_old_run_with_too_long_max_length_predicts_capped(trained_run, tmp_path,
     with a note, instead of crashing in the position embeddings."""
     import yaml
 
-    from lorafit.runs.predict import predict_file
+    from lorafit.predict import predict_file
 
     src, _, _ = trained_run
     run = tmp_path / "old"

@@ -89,7 +89,7 @@ def test_model_same_logits_state_and_gradients(kind, request, synth_csv):
 
 
 def test_load_trained_packs_unless_switched_off(trained_run):
-    from lorafit.runs.predict import predict_logits
+    from lorafit.predict import predict_logits
     from lorafit.runs.weights import load_trained
 
     run_dir, recipe, _ = trained_run

@@ -27,7 +27,7 @@ FRAME = pd.DataFrame({"text": ["goal match", "war vote", "chip data"], "label": 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, tiny_roberta):
     """A finished run (two optimizer steps) and its reference logits on a few texts."""
-    from lorafit.runs.predict import predict_logits
+    from lorafit.predict import predict_logits
     from lorafit.runs.weights import load_trained
     from lorafit.train.recipe import Recipe
 
@@ -72,7 +72,7 @@ def test_text_and_id_column_flags(run, tmp_path, capsys):
 
 
 def test_text_columns_repeatable_or_comma_separated(tmp_path, tiny_roberta, synth_csv):
-    from lorafit.runs.predict import read_inputs
+    from lorafit.predict import read_inputs
 
     inp = tmp_path / "in.csv"
     pd.DataFrame({"head": ["A", "B"], "body": ["one", "two"]}).to_csv(inp, index=False)

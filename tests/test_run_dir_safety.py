@@ -482,7 +482,7 @@ def test_budget_into_a_closed_pipe_exits_quietly(tiny_roberta, synth_csv, tmp_pa
 def test_every_file_follows_the_umask(umask, tiny_roberta, synth_csv, tmp_path):
     """A finished run, a stopped run's resume/ and a predictions CSV: files 0666 & ~umask,
     folders 0777 & ~umask, as any other tool writes them."""
-    from lorafit.runs.predict import predict_file
+    from lorafit.predict import predict_file
     from lorafit.train.recipe import Recipe
     from lorafit.train.run import run_training
 

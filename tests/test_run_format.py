@@ -110,7 +110,7 @@ def test_a_damaged_marker_is_named(tmp_path, tiny_roberta, synth_csv):
 def test_a_trained_run_rewritten_as_every_older_layout_predicts_the_same(trained_run, tmp_path, tiny_roberta,
                                                                         synth1k_csv):
     """Weights too: a run with every older trait at once loads (load_trained) and gives the same logits."""
-    from lorafit.runs.predict import predict_logits
+    from lorafit.predict import predict_logits
     from lorafit.runs.weights import load_trained
 
     src, recipe, _ = trained_run

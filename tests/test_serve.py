@@ -340,7 +340,8 @@ def test_runs_over_one_base_hold_one_copy_of_its_files(runs, tiny_roberta, tmp_p
 
     def tokenize_texts(run, texts):
         return encode(run, texts)[0]
-    from lorafit.serve.registry import Registry, _owned, base_state, check_run
+    from lorafit.infer.pool import base_state, owned
+    from lorafit.serve.registry import Registry, check_run
 
     copy, other = tmp_path / "tiny-roberta-copy", tmp_path / "other"
     shutil.copytree(tiny_roberta, copy)
@@ -351,7 +352,7 @@ def test_runs_over_one_base_hold_one_copy_of_its_files(runs, tiny_roberta, tmp_p
     reg = Registry.load([("topics", runs["topics"]), ("binary", runs["binary"]), ("other", other)],
                         device=torch.device("cpu"))
     frozen = {name: {n.rsplit("base_model.model.", 1)[-1]: p.data_ptr() for n, p in run.model.named_parameters()
-                     if not _owned(n)} for name, run in reg.runs.items()}
+                     if not owned(n)} for name, run in reg.runs.items()}
     word = "roberta.embeddings.word_embeddings.weight"
     assert frozen["topics"][word] == frozen["binary"][word] != frozen["other"][word]
     both = set(frozen["topics"].values()) & set(frozen["binary"].values())

@@ -80,7 +80,7 @@ def test_prefix_cache_says_why_it_is_off(tiny_roberta, synth_csv):
 def test_length_grouping_does_not_change_logits(tiny_roberta, synth_csv):
     """Dynamic padding and length-sorted batches: each item's logits equal its unpadded logits."""
     from transformers import AutoTokenizer
-    from lorafit.runs.predict import predict_logits
+    from lorafit.predict import predict_logits
 
     cfg = tiny_config(tiny_roberta, synth_csv)
     model, _ = build_model(cfg, ["a", "b", "c", "d"])
@@ -138,7 +138,7 @@ def test_token_cache_hit_skips_the_tokenizer_and_is_identical(tiny_roberta, tmp_
 
 def test_sdpa_equals_eager_attention(tiny_roberta, synth_csv):
     from transformers import AutoTokenizer
-    from lorafit.runs.predict import predict_logits
+    from lorafit.predict import predict_logits
 
     tok = AutoTokenizer.from_pretrained(str(tiny_roberta))
     texts, _ = _texts_ids(tok)

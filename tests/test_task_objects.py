@@ -42,8 +42,7 @@ def test_single_label_object(tmp_path):
     p = task.probabilities(LOGITS, temperature=2.0)
     np.testing.assert_allclose(p.sum(1), 1.0)
     np.testing.assert_allclose(p, torch.softmax(torch.tensor(LOGITS, dtype=torch.float64) / 2, -1).numpy())
-    (tmp_path / "calibration.json").write_text(json.dumps({"temperature": 2.0}))
-    cols = task.probability_columns(tmp_path, LOGITS, NAMES)
+    cols = task.probability_columns(SimpleNamespace(path=tmp_path, temperature=2.0), LOGITS, NAMES)
     assert list(cols) == ["prob_a", "prob_b", "prob_c"] and cols["prob_a"][0] == str(np.float32(p[0, 0]))
     assert task.response(LOGITS, NAMES) == {"labels": ["a", "c"], "label_ids": [0, 2]}
     assert task.response(LOGITS, NAMES, temperature=2.0, probs=True)["probs"] == p.tolist()
@@ -70,7 +69,7 @@ def test_multi_label_object(tmp_path):
     assert task.prediction_column(LOGITS, NAMES, None, None) == ['["a", "c"]', '["b", "c"]']
     p = task.probabilities(LOGITS)
     np.testing.assert_allclose(p, 1 / (1 + np.exp(-LOGITS.astype(np.float64))))
-    cols = task.probability_columns(tmp_path, LOGITS, NAMES, thresholds=thr)
+    cols = task.probability_columns(SimpleNamespace(path=tmp_path), LOGITS, NAMES, thresholds=thr)
     assert list(cols) == ["prob_a", "prob_b", "prob_c"] and float(cols["prob_b"][1]) == pytest.approx(p[1, 1], abs=1e-6)
     r = task.response(LOGITS, NAMES, thresholds=thr, probs=True)
     assert r["labels"] == [["a"], ["b"]] and r["probs"] == p.tolist() and "label_ids" not in r

@@ -123,7 +123,7 @@ def task_run(request, tmp_path_factory, tiny_roberta, task_data):
 
 
 def test_task_trains_and_reloads_exactly(task_run):
-    from lorafit.runs.predict import predict_logits
+    from lorafit.predict import predict_logits
     from lorafit.runs.weights import load_trained
 
     task, run_dir, recipe, result = task_run
@@ -187,7 +187,7 @@ def test_task_predict_and_evaluate_in_a_new_process(task_run, tmp_path):
     assert r.returncode == 0, r.stderr
     pred = pd.read_csv(out)
     assert list(pred.columns) == ["ID", "label"] and len(pred) == len(val)
-    from lorafit.runs.predict import predict_logits
+    from lorafit.predict import predict_logits
 
     logits = predict_logits(recipe.acc.unwrap_model(recipe.model).eval(), recipe.tokenizer, val.texts, 32)
     if task == "regression":
@@ -303,7 +303,7 @@ def test_task_predict_probs_and_empty_rows(task_run, tmp_path):
     regression --probs: one error line, before the model loads. Empty texts: empty cells."""
     import shutil
 
-    from lorafit.runs.predict import predict_logits
+    from lorafit.predict import predict_logits
 
     task, run_dir, recipe, result = task_run
     texts = recipe.data.val.texts[:30]
@@ -339,7 +339,9 @@ def test_task_predict_probs_and_empty_rows(task_run, tmp_path):
 
 def test_multi_label_probs_as_written_agree_with_the_thresholds(tmp_path):
     """A float32 text can round across a threshold (0.4199999... -> "0.42"): such a cell is written exactly."""
-    from lorafit.runs.predict import probability_columns
+    from types import SimpleNamespace
+
+    from lorafit.predict import probability_columns
 
     target = np.float32(np.log(0.42 / 0.58))
     for _ in range(200):  # float32 logits just below 0.42's: sigmoid < 0.42 while its float32 text reads 0.42
@@ -351,7 +353,7 @@ def test_multi_label_probs_as_written_agree_with_the_thresholds(tmp_path):
         pytest.fail("no float32 logit rounds across 0.42")
     logits = np.array([[target, 0.3], [3.0, -2.0]], dtype=np.float32)
     thresholds = {"a": 0.42, "b": 0.5}
-    cols = probability_columns(str(tmp_path), logits, ["a", "b"], task=tasks.MULTI, thresholds=thresholds)
+    cols = probability_columns(SimpleNamespace(path=tmp_path), logits, ["a", "b"], task=tasks.MULTI, thresholds=thresholds)
     written = cols.to_numpy(np.float64)
     decided = tasks.label_sets(logits, ["a", "b"], thresholds)
     np.testing.assert_array_equal(written >= [0.42, 0.5], decided)

@@ -137,7 +137,7 @@ def pair_run(tmp_path_factory, tiny_bert):
 
 @pytest.mark.slow
 def test_pairs_train_reload_and_predict_exactly(pair_run):
-    from lorafit.runs.predict import predict_logits
+    from lorafit.predict import predict_logits
     from lorafit.runs.weights import load_trained
 
     run_dir, recipe, result, folder = pair_run
@@ -222,7 +222,7 @@ def test_a_tail_truncated_run_predicts_with_its_truncation(tmp_path, tiny_robert
     """data.truncation travels with the run: predict encodes the tail as training did."""
     from conftest import train_briefly
 
-    from lorafit.runs.predict import predict_file, predict_logits
+    from lorafit.predict import predict_file, predict_logits
 
     recipe, _ = train_briefly(tiny_roberta, synth_csv, tmp_path / "run", data__truncation="tail", data__max_length=8)
     texts = [t for t in recipe.data.val.texts if len(t.split()) > 8][:8]

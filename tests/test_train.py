@@ -8,7 +8,7 @@ import torch
 
 from conftest import run_cli, tiny_config
 from lorafit.config import load_config
-from lorafit.runs.predict import predict_logits
+from lorafit.predict import predict_logits
 from lorafit.runs.weights import load_trained
 
 RUN_FILES = ["config.yaml", "labels.json", "metrics.jsonl", "params.txt", "eval.json", "curves.png",

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from conftest import assert_reload_exact, run_cli, train_briefly
-from lorafit.runs.predict import predict_logits
+from lorafit.predict import predict_logits
 
 
 VARIANTS = {

@@ -258,7 +258,7 @@ def pick_command(config: str, user_sets: list[str], pick_sets: list[str]) -> str
 
 
 def cmd_evaluate(args) -> int:
-    from .runs.evaluate import evaluate_file
+    from .evaluate import evaluate_file
 
     metrics = evaluate_file(args.run_dir, args.data, allow_pickle=args.allow_pickle, text_columns=args.text_column,
                             label_column=args.label_column, delimiter=args.delimiter,
@@ -269,7 +269,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .runs.predict import predict_file
+    from .predict import predict_file
 
     n = predict_file(args.run_dir, args.input, args.output, allow_pickle=args.allow_pickle,
                      batch_size=args.batch_size, with_logits=args.with_logits, text_columns=args.text_column,

@@ -20,7 +20,7 @@ def check_texts(run_dir: Path, cfg, check: Optional[str], *, allow_pickle: bool 
     """(where the texts came from, texts, pair texts or None): --check FILE, else the run's validation
     split rebuilt from its config (same file, seed and split as in training)."""
     if check:
-        from ..runs.predict import read_inputs
+        from ..predict import read_inputs
 
         _, _, texts, pairs = read_inputs(check, cfg.data, allow_pickle, text_columns=text_columns,
                                          delimiter=delimiter, input_format=input_format)

@@ -2,7 +2,7 @@
 temperature, thresholds), the tokenizer and the run's encoding settings (max_length, truncation), and
 the backend that turns one padded batch into logits (the torch model, or an ONNX Runtime session of
 its export). Built by one loader, `load_run`, from a run folder, optionally over a shared base's
-tensors (serve/registry.py)."""
+tensors (infer/pool.py)."""
 from __future__ import annotations
 
 import dataclasses

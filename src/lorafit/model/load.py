@@ -195,7 +195,7 @@ def load_base(cfg: ModelConfig, label_names: list[str], *, weights: bool = True,
     device from config.json alone: exact shapes for parameter counting, no memory, no download.
     state: the checkpoint's tensors already in memory (read_checkpoint): the model is built over
     them, its parameters *are* those tensors (transformers assigns them, no copy) and nothing is read
-    from disk; lorafit serve builds every run over one base this way (serve/registry.py)."""
+    from disk; lorafit serve builds every run over one base this way (infer/pool.py)."""
     from transformers import AutoModelForSequenceClassification
 
     mcfg = load_model_config(cfg, len(label_names), label_names)

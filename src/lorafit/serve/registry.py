@@ -1,5 +1,6 @@
-"""The served runs: each built as `lorafit predict` builds it, over one copy of its base's weights
-per base, so N adapters over one base hold the base once.
+"""The served runs: names, specs and the Registry. Each run is built as `lorafit predict` builds it,
+over one copy of its base's weights per base (infer/pool.py), so N adapters over one base hold the
+base once.
 
 Why not PEFT's multi-adapter model (one PeftModel, `load_adapter` per run, `set_adapter` or
 `adapter_names=` per batch): every lorafit run has its own head, and runs over one base may differ
@@ -9,35 +10,11 @@ module tree, so those would have to be swapped per batch. Here each run keeps it
 built by `load_trained` exactly as for `lorafit predict` (same head surgery, same first-token speed
 path), and only the frozen base tensors are shared.
 
-How the base is shared. The base checkpoint's safetensors files are read into memory once
-(model.load.read_checkpoint), and every run over that base is built over those tensors
-(`load_trained(base_state=...)`: transformers assigns them to the new model's parameters, no copy),
-then PEFT adds the run's own adapter and head from its adapter/ folder. No run materialises a
-second copy of the base, not even for a moment (loading each run whole and then swapping its tensors
-for the shared ones left ~200 MB of freed heap in the process per roberta-base run: glibc keeps it).
-What is shared must be bit for bit what that run would have read itself, so the pool of checkpoints
-is keyed by the identity of the base's weight files: resolved path, device, inode, size and
-modification time (ns) of each safetensors file. Why not a hash of the contents: it would read
-every base again (~500 MB for roberta-base) to learn what the path and stat already say during a
-start-up of seconds; and not the safetensors header: it holds names, dtypes, shapes and offsets,
-not values, so two different fine-tunes of one architecture have the same header. A base in another
-folder (even a byte-equal copy) or rewritten between two runs' loads gets its own copy: never a
-wrong share, at worst a missed one. Bases that are not plain local safetensors (pickled weights,
-remote code, a hub id not in the cache) load as predict loads them, and then every frozen tensor
-equal (torch.equal, bit for bit) to one already held for that base is swapped for the held one.
-Either way LoRA A/B, heads, trained LayerNorms and anything that differs stay per run (SharedBase
-counts them). Full fine-tuning runs train every tensor: they are their own model and share nothing.
-
-The one difference from predict, for runs that share a base: LoRA is not merged into it (a merge
-would change the shared weights for every run), so each LoRA layer adds its low-rank product at run
-time; logits agree with predict's merged model to float rounding (tests/test_serve.py checks 1e-4).
-A run alone over its base (and a full fine-tuning run) is loaded exactly as predict loads it, merged."""
+How the base is shared (one copy per base, keyed by its weight files' identity; LoRA left unmerged
+over a shared base) is infer/pool.py's BasePool: its docstring says how and why."""
 from __future__ import annotations
 
-import gc
-import json
 import re
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -49,8 +26,6 @@ if TYPE_CHECKING:
     import torch
 
     from ..infer.loaded import LoadedRun
-
-OWN = (".lora_", "modules_to_save.", "lora_magnitude_vector")  # tensors that belong to one run
 
 
 @dataclass
@@ -132,103 +107,6 @@ def check_run(folder: Path):
     return cfg
 
 
-def _trainable(folder: Path) -> int:
-    try:
-        return int(json.loads((Path(folder) / "eval.json").read_text(encoding="utf-8"))["trainable"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0  # an old run without the count: the API says 0 rather than failing to start
-
-
-def _base_key(cfg) -> str:
-    """Runs with one key share one base copy: a local folder by its resolved path, else the hub id."""
-    path = Path(cfg.model.name).expanduser()
-    return str(path.resolve()) if path.exists() else cfg.model.name
-
-
-def _plain_name(name: str) -> str:
-    """A parameter's name in the base model: PEFT's wrappers' prefixes taken out."""
-    return name.replace("base_model.model.", "").replace(".base_layer.", ".").replace(".original_module.", ".")
-
-
-def _owned(name: str) -> bool:
-    return any(k in name for k in OWN)
-
-
-class SharedBase:
-    """Frozen tensors held once, keyed by (base model, plain name); a run's tensor is swapped for the
-    held one only when it is equal to it bit for bit."""
-
-    def __init__(self):
-        self.tensors: dict[tuple, list[torch.nn.Parameter]] = {}
-
-    def share(self, model: torch.nn.Module, base: str) -> tuple[int, int]:
-        """Swap `model`'s frozen base tensors for held equal ones; returns (own, shared) parameter counts."""
-        import torch
-
-        own = shared = 0
-        for mod_name, module in list(model.named_modules()):
-            for leaf, p in list(module._parameters.items()):
-                if p is None:
-                    continue
-                full = f"{mod_name}.{leaf}" if mod_name else leaf
-                if _owned(full):
-                    own += p.numel()
-                    continue
-                key = (base, _plain_name(full), tuple(p.shape), p.dtype, p.device)
-                held = self.tensors.setdefault(key, [])
-                twin = next((q for q in held if q is p or _same_view(q, p) or torch.equal(q, p)), None)
-                if twin is None:
-                    held.append(p)
-                    shared += p.numel()  # the first run's tensor becomes the held one
-                    continue
-                if twin is not p:
-                    module._parameters[leaf] = twin
-                shared += p.numel()
-        return own, shared
-
-
-def _same_view(a, b) -> bool:
-    """Two parameters over the same memory (runs built over one read checkpoint): equal without reading it."""
-    return a.data_ptr() == b.data_ptr() and a.stride() == b.stride() and a.storage_offset() == b.storage_offset()
-
-
-def _identity(f: Path) -> tuple:
-    st = f.stat()
-    return str(f), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
-
-
-def base_state(cfg, device, states: dict) -> dict | None:
-    """The base checkpoint's tensors, read once per identity of its files (see the module docstring);
-    None when the base is not plain safetensors (then it loads from disk and equal tensors are shared)."""
-    from ..model.load import checkpoint_files, read_checkpoint
-
-    files = checkpoint_files(cfg.model)
-    if files is None:
-        return None
-    key = (tuple(_identity(f) for f in files), str(device))
-    if key not in states:
-        states[key] = read_checkpoint(files, device)
-    return states[key]
-
-
-def _free_memory() -> None:
-    """Hand the freed per-run copies back to the OS (glibc keeps freed heap pages otherwise)."""
-    from ..speed.memory import heap_trimmer
-
-    gc.collect()
-    trim = heap_trimmer()
-    if trim is not None:
-        trim()
-
-
-def _pack_shared(model: torch.nn.Module, device: torch.device, packed: dict) -> None:
-    """speed/packed.py's prepacked Linear weights, one packed copy per shared weight (a copy per run
-    would undo the sharing)."""
-    from ..speed import Where, apply, packed as packing
-
-    apply(packing, model, Where(device, shared=packed))
-
-
 class Registry:
     """name -> ServedRun, loaded once at start-up; read-only afterwards (safe to read from any thread)."""
 
@@ -241,35 +119,17 @@ class Registry:
     @classmethod
     def load(cls, specs: list[tuple[str, Path]], device: torch.device | None = None, log=lambda line: None,
              packed: bool | None = None) -> "Registry":
-        from ..infer.loaded import default_device, load_run
+        from ..infer.pool import BasePool
+        from ..runs.compat import read_run_folder
 
-        device = device or default_device()
         cfgs = [check_run(folder) for _, folder in specs]
-        per_base = Counter(_base_key(c) for c in cfgs if c.adapter.method != "full")
-        pool, pack_pool, states, runs = SharedBase(), {}, {}, {}
+        pool, runs = BasePool(device, expected=cfgs), {}
         for (name, folder), run_cfg in zip(specs, cfgs):
-            pack = run_cfg.train.packed_inference if packed is None else packed
-            if run_cfg.adapter.method == "full" or per_base[_base_key(run_cfg)] == 1:
-                # nothing to share its base with: predict's own path (LoRA merged, packed as predict packs)
-                loaded = load_run(folder, device, merge=True, packed=pack)
-                model = loaded.model.requires_grad_(False)
-                own, shared = sum(p.numel() for p in model.parameters()), 0
-            else:
-                # unmerged (the base stays shared), unpacked (packing is done once per shared weight below)
-                state = base_state(run_cfg, device, states)
-                loaded = load_run(folder, device, merge=False, base_state=state, packed=False)
-                model = loaded.model.requires_grad_(False)
-                own, shared = pool.share(model, _base_key(loaded.cfg))
-                if state is None:
-                    _free_memory()  # the run's own copy of the base, just swapped out
-                if pack:
-                    _pack_shared(model, device, pack_pool)
-            runs[name] = ServedRun(name, Path(folder), loaded, own, shared, _trainable(folder))
+            loaded, own, shared = pool.load(folder, run_cfg, packed=packed)
+            trainable = read_run_folder(folder).trainable or 0  # an old run without the count: 0, not a failed start
+            runs[name] = ServedRun(name, Path(folder), loaded, own, shared, trainable)
             cfg = loaded.cfg
             log(f"loaded {name} ({folder}): {cfg.adapter.method} over {cfg.model.name}, {own:,} own parameters, "
                 f"{shared:,} shared")
         return cls(runs)
 
-
-def labels_of(folder: Path) -> list:
-    return json.loads((Path(folder) / "labels.json").read_text(encoding="utf-8"))

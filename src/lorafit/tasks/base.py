@@ -111,10 +111,11 @@ class Task:
         """The predictions file's `label` column."""
         return self.decode(logits, names, thresholds)
 
-    def probability_columns(self, run_dir, logits: np.ndarray, names: list[str],
+    def probability_columns(self, folder, logits: np.ndarray, names: list[str],
                             log: Optional[Callable[[str], None]] = None, thresholds: Optional[dict] = None) -> dict:
         """{prob_<label>: [cell text per row]} of `predict --probs`, as float32 in the shortest text that reads
-        back to the same float32."""
+        back to the same float32. folder: the run as runs/compat.read_run_folder reads it (its path, its
+        temperature and, when that is None, temperature_note)."""
         raise NotImplementedError
 
     def response(self, logits: np.ndarray, names: list, *, temperature: float = 1.0,

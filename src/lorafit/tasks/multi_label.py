@@ -185,12 +185,12 @@ class MultiLabel(Task):
         return [delimiter.join(c) if delimiter else json.dumps(c, ensure_ascii=False)
                 for c in self.decode(logits, names, thresholds)]
 
-    def probability_columns(self, run_dir, logits, names, log: Optional[Callable[[str], None]] = None, thresholds=None):
+    def probability_columns(self, folder, logits, names, log: Optional[Callable[[str], None]] = None, thresholds=None):
         """A label is in a row's set exactly when its probability as written is at or above its threshold."""
         if log:
             log(f"note: multi_label probabilities are each label's sigmoid of its logit, not calibrated (temperatures are "
                 f"fitted for single_label runs only); a label is in the set when its probability is at or above its "
-                f"threshold in {Path(run_dir) / THRESHOLDS_FILE}")
+                f"threshold in {Path(folder.path) / THRESHOLDS_FILE}")
         exact = self.probabilities(logits)
         cells = np.array([[str(v) for v in row] for row in exact.astype(np.float32)], dtype=object).reshape(exact.shape)
         thr = threshold_vector(thresholds, names)

@@ -90,7 +90,7 @@ class Regression(Task):
     def probabilities(self, logits, temperature=1.0):
         raise LorafitError("a regression predicts a value, not probabilities")
 
-    def probability_columns(self, run_dir, logits, names, log=None, thresholds=None):
+    def probability_columns(self, folder, logits, names, log=None, thresholds=None):
         return self.probabilities(logits)
 
     def probs_refused(self, run_dir, names):

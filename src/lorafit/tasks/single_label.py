@@ -3,7 +3,6 @@ cross-entropy, the answer is the argmax class, and probabilities are softmax(log
 fitted temperature (calibration.py)."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
@@ -80,16 +79,12 @@ class SingleLabel(Task):
 
         return softmax(logits, temperature)
 
-    def probability_columns(self, run_dir, logits, names, log: Optional[Callable[[str], None]] = None, thresholds=None):
-        from ..calibration import FILE, read_temperature
-
-        t = read_temperature(run_dir)
+    def probability_columns(self, folder, logits, names, log: Optional[Callable[[str], None]] = None, thresholds=None):
+        t = folder.temperature  # runs/compat.read_run_folder's: None for a run without calibration.json
         if t is None:
             t = 1.0
             if log:
-                log(f"note: {Path(run_dir) / FILE} is missing (single_label runs have saved one since temperatures were "
-                    "fitted: this run is older, or the file was removed): the probabilities are the plain softmax, not "
-                    "calibrated")
+                log(f"note: {folder.temperature_note}: the probabilities are the plain softmax, not calibrated")
         p = self.probabilities(logits, t).astype(np.float32)
         return {f"prob_{name}": [str(v) for v in p[:, k]] for k, name in enumerate(names)}
 

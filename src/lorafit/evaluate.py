@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
 
-from ..calibration import split_summary
-from .. import tasks
-from ..data.examples import load_labelled
-from ..infer import engine
-from ..infer.loaded import load_run
-from .directory import read_run
+from .calibration import split_summary
+from . import tasks
+from .data.examples import load_labelled
+from .infer import engine
+from .infer.loaded import load_run
+from .runs.directory import read_run
 from .predict import input_config
 
 

@@ -13,16 +13,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import tasks
-from ..config import DataConfig
-from ..data.encoding import Encoding
-from ..data.examples import join_texts, pair_texts, require_all
-from ..data.tables import read_table
-from ..errors import LorafitError
-from ..io import Target, atomic_write_text, output_target, probe_writable, regular_identity
-from ..infer import engine
-from ..infer.loaded import from_model, load_run
-from .directory import read_run
+from . import tasks
+from .config import DataConfig
+from .data.encoding import Encoding
+from .data.examples import join_texts, pair_texts, require_all
+from .data.tables import read_table
+from .errors import LorafitError
+from .io import Target, atomic_write_text, output_target, probe_writable, regular_identity
+from .infer import engine
+from .infer.loaded import from_model, load_run
+from .runs.compat import RunFolder, read_run_folder
 
 ID_COLUMNS = ("ID", "id", "Id")
 
@@ -122,12 +122,12 @@ def check_output(out: str, input_path: Optional[str] = None) -> Target:
     return target
 
 
-def probability_columns(run_dir: str, logits: np.ndarray, names: list[str],
+def probability_columns(folder: RunFolder, logits: np.ndarray, names: list[str],
                         log: Optional[Callable[[str], None]] = None, *, task: str = tasks.SINGLE,
                         thresholds: Optional[dict] = None) -> pd.DataFrame:
     """One prob_<label> column per label, as the task writes them (tasks/: single_label's calibrated softmax,
-    multi_label's per-label sigmoids, consistent with its thresholds)."""
-    return pd.DataFrame(tasks.get(task).probability_columns(run_dir, logits, names, log, thresholds))
+    multi_label's per-label sigmoids, consistent with its thresholds). folder: runs/compat.read_run_folder's."""
+    return pd.DataFrame(tasks.get(task).probability_columns(folder, logits, names, log, thresholds))
 
 
 def empty_rows(texts: Sequence[str], source: str, log: Optional[Callable[[str], None]] = None) -> list[int]:
@@ -155,7 +155,8 @@ def predict_file(run_dir: str, input_path: str, output_path: str, *, allow_pickl
                  text_pair_column: Optional[str] = None, probs: bool = False, input_format: Optional[str] = None,
                  log: Optional[Callable[[str], None]] = None) -> int:
     target = check_output(output_path, input_path)
-    cfg, names = read_run(run_dir)
+    folder = read_run_folder(run_dir)  # the one reader of run folders (older runs: temperature_note)
+    cfg, names = folder.cfg, folder.labels
     task = tasks.task_of(cfg)
     if probs and not task.has_probabilities:
         raise LorafitError(task.probs_refused(run_dir, names))
@@ -181,7 +182,7 @@ def predict_file(run_dir: str, input_path: str, output_path: str, *, allow_pickl
         for k, name in enumerate(names):
             frame[f"logit_{name}"] = _spread(logits[:, k].tolist(), keep, len(texts))
     if probs:
-        p = probability_columns(run_dir, logits, names, log, task=cfg.data.task, thresholds=thresholds)
+        p = probability_columns(folder, logits, names, log, task=cfg.data.task, thresholds=thresholds)
         for c in p.columns:
             frame[c] = _spread(p[c].tolist(), keep, len(texts))
     buf = io.StringIO()

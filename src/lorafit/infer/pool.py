@@ -1,0 +1,175 @@
+"""Runs over one base model, loaded over one copy of its weights (BasePool): what `lorafit serve` holds
+for its runs, usable by any caller loading several runs (a single run loads exactly as predict loads it).
+
+How the base is shared. The base checkpoint's safetensors files are read into memory once
+(model.load.read_checkpoint), and every run over that base is built over those tensors
+(`load_trained(base_state=...)`: transformers assigns them to the new model's parameters, no copy),
+then PEFT adds the run's own adapter and head from its adapter/ folder. No run materialises a
+second copy of the base, not even for a moment (loading each run whole and then swapping its tensors
+for the shared ones left ~200 MB of freed heap in the process per roberta-base run: glibc keeps it).
+What is shared must be bit for bit what that run would have read itself, so the pool of checkpoints
+is keyed by the identity of the base's weight files: resolved path, device, inode, size and
+modification time (ns) of each safetensors file. Why not a hash of the contents: it would read
+every base again (~500 MB for roberta-base) to learn what the path and stat already say during a
+start-up of seconds; and not the safetensors header: it holds names, dtypes, shapes and offsets,
+not values, so two different fine-tunes of one architecture have the same header. A base in another
+folder (even a byte-equal copy) or rewritten between two runs' loads gets its own copy: never a
+wrong share, at worst a missed one. Bases that are not plain local safetensors (pickled weights,
+remote code, a hub id not in the cache) load as predict loads them, and then every frozen tensor
+equal (torch.equal, bit for bit) to one already held for that base is swapped for the held one.
+Either way LoRA A/B, heads, trained LayerNorms and anything that differs stay per run (SharedBase
+counts them). Full fine-tuning runs train every tensor: they are their own model and share nothing.
+Packed inference (speed/packed.py) packs each shared weight once (a packed copy per run would undo
+the sharing).
+
+The one difference from predict, for runs that share a base: LoRA is not merged into it (a merge
+would change the shared weights for every run), so each LoRA layer adds its low-rank product at run
+time; logits agree with predict's merged model to float rounding (tests/test_serve.py checks 1e-4).
+A run alone over its base (and a full fine-tuning run) is loaded exactly as predict loads it, merged."""
+from __future__ import annotations
+
+import gc
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, NamedTuple, Optional
+
+if TYPE_CHECKING:
+    import torch
+
+    from .loaded import LoadedRun
+
+OWN = (".lora_", "modules_to_save.", "lora_magnitude_vector")  # tensors that belong to one run
+
+
+class PooledRun(NamedTuple):
+    loaded: LoadedRun
+    own_parameters: int     # parameters this run holds alone (adapter, head, trained norms)
+    shared_parameters: int  # parameters it reads from the shared base copy
+
+
+def base_key(cfg) -> str:
+    """Runs with one key share one base copy: a local folder by its resolved path, else the hub id."""
+    path = Path(cfg.model.name).expanduser()
+    return str(path.resolve()) if path.exists() else cfg.model.name
+
+
+def _plain_name(name: str) -> str:
+    """A parameter's name in the base model: PEFT's wrappers' prefixes taken out."""
+    return name.replace("base_model.model.", "").replace(".base_layer.", ".").replace(".original_module.", ".")
+
+
+def owned(name: str) -> bool:
+    """A parameter (by its name in the PEFT model) that belongs to one run: adapter, head, trained norms."""
+    return any(k in name for k in OWN)
+
+
+class SharedBase:
+    """Frozen tensors held once, keyed by (base model, plain name); a run's tensor is swapped for the
+    held one only when it is equal to it bit for bit."""
+
+    def __init__(self):
+        self.tensors: dict[tuple, list[torch.nn.Parameter]] = {}
+
+    def share(self, model: torch.nn.Module, base: str) -> tuple[int, int]:
+        """Swap `model`'s frozen base tensors for held equal ones; returns (own, shared) parameter counts."""
+        import torch
+
+        own = shared = 0
+        for mod_name, module in list(model.named_modules()):
+            for leaf, p in list(module._parameters.items()):
+                if p is None:
+                    continue
+                full = f"{mod_name}.{leaf}" if mod_name else leaf
+                if owned(full):
+                    own += p.numel()
+                    continue
+                key = (base, _plain_name(full), tuple(p.shape), p.dtype, p.device)
+                held = self.tensors.setdefault(key, [])
+                twin = next((q for q in held if q is p or _same_view(q, p) or torch.equal(q, p)), None)
+                if twin is None:
+                    held.append(p)
+                    shared += p.numel()  # the first run's tensor becomes the held one
+                    continue
+                if twin is not p:
+                    module._parameters[leaf] = twin
+                shared += p.numel()
+        return own, shared
+
+
+def _same_view(a, b) -> bool:
+    """Two parameters over the same memory (runs built over one read checkpoint): equal without reading it."""
+    return a.data_ptr() == b.data_ptr() and a.stride() == b.stride() and a.storage_offset() == b.storage_offset()
+
+
+def _identity(f: Path) -> tuple:
+    st = f.stat()
+    return str(f), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def base_state(cfg, device, states: dict) -> dict | None:
+    """The base checkpoint's tensors, read once per identity of its files (see the module docstring);
+    None when the base is not plain safetensors (then it loads from disk and equal tensors are shared)."""
+    from ..model.load import checkpoint_files, read_checkpoint
+
+    files = checkpoint_files(cfg.model)
+    if files is None:
+        return None
+    key = (tuple(_identity(f) for f in files), str(device))
+    if key not in states:
+        states[key] = read_checkpoint(files, device)
+    return states[key]
+
+
+def _free_memory() -> None:
+    """Hand the freed per-run copies back to the OS (glibc keeps freed heap pages otherwise)."""
+    from ..speed.memory import heap_trimmer
+
+    gc.collect()
+    trim = heap_trimmer()
+    if trim is not None:
+        trim()
+
+
+def _pack_shared(model: torch.nn.Module, device: torch.device, packed: dict) -> None:
+    """speed/packed.py's prepacked Linear weights, one packed copy per shared weight (a copy per run
+    would undo the sharing)."""
+    from ..speed import Where, apply, packed as packing
+
+    apply(packing, model, Where(device, shared=packed))
+
+
+class BasePool:
+    """Loads runs on one device, each adapter run whose base another expected run shares over one copy
+    of that base (see the module docstring). expected: the configs of every run this pool will load
+    (a run whose base no other expected run has is loaded as predict loads it: merged)."""
+
+    def __init__(self, device: Optional[torch.device] = None, expected: Iterable = ()):
+        from .loaded import default_device
+
+        self.device = device or default_device()
+        self.per_base = Counter(base_key(c) for c in expected if c.adapter.method != "full")
+        self.shared, self.packed, self.states = SharedBase(), {}, {}
+
+    def load(self, run_dir: str | Path, cfg=None, *, packed: Optional[bool] = None) -> PooledRun:
+        """The run at run_dir (cfg: its config when already read); packed: speed/packed.py, None following
+        the run's train.packed_inference."""
+        from ..runs.compat import read_run_folder
+        from .loaded import load_run
+
+        cfg = cfg if cfg is not None else read_run_folder(run_dir).cfg
+        pack = cfg.train.packed_inference if packed is None else packed
+        if cfg.adapter.method == "full" or self.per_base[base_key(cfg)] <= 1:
+            # nothing to share its base with: predict's own path (LoRA merged, packed as predict packs)
+            loaded = load_run(run_dir, self.device, merge=True, packed=pack)
+            model = loaded.model.requires_grad_(False)
+            return PooledRun(loaded, sum(p.numel() for p in model.parameters()), 0)
+        # unmerged (the base stays shared), unpacked (packing is done once per shared weight below)
+        state = base_state(cfg, self.device, self.states)
+        loaded = load_run(run_dir, self.device, merge=False, base_state=state, packed=False)
+        model = loaded.model.requires_grad_(False)
+        own, shared = self.shared.share(model, base_key(loaded.cfg))
+        if state is None:
+            _free_memory()  # the run's own copy of the base, just swapped out
+        if pack:
+            _pack_shared(model, self.device, self.packed)
+        return PooledRun(loaded, own, shared)
