@@ -1,7 +1,6 @@
 """`lorafit export`: a finished run as a folder that runs without lorafit — an ONNX graph for ONNX
 Runtime (optionally int8) or a standalone transformers model — checked against lorafit's own
 predictions before anything is written (export/run.py)."""
-from .run import export_run
-from .settings import ExportSettings
+from ..lazy import exports
 
-__all__ = ["export_run", "ExportSettings"]
+__getattr__, __all__ = exports(__name__, {'export_run': '.run', 'ExportSettings': '.settings'})

@@ -4,7 +4,6 @@ registry.py names and loads the runs (over infer/pool.py, which shares their fro
 batcher.py gathers concurrent texts into batches in a worker thread, app.py is the FastAPI app
 (`create_app`), main.py the command, settings.py its options. From Python:
 `serve(ServeSettings(runs=["RUN_DIR"], port=8000))`."""
-from .main import serve
-from .settings import ServeSettings
+from ..lazy import exports
 
-__all__ = ["serve", "ServeSettings"]
+__getattr__, __all__ = exports(__name__, {'serve': '.main', 'ServeSettings': '.settings'})
