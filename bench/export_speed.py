@@ -40,7 +40,7 @@ def main() -> int:
     import numpy as np
 
     from compare import append_section
-    from lorafit.export import export_run
+    from lorafit.export import ExportSettings, export_run
     from lorafit.export import onnx as ox
     from lorafit.export.check import check_texts
     from lorafit.infer import engine
@@ -51,8 +51,8 @@ def main() -> int:
     texts = check_texts(Path(args.run), cfg, args.data)[1][: args.limit]
     with tempfile.TemporaryDirectory(prefix="lorafit-export-bench-") as tmp:
         t = time.perf_counter()
-        manifest = export_run(args.run, "onnx", Path(tmp) / "onnx", quantize="int8", min_agreement=1.0, check=args.data,
-                              log=print)
+        manifest = export_run(ExportSettings(args.run, "onnx", Path(tmp) / "onnx", quantize="int8", min_agreement=1.0,
+                                             check=args.data), log=print)
         export_s = time.perf_counter() - t
         loaded = load_run(args.run)
         cfg = loaded.cfg
