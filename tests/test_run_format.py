@@ -42,7 +42,7 @@ def test_a_new_run_records_its_format_and_lorafit_version(tmp_path):
 def test_the_current_layout_reads_whole(tmp_path, tiny_roberta, synth_csv):
     view = read_run_folder(_run_folder(tmp_path, tiny_roberta, synth_csv))
     assert (view.format, view.lorafit, view.labels) == (RUN_FORMAT, __version__, LABELS)
-    assert (view.temperature, view.temperature_note, view.trainable, view.thresholds) == (1.5, None, 1234, None)
+    assert (view.temperature, view.temperature_note, view.trainable) == (1.5, None, 1234)
     assert view.cfg.model.name == str(tiny_roberta)
 
 

@@ -33,7 +33,7 @@ from ..errors import LorafitError
 RUN_FORMAT = 1  # the run-folder format this lorafit writes (and the newest it reads)
 RUN_MARKER = ".lorafit-run"  # written first into every new run: what --overwrite is allowed to replace
 UNVERSIONED = 0  # runs written before the format version (no marker, or a plain-text one)
-THRESHOLDS, CALIBRATION, EVAL = "thresholds.json", "calibration.json", "eval.json"
+CALIBRATION, EVAL = "calibration.json", "eval.json"
 
 
 def marker_text() -> str:
@@ -77,7 +77,6 @@ class RunFolder:
     labels: list
     temperature: Optional[float]  # calibration.json's; None when there is none
     temperature_note: Optional[str]  # why temperature is None
-    thresholds: Optional[dict]  # thresholds.json (multi_label runs), else None
     trainable: Optional[int]  # eval.json's count of trained parameters; None when unknown
 
 
@@ -98,8 +97,7 @@ def read_run_folder(run_dir: str | Path) -> RunFolder:
     note = None if temperature is not None else (
         f"{run_dir / CALIBRATION} is missing (single_label runs have saved one since temperatures were fitted: "
         "this run is older, another task, or the file was removed)")
-    thresholds = _json(run_dir / THRESHOLDS) if (run_dir / THRESHOLDS).is_file() else None
-    return RunFolder(run_dir, fmt, version, cfg, labels, temperature, note, thresholds, _trainable(run_dir))
+    return RunFolder(run_dir, fmt, version, cfg, labels, temperature, note, _trainable(run_dir))
 
 
 def _json(path: Path):
