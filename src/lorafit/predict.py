@@ -204,23 +204,23 @@ def _stream(source, rows: RowPredictor, out: Output, input_path: str, opts: Pred
         if late_bad and opts.on_bad_row == "stop":
             stop = late_bad[0]
             todo, late_bad, end, offset = [r for r in todo if r < stop.row], [], stop.row, stop.offset
-        if end <= done:
-            position = chunk.position
-            continue  # rows committed before a resume: read again for their IDs only
-        if bar is None:  # the estimate of time left: from the input's bytes (rows differ in length), else rows
-            bar = progress(total=source.total_bytes or source.total_rows, desc="predicting",
-                           unit=" B" if source.total_bytes else " rows", initial=position, leave=False)
-            started, first = time.monotonic(), out.written
-        result = rows(frame.loc[todo])
-        result.insert(0, col or "ID", id_values.loc[todo].to_numpy(dtype=object) if len(todo) else [])
-        text = result.to_csv(index=False, header=False, float_format="%.7g")
-        out.commit(text, end, [_bad_line(b, input_path) for b in late_bad], written=len(todo), offset=offset)
-        bar.set_postfix_str(f"{out.written:,} rows written, "
-                            f"{(out.written - first) / max(time.monotonic() - started, 1e-9):,.1f} rows/s")
-        bar.update(chunk.position - bar.n)
+        if end > done:  # else rows committed before a resume: read again for their IDs only
+            if bar is None:  # the estimate of time left: from the input's bytes (rows differ in length), else rows
+                bar = progress(total=source.total_bytes or source.total_rows, desc="predicting",
+                               unit=" B" if source.total_bytes else " rows", initial=position, leave=False)
+                started, first = time.monotonic(), out.written
+            result = rows(frame.loc[todo])
+            result.insert(0, col or "ID", id_values.loc[todo].to_numpy(dtype=object) if len(todo) else [])
+            text = result.to_csv(index=False, header=False, float_format="%.7g")
+            out.commit(text, end, [_bad_line(b, input_path) for b in late_bad], written=len(todo), offset=offset)
+            bar.set_postfix_str(f"{out.written:,} rows written, "
+                                f"{(out.written - first) / max(time.monotonic() - started, 1e-9):,.1f} rows/s")
+            bar.update(chunk.position - bar.n)
+        position = chunk.position
         if end < chunk.end:
             stop = bad[end]
-            bar.close()
+            if bar is not None:
+                bar.close()
             raise LorafitError(f"{input_path}: {stop.where}: {stop.reason}; the {end:,} rows before it are kept; fix it "
                                f"and run {resume_line}, or skip such rows with --on-bad-row skip")
     if bar is not None:
