@@ -239,8 +239,7 @@ def test_resume_refuses_an_input_changed_before_the_rows_kept(runs, tmp_path):
     inp, out = tmp_path / "in.csv", tmp_path / "out.csv"
     _texts(40).to_csv(inp, index=False)
     _, lines = _partial_run(run_a, inp, out, 21)
-    lines[3] = "r2,a different text\n"
-    inp.write_text("".join(lines))
+    inp.write_text("".join(lines[:3]) + "r2,a different text\n" + "".join(lines[4:]))
     with pytest.raises(LorafitError, match=r"^--resume: the input changed since .* start again with --overwrite$"):
         predict_file(str(run_a), str(inp), str(out), chunk_rows=8, resume=True)
     with pytest.raises(LorafitError, match=r"^--resume: the options changed"):  # another --chunk-rows
