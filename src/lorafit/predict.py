@@ -1,7 +1,11 @@
-"""Load a finished run, classify texts in length-sorted batches, restore input order, write CSV.
+"""`lorafit predict`: every row of an input through one or several finished runs into a CSV, in input
+order, in bounded memory. The driver of bulk/: the input is read in chunks (bulk/chunks.py), each
+chunk's rows checked (bad rows stopped at or skipped, IDs unique: bulk/checks.py), computed by one
+RowPredictor (bulk/rows.py: the engine, the tasks' columns) and committed to a resumable output
+(bulk/parts.py). Also the in-memory entry point of tests and benchmarks (predict_logits).
 
 The label column holds the run's labels (labels.json) as the user wrote them: names, or integers
-for integer labels; inputs are checked, and --output probed, before the model loads."""
+for integer labels; the runs, the input's columns and --output are checked before a model loads."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,19 +19,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import tasks
-from .config import DataConfig
-from .data.encoding import Encoding
-from .bulk.rows import PredictOptions, RowPredictor, probability_columns  # noqa: F401 (tests import it from here)
-from .data.examples import input_config, join_texts, pair_texts, require_all  # noqa: F401 (evaluate imports input_config here)
 from .bulk.checks import UniqueIds, non_text_cells
 from .bulk.chunks import BadRow, open_input
 from .bulk.parts import Output, input_identity, run_identity
+from .bulk.rows import PredictOptions, RowPredictor, probability_columns  # noqa: F401 (tests import it from here)
+from .config import DataConfig
+from .data.encoding import Encoding
+from .data.examples import input_config, join_texts, pair_texts, require_all  # noqa: F401 (evaluate imports input_config here)
 from .data.tables import locate, read_table
 from .errors import Interrupted, LorafitError
-from .io import Target, output_target, probe_writable, regular_identity
 from .infer import engine
 from .infer.loaded import from_model
+from .io import Target, output_target, probe_writable, regular_identity
 from .progress import progress
 
 ID_COLUMNS = ("ID", "id", "Id")
