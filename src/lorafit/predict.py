@@ -203,11 +203,19 @@ def _stream(source, rows: RowPredictor, out: Output, input_path: str, opts: Pred
                             "has it); IDs must be unique", None, chunk.offset_of(r))
         todo = [r for r in frame.index if r >= done and r not in bad]
         late_bad = sorted((b for b in bad.values() if b.row >= done), key=lambda b: b.row)
-        end, offset = chunk.end, chunk.offset
         if late_bad and opts.on_bad_row == "stop":
+            # the chunks before this one stay committed; this one is dropped (at most --chunk-rows rows to
+            # compute again), so that a resume after the fix cuts the input into the same chunks: the same file
             stop = late_bad[0]
-            todo, late_bad, end, offset = [r for r in todo if r < stop.row], [], stop.row, stop.offset
-        if end > done:  # else rows committed before a resume: read again for their IDs only
+            kept = (f"the predictions of the first {out.rows:,} rows are kept: fix it and run {resume_line}"
+                    if out.rows and out.target.file is not None else
+                    f"{out.rows:,} rows went to {out.kept_in} (a stream: nothing to resume): fix it and run again"
+                    if out.rows else "nothing was written: fix it and run again")
+            if bar is not None:
+                bar.close()
+            raise LorafitError(f"{input_path}: {stop.where}: {stop.reason}; {kept}, or skip such rows with "
+                               "--on-bad-row skip")
+        if chunk.end > done:  # else rows committed before a resume: read again for their IDs only
             if bar is None:  # the estimate of time left: from the input's bytes (rows differ in length), else rows
                 bar = progress(total=source.total_bytes or source.total_rows, desc="predicting",
                                unit=" B" if source.total_bytes else " rows", initial=position, leave=False)
@@ -215,17 +223,12 @@ def _stream(source, rows: RowPredictor, out: Output, input_path: str, opts: Pred
             result = rows(frame.loc[todo])
             result.insert(0, col or "ID", id_values.loc[todo].to_numpy(dtype=object) if len(todo) else [])
             text = result.to_csv(index=False, header=False, float_format="%.7g")
-            out.commit(text, end, [_bad_line(b, input_path) for b in late_bad], written=len(todo), offset=offset)
+            out.commit(text, chunk.end, [_bad_line(b, input_path) for b in late_bad], written=len(todo),
+                       offset=chunk.offset)
             bar.set_postfix_str(f"{out.written:,} rows written, "
                                 f"{(out.written - first) / max(time.monotonic() - started, 1e-9):,.1f} rows/s")
             bar.update(chunk.position - bar.n)
         position = chunk.position
-        if end < chunk.end:
-            stop = bad[end]
-            if bar is not None:
-                bar.close()
-            raise LorafitError(f"{input_path}: {stop.where}: {stop.reason}; the {end:,} rows before it are kept; fix it "
-                               f"and run {resume_line}, or skip such rows with --on-bad-row skip")
     if bar is not None:
         bar.close()
     return out.written
