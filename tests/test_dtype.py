@@ -135,7 +135,7 @@ def test_a_bf16_run_saves_the_float32_runs_adapter_format(tiny_roberta, synth_cs
     runs = {}
     for dt in ("float32", "bfloat16"):
         rec, changed = train_briefly(tiny_roberta, synth_csv, tmp_path / dt, model__dtype=dt,
-                                     adapter__train_layernorm="true", train__fast_dropout="true", adapter__dropout=0.1)
+                                     adapter__train_layernorm="true", speed__fast_dropout="true", adapter__dropout=0.1)
         runs[dt] = (rec, changed)
         assert changed  # trained
     rec16 = runs["bfloat16"][0]

@@ -60,7 +60,9 @@ def read_table(name: str, *, split: str = "train", allow_pickle: bool = False, f
     except OSError as e:
         raise LorafitError(f"{field}: cannot read {name} ({e.strerror})") from None
     if mode is not None and stat.S_ISDIR(mode):
-        return _read_arrow_dir(path)
+        from .class_folders import layout_of, read_class_folder
+
+        return read_class_folder(path, field) if layout_of(path) else _read_arrow_dir(path)
     suffix, compression = _kind(path)
     if mode is not None and stat.S_ISREG(mode):
         if fmt:
