@@ -71,9 +71,6 @@ def _rows_and_rules(raw: dict, notes: dict) -> list[str]:
     dc = DataConfig(**{k: v for k, v in raw["data"].items() if k not in ("train", "test")})
     ex, names, _ = load_labelled(raw["data"]["train"], dc, "train", None, "--data")
     n = len(ex)
-    if dc.task != "regression" and len(names) < 2:
-        raise LorafitError(f"--data: {raw['data']['train']}: every row has the label '{names[0] if names else ''}'; "
-                           "a classifier needs at least two classes")
     if n < 10:
         raise LorafitError(f"--data: {raw['data']['train']}: {n} usable row(s); give at least 10 labelled texts")
     val, notes["data.val_size"] = rules.val_size(n)

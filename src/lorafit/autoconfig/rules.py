@@ -13,8 +13,8 @@ from ..metrics import IMBALANCE
 SMALL = 1000             # fewer rows: hold out a fraction (20%), else a count
 VAL_MAX = 2000           # a validation set of this many rows measures accuracy to about +-1 point
 LENGTH_PERCENTILE = 98   # max_length covers this share of the texts; padding is per batch, so room is cheap
-SAMPLES_SEEN = 40_000    # epochs: about this many training items seen in all...
-MAX_EPOCHS = 5           # ...within 1..MAX_EPOCHS epochs (early stopping ends a run that stops improving)
+SAMPLES_SEEN = 25_000    # epochs: about this many training items seen in all...
+MAX_EPOCHS = 4           # ...within 1..MAX_EPOCHS epochs (early stopping ends a run that stops improving)
 BIG = 20_000             # from this many training rows: the higher learning rate
 LR_SMALL, LR_BIG = 1e-3, 2e-3
 PATIENCE = 2             # evaluations without improvement before training stops
