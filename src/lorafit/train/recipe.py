@@ -172,7 +172,8 @@ class Recipe:
         self.total_steps = cfg.train.max_steps or max(1, int(math.ceil(self.steps_per_epoch * cfg.train.epochs)))
         self.log_every = header.log_interval(cfg.train.log_every, self.total_steps)
         self.model, self.plan = build_model(cfg, names, total_steps=self.total_steps)
-        self.dtype_hooks, note = base_dtype.apply(self.model, cfg.model.dtype, self.acc.device)  # model/dtype.py
+        tokens = cfg.train.batch_size * cfg.data.max_length // 2  # dynamic padding: about half the longest
+        self.dtype_hooks, note = base_dtype.apply(self.model, cfg.model.dtype, self.acc.device, tokens)  # model/dtype.py
         self.log(note)
         if tasks.task_of(cfg).problem_type:  # in the saved classifier config too: a plain reload knows the task
             self.model.config.problem_type = tasks.task_of(cfg).problem_type
