@@ -129,3 +129,14 @@ def test_config_modules_stay_small():
 
     sizes = {p.name: len(p.read_text().splitlines()) for p in Path(pkg.__file__).parent.glob("*.py")}
     assert max(sizes.values()) < 400, sizes
+
+
+def test_a_config_for_a_new_task_needs_at_most_ten_keys_and_shipped_configs_use_no_moved_key():
+    def leaves(node):
+        return sum(leaves(v) if isinstance(v, dict) else 1 for v in node.values())
+
+    assert leaves(yaml.safe_load((ROOT / "configs" / "new-task.yaml").read_text())) <= 10
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        lines = []
+        load_config(path, warn=lines.append)
+        assert lines == [], (path.name, lines)
