@@ -102,10 +102,13 @@ def child(system: str, model: str, train: str, test: str, out: str, seed: str) -
     names = sorted(set(tr["label"].astype(str)))
     ids = {n: i for i, n in enumerate(names)}
     tok = AutoTokenizer.from_pretrained(model)
+    from transformers import AutoConfig
+
+    length = min(128, AutoConfig.from_pretrained(model).max_position_embeddings - 2)  # 128, as AutoTrain
 
     def dataset(df):
         ds = Dataset.from_dict({"text": df["text"].astype(str).tolist(), "label": [ids[str(x)] for x in df["label"]]})
-        return ds.map(lambda b: tok(b["text"], truncation=True, max_length=128), batched=True)
+        return ds.map(lambda b: tok(b["text"], truncation=True, max_length=length), batched=True)
 
     train_ds, test_ds = dataset(tr), dataset(te)
     net = AutoModelForSequenceClassification.from_pretrained(model, num_labels=len(names))
@@ -114,7 +117,7 @@ def child(system: str, model: str, train: str, test: str, out: str, seed: str) -
 
         net = get_peft_model(net, LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16, lora_dropout=0.1,
                                              target_modules=["query", "value"]))
-        hp = dict(learning_rate=1e-3, per_device_train_batch_size=32, lr_scheduler_type="cosine", warmup_ratio=0.06,
+        hp = dict(learning_rate=1e-3, per_device_train_batch_size=32, lr_scheduler_type="cosine", warmup_steps=0.06,  # < 1: a fraction
                   weight_decay=0.01)
     else:
         hp = dict(learning_rate=5e-5, per_device_train_batch_size=8)  # Trainer's defaults otherwise, as AutoTrain
