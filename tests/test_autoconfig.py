@@ -117,7 +117,7 @@ def test_every_choice_is_printed_once_with_its_reason(tiny_roberta, synth_csv):
     for key in ("data.text_columns", "data.label_column", "data.task", "data.val_size", "data.max_length", "optim.lr",
                 "train.epochs", "optim.warmup", "train.early_stopping", "train.metric", "adapter.targets", "adapter.r"):
         assert key in by_key, key
-    assert by_key["train.epochs"] == "auto: train.epochs = 1.0 (set by --set)"
+    assert by_key["train.epochs"] == "auto: train.epochs = 1 (set by --set)"
     assert "(400 rows (< 1,000): a 20% fraction, stratified)" in by_key["data.val_size"]
     assert cfg.data.max_length <= 78  # the tiny RoBERTa reads 78 tokens (80 positions less the padding offset)
     assert cfg.train.early_stopping == rules.PATIENCE and cfg.budget.max_trainable == 1_000_000

@@ -60,7 +60,8 @@ def _value(cfg: RunConfig, key: str):
     node = cfg
     for part in key.split("."):
         node = getattr(node, part, None)
-    return node
+    # a count kept in a float field (val_size 339.0, epochs 4.0) reads as the count it is
+    return int(node) if isinstance(node, float) and node.is_integer() and node >= 1 else node
 
 
 def _rows_and_rules(raw: dict, notes: dict) -> list[str]:
