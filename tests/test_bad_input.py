@@ -510,7 +510,7 @@ def test_failure_after_the_run_dir_was_made_removes_it(env, monkeypatch, capsys)
     from lorafit.train import switches
 
     def broken(self):
-        raise LorafitError("train.cache_prefix: simulated failure")
+        raise LorafitError("speed.cache_prefix: simulated failure")
 
     monkeypatch.setattr(switches, "prefix_cache", broken)
     argv, run = env.train()

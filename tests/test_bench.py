@@ -116,3 +116,21 @@ def test_merge_dtype_runs_on_a_finished_run(trained_run, synth_csv):
     for row in rows[2:]:
         agree, diff, sps = re.fullmatch(r"\| bfloat16 base, .* \| ([\d.]+)% \| ([\d.]+) \| ([\d.]+) \|", row).groups()
         assert 0 <= float(agree) <= 100 and float(diff) < 1e3 and float(sps) > 0, row
+
+
+@pytest.mark.slow
+def test_quality_suite_runs_zero_config_and_full_fine_tuning_on_tiny_input(tiny_bert, tmp_path):
+    """--suite on 60 rows of CR with a tiny BERT: both systems run, the table and the commands are written,
+    and a second call reuses the finished results (numbers are not checked)."""
+    out, work = tmp_path / "QUALITY.md", tmp_path / "work"
+    out.write_text("# Accuracy per parameter: MiniLM-L6 on AG News\n\nkept\n")
+    cmd = [sys.executable, str(ROOT / "bench" / "quality.py"), "--suite", "--tasks", "cr", "--systems", "zero,full",
+           "--rows", "60", "--model", str(tiny_bert), "--work", str(work), "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    assert text.startswith("# Suite: zero-config vs full fine-tuning") and "kept" in text
+    assert "| cr | " in text and "missing" not in text and "lorafit train --data" in text
+    assert sorted(p.name for p in (work / "results").iterdir()) == ["cr-full-seed0.json", "cr-zero-seed0.json"]
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert again.returncode == 0 and "suite: cr" not in again.stdout

@@ -87,7 +87,7 @@ def test_round_trip_through_yaml(tmp_path):
 
 def test_cross_field_checks():
     with pytest.raises(LorafitError, match="target_r"):
-        load_config(None, ["adapter.method=adalora", "adapter.init_r=4", "adapter.target_r=8"])
+        load_config(None, ["adapter.method=adalora", "adapter.adalora.init_r=4", "adapter.adalora.target_r=8"])
     with pytest.raises(LorafitError, match="whole number"):
         load_config(None, ["data.val_size=10.5"])
 
@@ -98,3 +98,45 @@ def test_every_shipped_config_validates(path):
     first = path.read_text().splitlines()[0]
     assert first.startswith("#") and "lorafit" in first, "configs begin with the command that runs them"
     assert isinstance(yaml.safe_load(path.read_text()), dict) and cfg is not None
+
+
+def test_moved_keys_are_read_at_their_old_place_with_one_line_each():
+    lines = []
+    cfg = load_config(None, ["train.cache_prefix=false", "adapter.init_r=4", "adapter.method=adalora",
+                             "adapter.target_r=2"], warn=lines.append)
+    assert cfg.speed.cache_prefix is False and (cfg.adapter.adalora.init_r, cfg.adapter.adalora.target_r) == (4, 2)
+    assert lines == ["config: train.cache_prefix is deprecated; write speed.cache_prefix (read as speed.cache_prefix this time)",
+                     "config: adapter.init_r is deprecated; write adapter.adalora.init_r (read as adapter.adalora.init_r this time)",
+                     "config: adapter.target_r is deprecated; write adapter.adalora.target_r (read as adapter.adalora.target_r this time)"]
+    # the recorded config has only the new keys, and reads back silently to the same settings
+    again = load_config(None, [], warn=lines.append)
+    assert "cache_prefix" not in RunConfig().model_dump()["train"] and len(lines) == 3 and again.speed.cache_prefix == "auto"
+    with pytest.raises(LorafitError, match="both set; keep speed.compile only"):
+        load_config(None, ["train.compile=true", "speed.compile=false"], warn=None)
+
+
+def test_speed_switches_all_default_to_auto_and_resolve_to_their_old_defaults():
+    speed = RunConfig().speed
+    assert set(speed.model_dump().values()) == {"auto"}
+    assert speed.resolved("group_by_length") is True and speed.resolved("compile") is False
+    assert speed.resolved("cache_dtype") == "float32" and speed.resolved("cache_prefix") == "auto"
+
+
+def test_config_modules_stay_small():
+    from pathlib import Path
+
+    import lorafit.config as pkg
+
+    sizes = {p.name: len(p.read_text().splitlines()) for p in Path(pkg.__file__).parent.glob("*.py")}
+    assert max(sizes.values()) < 400, sizes
+
+
+def test_a_config_for_a_new_task_needs_at_most_ten_keys_and_shipped_configs_use_no_moved_key():
+    def leaves(node):
+        return sum(leaves(v) if isinstance(v, dict) else 1 for v in node.values())
+
+    assert leaves(yaml.safe_load((ROOT / "configs" / "new-task.yaml").read_text())) <= 10
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        lines = []
+        load_config(path, warn=lines.append)
+        assert lines == [], (path.name, lines)

@@ -1,4 +1,4 @@
-"""train.fast_dropout: torch's dropout distribution from fewer random draws; evaluation unchanged."""
+"""speed.fast_dropout: torch's dropout distribution from fewer random draws; evaluation unchanged."""
 
 import numpy as np
 import pytest
@@ -128,12 +128,12 @@ def test_train_switch_logs_and_saved_run_has_no_trace(tiny_roberta, synth_csv, t
     logs = {}
     for choice in ("auto", "false"):
         lines = []
-        cfg = tiny_config(tiny_roberta, synth_csv, train__fast_dropout=choice, train__epochs=1, adapter__dropout=0.1,
+        cfg = tiny_config(tiny_roberta, synth_csv, speed__fast_dropout=choice, train__epochs=1, adapter__dropout=0.1,
                           adapter__method="full", budget__max_trainable="null")
         run_training(cfg, tmp_path / choice, log=lines.append)
         logs[choice] = lines
     assert any(x.startswith("fast dropout: on (") for x in logs["auto"])
-    assert any(x == "fast dropout: off (train.fast_dropout: false)" for x in logs["false"])
+    assert any(x == "fast dropout: off (speed.fast_dropout: false)" for x in logs["false"])
     saved = list((tmp_path / "auto").rglob("config.json"))
     assert saved and not any(fd.NAME in p.read_text() for p in saved)
 
@@ -145,7 +145,7 @@ def test_fast_dropout_trains_like_torchs(tiny_roberta, synth_csv, tmp_path):
     from lorafit.train.run import run_training
 
     def loss(choice, seed):
-        cfg = tiny_config(tiny_roberta, synth_csv, train__fast_dropout=choice, adapter__dropout=0.1, seed=seed)
+        cfg = tiny_config(tiny_roberta, synth_csv, speed__fast_dropout=choice, adapter__dropout=0.1, seed=seed)
         return run_training(cfg, tmp_path / f"{choice}{seed}", log=lambda *a: None)["validation"]["loss"]
 
     torch_runs = [loss("false", s) for s in (1, 2, 3)]

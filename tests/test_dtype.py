@@ -135,7 +135,7 @@ def test_a_bf16_run_saves_the_float32_runs_adapter_format(tiny_roberta, synth_cs
     runs = {}
     for dt in ("float32", "bfloat16"):
         rec, changed = train_briefly(tiny_roberta, synth_csv, tmp_path / dt, model__dtype=dt,
-                                     adapter__train_layernorm="true", train__fast_dropout="true", adapter__dropout=0.1)
+                                     adapter__train_layernorm="true", speed__fast_dropout="true", adapter__dropout=0.1)
         runs[dt] = (rec, changed)
         assert changed  # trained
     rec16 = runs["bfloat16"][0]
@@ -205,3 +205,41 @@ def test_nf4_base_trains_and_saves_a_plain_adapter(tiny_roberta, synth_csv, tmp_
     got = predict_logits(plain, rec.tokenizer, texts, 32)
     trained = predict_logits(model.eval(), rec.tokenizer, texts, 32)
     assert abs(got - trained).max() < 0.5  # the float32 base vs its 4-bit copy
+
+
+def test_auto_dtype_follows_the_probes_figures():
+    from lorafit.model.dtype_probe import MARGIN, decide
+
+    dt, why = decide({"float32": 0.030, "bfloat16": 0.010}, " (x)")
+    assert dt == torch.bfloat16 and why == ("auto: probe of this model's matmuls (x): float32 30.00 ms, bfloat16 "
+                                            "10.00 ms (3.00x): bfloat16 is faster here")
+    # an AMX Xeon's 0.90x: bf16 slower, float32 kept; and a win smaller than the margin keeps float32 too
+    assert decide({"float32": 0.009, "bfloat16": 0.010})[0] == torch.float32
+    assert decide({"float32": 0.0105, "bfloat16": 0.010})[0] == torch.float32
+    assert decide({"float32": 0.010 / (1 - MARGIN) + 1e-6, "bfloat16": 0.010})[0] == torch.bfloat16
+
+
+def test_a_real_probe_is_short_and_states_its_figures():
+    import time
+
+    from lorafit.model.dtype_probe import BUDGET_S, MAX_FLOPS, measure, probe_tokens
+
+    assert probe_tokens(768, 3072, 4096) == int(MAX_FLOPS // (2 * 768 * (768 + 2 * 3072)))
+    assert probe_tokens(32, 64, 512) == 512 and probe_tokens(32, 64, 1) == 16
+    t = time.perf_counter()
+    figures = measure(384, 1536, probe_tokens(384, 1536, 1024))
+    took = time.perf_counter() - t
+    assert set(figures) == {"float32", "bfloat16"} and all(0 < v < BUDGET_S for v in figures.values())
+    assert took < 2.5 * BUDGET_S, took  # the budget, with room for a loaded machine's last round
+
+
+def test_run_log_states_the_probe_when_auto_reaches_it(tiny_roberta, synth_csv, tmp_path, monkeypatch):
+    from lorafit.train.recipe import Recipe
+
+    monkeypatch.setattr(base_dtype, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    lines = []
+    cfg = tiny_config(tiny_roberta, synth_csv, model__dtype="auto", data__limit=60)
+    Recipe(cfg, tmp_path / "auto", log=lines.append).setup().cleanup()
+    said = [x for x in lines if x.startswith("base dtype: ")]
+    assert len(said) == 1 and "auto: probe of this model's matmuls (256 tokens x 32 @ 32 x 32 / 64, on this CPU): " \
+        "float32 " in said[0], said

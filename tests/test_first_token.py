@@ -78,12 +78,12 @@ def test_training_and_prediction_match_the_full_last_layer(tiny_bert, synth_csv,
     out, logs = {}, {}
     for on in (True, False):
         lines = []
-        cfg = tiny_config(tiny_bert, synth_csv, train__last_layer_first_token=on, train__epochs=1,
+        cfg = tiny_config(tiny_bert, synth_csv, speed__last_layer_first_token=on, train__epochs=1,
                           adapter__targets="[query,value,dense]")
         out[on] = run_training(cfg, tmp_path / str(on), log=lines.append)
         logs[on] = lines
     assert "last layer on the first token only: on (the head reads nothing else)" in logs[True]
-    assert "last layer on the first token only: off (train.last_layer_first_token: false)" in logs[False]
+    assert "last layer on the first token only: off (speed.last_layer_first_token: false)" in logs[False]
     assert out[True]["validation"]["loss"] == pytest.approx(out[False]["validation"]["loss"], abs=1e-5)
     rows = [[json.loads(x) for x in (tmp_path / str(on) / "metrics.jsonl").read_text().splitlines()] for on in (True, False)]
     for x, y in zip(*rows):

@@ -148,7 +148,7 @@ def why_off_cases(name: str) -> tuple[list, list]:
             [(tiny_classifier(), Where("cpu", cfg("head.type=mean_linear"))), (torch.nn.Linear(2, 2), Where("cpu"))]
     if name == "prefix":
         every_layer_trains = tiny_classifier().requires_grad_(True)
-        return [(tiny_classifier(), Where("cpu", cfg()))], [(tiny_classifier(), Where("cpu", cfg("train.cache_prefix=false"))),
+        return [(tiny_classifier(), Where("cpu", cfg()))], [(tiny_classifier(), Where("cpu", cfg("speed.cache_prefix=false"))),
                                                             (tiny_classifier(), Where("cpu", cfg("data.shuffle_sentences_p=0.1"))),
                                                             (every_layer_trains, Where("cpu", cfg())),
                                                             (tiny_classifier(), Where("cpu"))]

@@ -1,4 +1,4 @@
-"""train.trim_heap (every step or when RSS has grown) and huge pages: memory changes, the numbers do not."""
+"""speed.trim_heap (every step or when RSS has grown) and huge pages: memory changes, the numbers do not."""
 
 import json
 import math
@@ -33,7 +33,7 @@ def _run(tiny_roberta, synth_csv, run_dir, choice, **over):
     from lorafit.train.run import run_training
 
     lines = []
-    cfg = tiny_config(tiny_roberta, synth_csv, train__trim_heap=choice, adapter__dropout=0.1, **over)
+    cfg = tiny_config(tiny_roberta, synth_csv, speed__trim_heap=choice, adapter__dropout=0.1, **over)
     result = run_training(cfg, run_dir, log=lines.append)
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if r["type"] == "train"]
@@ -53,7 +53,7 @@ def test_trimming_changes_nothing_but_memory(tiny_roberta, synth_csv, tmp_path, 
     assert on_losses and on_losses == off_losses
     assert on["validation"]["loss"] == off["validation"]["loss"]
     assert any(x.startswith("heap trimming: on (") for x in on_log)
-    assert "heap trimming: off (train.trim_heap: false)" in off_log
+    assert "heap trimming: off (speed.trim_heap: false)" in off_log
 
 
 @linux_glibc
@@ -111,7 +111,7 @@ def test_trim_heap_takes_a_growth_fraction_and_refuses_a_useless_one():
     from lorafit.config import load_config
     from lorafit.errors import LorafitError
 
-    assert load_config(None, ["train.trim_heap=0.35"]).train.trim_heap == 0.35
-    assert load_config(None, ["train.trim_heap=true"]).train.trim_heap is True
-    with pytest.raises(LorafitError, match=r"train\.trim_heap.*above 0"):
-        load_config(None, ["train.trim_heap=-0.1"])
+    assert load_config(None, ["speed.trim_heap=0.35"]).speed.trim_heap == 0.35
+    assert load_config(None, ["speed.trim_heap=true"]).speed.trim_heap is True
+    with pytest.raises(LorafitError, match=r"speed\.trim_heap.*above 0"):
+        load_config(None, ["speed.trim_heap=-0.1"])

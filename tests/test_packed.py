@@ -98,8 +98,8 @@ def test_load_trained_packs_unless_switched_off(trained_run):
     def count(model):
         return sum("_lorafit_packed" in vars(m) for m in model.modules())
 
-    model, tok, _, _ = load_trained(run_dir, merge=True)  # the run's train.packed_inference: true (default)
-    assert recipe.cfg.train.packed_inference and count(model) > 0
+    model, tok, _, _ = load_trained(run_dir, merge=True)  # the run's speed.packed_inference: true (default)
+    assert recipe.cfg.speed.resolved("packed_inference") and count(model) > 0
     plain, _, _, _ = load_trained(run_dir, merge=False, first_token=False, packed=False)
     assert count(plain) == 0
     a = predict_logits(model, tok, texts, 32, batch_size=8)

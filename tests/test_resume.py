@@ -64,8 +64,8 @@ CASES = {
     # optim.schedule: step, decaying at steps 3, 6, ...: the scheduler state must give the same lr after resuming
     "step-schedule": (5, dict(optim__schedule="step", optim__step_size=3, optim__step_factor=0.5)),
     # AdaLoRA's rank allocator keeps state outside the optimizer
-    "adalora": (10, dict(adapter__method="adalora", adapter__init_r=6, adapter__target_r=2, adapter__tinit=0.1,
-                         adapter__tfinal=0.1, adapter__delta_t=2)),
+    "adalora": (10, dict(adapter__method="adalora", adapter__adalora__init_r=6, adapter__adalora__target_r=2, adapter__adalora__tinit=0.1,
+                         adapter__adalora__tfinal=0.1, adapter__adalora__delta_t=2)),
 }
 
 

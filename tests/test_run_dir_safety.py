@@ -169,7 +169,7 @@ def test_overwrite_keeps_the_old_run_when_the_new_setup_fails(tiny_roberta, synt
 
     def broken(self):
         calls.append(sorted(p.name for p in self.run_dir.iterdir()))
-        raise LorafitError("train.cache_prefix: simulated failure")
+        raise LorafitError("speed.cache_prefix: simulated failure")
 
     monkeypatch.setattr(switches, "prefix_cache", broken)
     cfg = write_config(tmp_path, tiny_roberta, synth_csv, train__max_steps=2)
@@ -184,7 +184,7 @@ def test_failure_in_an_existing_empty_out_folder_leaves_it_empty(tiny_roberta, s
     from lorafit.train import switches
 
     def broken(self):
-        raise LorafitError("train.cache_prefix: simulated failure")
+        raise LorafitError("speed.cache_prefix: simulated failure")
 
     monkeypatch.setattr(switches, "prefix_cache", broken)
     run = tmp_path / "run"

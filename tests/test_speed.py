@@ -54,11 +54,11 @@ def test_prefix_cache_training_matches_uncached(tiny_roberta, synth_csv, tmp_pat
 
     logs = {}
     for on in (True, False):
-        cfg = tiny_config(tiny_roberta, synth_csv, adapter__layers="[1]", train__cache_prefix=on, train__epochs=2)
+        cfg = tiny_config(tiny_roberta, synth_csv, adapter__layers="[1]", speed__cache_prefix=on, train__epochs=2)
         lines = []
         logs[on] = (run_training(cfg, tmp_path / str(on), log=lines.append), lines)
     (a, la), (b, lb) = logs[True], logs[False]
-    assert any(x.startswith("prefix cache: on") for x in la) and any("prefix cache: off (train.cache_prefix: false)" in x for x in lb)
+    assert any(x.startswith("prefix cache: on") for x in la) and any("prefix cache: off (speed.cache_prefix: false)" in x for x in lb)
     assert a["validation"]["loss"] == pytest.approx(b["validation"]["loss"], abs=1e-5)
     ra = [json.loads(x) for x in (tmp_path / "True" / "metrics.jsonl").read_text().splitlines()]
     rb = [json.loads(x) for x in (tmp_path / "False" / "metrics.jsonl").read_text().splitlines()]

@@ -211,7 +211,7 @@ def test_prefix_cache_with_pairs_gives_the_same_losses(tmp_path, tiny_bert):
     losses = []
     for cache in ("auto", "false"):
         recipe, _ = train_briefly(tiny_bert, data, tmp_path / f"run-{cache}", data__text_pair_column="hypothesis",
-                                  adapter__layers="[1]", train__cache_prefix=cache, train__log_every=1)
+                                  adapter__layers="[1]", speed__cache_prefix=cache, train__log_every=1)
         assert (recipe.prefix is not None) == (cache == "auto")
         rows = [json.loads(x) for x in (tmp_path / f"run-{cache}" / "metrics.jsonl").read_text().splitlines()]
         losses.append([r["loss"] for r in rows if r["type"] in ("train", "eval")])

@@ -97,8 +97,8 @@ def test_predict_keeps_id_column_and_order(trained_run, tmp_path):
 
 
 @pytest.mark.parametrize("over", [
-    dict(adapter__method="adalora", adapter__init_r=6, adapter__target_r=2, adapter__tinit=0.1, adapter__tfinal=0.1,
-         adapter__delta_t=2),
+    dict(adapter__method="adalora", adapter__adalora__init_r=6, adapter__adalora__target_r=2, adapter__adalora__tinit=0.1, adapter__adalora__tfinal=0.1,
+         adapter__adalora__delta_t=2),
     dict(adapter__method="full", optim__lr=1e-3),
     dict(head__type="model", adapter__layers="[1]", optim__layer_lrs="[{layers: [0, 0], lr: 1e-3}]",
          optim__head_lr=1e-2, optim__name="sgd"),

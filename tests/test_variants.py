@@ -16,7 +16,7 @@ VARIANTS = {
     "pissa": dict(adapter__init="pissa", adapter__targets="[query,key,value,dense]"),
     "olora-rslora": dict(adapter__init="olora", adapter__rslora=True),
     "loraplus": dict(optim__loraplus_ratio=16),
-    "adalora": dict(adapter__method="adalora", adapter__init_r=4, adapter__target_r=2, adapter__delta_t=1),
+    "adalora": dict(adapter__method="adalora", adapter__adalora__init_r=4, adapter__adalora__target_r=2, adapter__adalora__delta_t=1),
     "layernorm": dict(adapter__train_layernorm=True),
     "layernorm-mean-head": dict(adapter__train_layernorm=True, head__type="mean_linear"),
 }

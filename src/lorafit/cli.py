@@ -18,15 +18,32 @@ def _config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="dotted override, e.g. --set adapter.r=4 --set optim.lr=3e-4 (repeatable)")
 
 
+TRAIN_DESCRIPTION = """\
+Start here, with no config:
+  lorafit train --data reviews.csv                      # columns, task, split, lengths, layout, lr... chosen
+  lorafit train --data reviews.csv --model DIR --test test.csv --set train.epochs=2
+Each choice is printed with its reason and written, commented, to RUN/config.yaml; edit that file and
+  lorafit train --config RUN/config.yaml --out RUN2      # the same settings, or yours
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lorafit", description="LoRA-family fine-tuning of text classifiers under a parameter budget.")
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
     ap.add_argument("--version", action="version", version=f"lorafit {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train and write a run directory")
+    t = sub.add_parser("train", help="train and write a run directory", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description=TRAIN_DESCRIPTION)
+    t.add_argument("--data", metavar="FILE", help="zero-config: a labelled table (csv, tsv, jsonl, json, parquet), a "
+                   "folder of one text file per class (pos.txt, neg.txt: one text a line) or of one folder per class "
+                   "(class_name/*.txt); every setting is chosen from it, with its reason, into RUN/config.yaml")
+    t.add_argument("--model", metavar="NAME", help="with --data: hub model id or local folder (default: roberta-base; "
+                   "offline, give a folder)")
+    t.add_argument("--budget", type=int, metavar="N", help="with --data: most trainable parameters (default: 1,000,000)")
+    t.add_argument("--test", metavar="FILE", help="with --data: a held-out labelled file, evaluated after training")
     _config_args(t, required=False)
-    t.add_argument("--out", help="run directory (default: runs/<config name>)")
+    t.add_argument("--out", help="run directory (default: runs/<config or data name>)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     t.add_argument("--resume", metavar="RUN_DIR",
                    help="continue a stopped run from its last checkpoint, with its own config.yaml")
@@ -175,12 +192,25 @@ def cmd_train(args) -> int:
         check_run_dir(run_dir, overwrite=False, resume=True)
         from .train.run import run_training
 
-        run_training(load_config(run_dir / "config.yaml"), run_dir, resume=True)
+        run_training(load_config(run_dir / "config.yaml", warn=None), run_dir, resume=True)
         return 0
-    if not args.config:
-        raise LorafitError("train: --config is required (or --resume RUN_DIR to continue a run)")
-    cfg = load_config(args.config, args.overrides)
-    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    zero = [f for f, v in (("--model", args.model), ("--budget", args.budget), ("--test", args.test)) if v is not None]
+    if args.data and args.config:
+        raise LorafitError("train: give --data (every setting chosen from the data) or --config, not both; to change "
+                           "a choice, use --set with --data, or edit the RUN/config.yaml it writes")
+    if zero and not args.data:
+        raise LorafitError(f"train: {', '.join(zero)} go with --data; with --config, use --set (e.g. --set model.name=...)")
+    if not args.config and not args.data:
+        raise LorafitError("train: give --data FILE (zero-config) or --config FILE (or --resume RUN_DIR to continue a run)")
+    notes = None
+    if args.data:
+        from .autoconfig import auto_config
+
+        cfg, notes = auto_config(args.data, model=args.model, budget=args.budget, test=args.test, sets=args.overrides)
+        out = Path(args.out) if args.out else Path("runs") / Path(args.data.rstrip("/\\")).stem
+    else:
+        cfg = load_config(args.config, args.overrides)
+        out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     if args.seeds is not None:
         from .train.seeds import parse_seeds, run_seeds
 
@@ -188,7 +218,9 @@ def cmd_train(args) -> int:
         return 0
     from .train.run import run_training
 
-    run_training(cfg, out, overwrite=args.overwrite)
+    header = ["lorafit " + shlex.join(args.argv), "every key with a comment was chosen from the data (its reason "
+              "follows); reproduce or edit: lorafit train --config THIS_FILE --out NEW_RUN"] if notes else None
+    run_training(cfg, out, overwrite=args.overwrite, notes=notes, header=header)
     return 0
 
 

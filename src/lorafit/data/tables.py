@@ -99,7 +99,9 @@ def read_table(name: str, *, split: str = "train", allow_pickle: bool = False, f
     if loc.kind == "hub":
         return _read_hub(name, split, field)
     if loc.kind == "dir":
-        return _read_arrow_dir(loc.path)
+        from .class_folders import layout_of, read_class_folder
+
+        return read_class_folder(loc.path, field) if layout_of(loc.path) else _read_arrow_dir(loc.path)
     if loc.kind == "file":
         return _read_local(loc.path, loc.suffix, loc.compression, allow_pickle, field, delimiter)
     try:

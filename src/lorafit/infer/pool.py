@@ -152,12 +152,12 @@ class BasePool:
 
     def load(self, run_dir: str | Path, cfg=None, *, packed: Optional[bool] = None) -> PooledRun:
         """The run at run_dir (cfg: its config when already read); packed: speed/packed.py, None following
-        the run's train.packed_inference."""
+        the run's speed.packed_inference."""
         from ..runs.compat import read_run_folder
         from .loaded import load_run
 
         cfg = cfg if cfg is not None else read_run_folder(run_dir).cfg
-        pack = cfg.train.packed_inference if packed is None else packed
+        pack = cfg.speed.resolved("packed_inference") if packed is None else packed
         if cfg.adapter.method == "full" or self.per_base[base_key(cfg)] <= 1:
             # nothing to share its base with: predict's own path (LoRA merged, packed as predict packs)
             loaded = load_run(run_dir, self.device, merge=True, packed=pack)

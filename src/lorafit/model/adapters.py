@@ -82,8 +82,8 @@ def peft_config(model: nn.Module, cfg: RunConfig, plan: HeadPlan, total_steps: i
         if a.dora or a.init not in ("default", "gaussian"):
             raise LorafitError("adapter: AdaLoRA does not combine with dora or pissa/olora init")
         steps = total_steps or 1000
-        return AdaLoraConfig(init_r=a.init_r, target_r=a.target_r, tinit=int(a.tinit * steps),
-                             tfinal=int(a.tfinal * steps), deltaT=a.delta_t, total_step=steps, **common)
+        return AdaLoraConfig(init_r=a.adalora.init_r, target_r=a.adalora.target_r, tinit=int(a.adalora.tinit * steps),
+                             tfinal=int(a.adalora.tfinal * steps), deltaT=a.adalora.delta_t, total_step=steps, **common)
     if a.r == "auto":
         raise LorafitError("adapter.r: 'auto' must be resolved against budget.max_trainable before building")
     init = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}[a.init]

@@ -125,9 +125,14 @@ def dtype_counts(model: nn.Module) -> dict[str, int]:
     return counts
 
 
-def apply(model: nn.Module, choice: str, device) -> tuple[Hooks, str]:
-    """keep_base_in for model.dtype on this device; (hooks, the run-log line)."""
+def apply(model: nn.Module, choice: str, device, tokens: int | None = None) -> tuple[Hooks, str]:
+    """keep_base_in for model.dtype on this device; (hooks, the run-log line). auto on a CPU with bf16
+    dot products: decided by a probe of the model's own matmuls at `tokens` per batch (dtype_probe.py)."""
     dtype, why = resolve(choice, device)
+    if choice == "auto" and dtype == torch.bfloat16 and torch.device(device).type == "cpu" and tokens:
+        from .dtype_probe import probe
+
+        dtype, why = probe(model, tokens)
     if dtype != torch.float32 and all(p.requires_grad for p in model.parameters() if p.is_floating_point()):
         return Hooks(), f"base dtype: float32 ({why}, but every parameter trains: trainables stay float32)"
     hooks = keep_base_in(model, dtype)

@@ -89,7 +89,7 @@ def read_run_folder(run_dir: str | Path) -> RunFolder:
     if not cfg_path.is_file() or not labels_path.is_file():
         raise LorafitError(f"{run_dir}: not a finished lorafit run (config.yaml / labels.json missing)")
     fmt, version = run_format(run_dir)
-    cfg = load_config(cfg_path)  # relative paths of older runs: against the run folder, then the working directory
+    cfg = load_config(cfg_path, warn=None)  # relative paths of older runs: against the run folder, then the working directory
     labels = _json(labels_path)
     if not isinstance(labels, list) or not labels:
         raise LorafitError(f"{labels_path}: not a list of label names; train the run again")

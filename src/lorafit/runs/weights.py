@@ -97,9 +97,9 @@ def load_trained(run_dir: str | Path, *, merge: bool = False, device: str | torc
     Adapters load through `PeftModel.from_pretrained` over the base model with the same head
     surgery as in training; merge=True folds LoRA into the base weights (no adapter overhead).
     first_token: run the last layer on the first token only where that applies (speed/first_token.py);
-    None follows the run's train.last_layer_first_token, False gives the plain model.
+    None follows the run's speed.last_layer_first_token, False gives the plain model.
     packed: Linear layers on prepacked oneDNN weights on CPU (speed/packed.py; for inference only); None
-    follows the run's train.packed_inference.
+    follows the run's speed.packed_inference.
     base_state: the base checkpoint's tensors already in memory (model.load.read_checkpoint): the
     run is built over them instead of reading the base from disk, and holds them, not a copy (so
     only for unmerged adapter runs: a merge or a full fine-tuning load would write into them)."""
@@ -136,12 +136,12 @@ def load_trained(run_dir: str | Path, *, merge: bool = False, device: str | torc
     from ..speed import Where, apply
 
     where = Where(device, cfg)
-    if cfg.train.last_layer_first_token if first_token is None else first_token:
+    if cfg.speed.resolved("last_layer_first_token") if first_token is None else first_token:
         from ..speed import first_token as ft
 
         apply(ft, model, where)
     model = model.to(device).eval()
-    if cfg.train.packed_inference if packed is None else packed:
+    if cfg.speed.resolved("packed_inference") if packed is None else packed:
         from ..speed import packed as packing
 
         apply(packing, model, where)

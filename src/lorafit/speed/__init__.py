@@ -12,11 +12,11 @@ Every module has the same three functions, and `apply` below uses them alike:
 
 `where` (Where) is what a switch may look at besides the model: the device, the run's config (None
 when there is none) and the dtype of the weights it would see. Whether the user asked for a switch
-(train.fast_dropout, train.cache_prefix: false, ...) is the caller's policy, except where noted.
+(speed.fast_dropout, speed.cache_prefix: false, ...) is the caller's policy, except where noted.
 
 | module | what | install / remove |
 |---|---|---|
-| prefix | layers below the lowest trainable one computed once (why_off reads train.cache_prefix); the PrefixCache is kept on the model (`cache_of`) | `install` / `remove` |
+| prefix | layers below the lowest trainable one computed once (why_off reads speed.cache_prefix); the PrefixCache is kept on the model (`cache_of`) | `install` / `remove` |
 | dropout | dropout masks from 16-bit uniforms on CPU | `install` / `remove` (before saving) |
 | first_token | last encoder layer on the first token only (head type: where.cfg.head.type) | `install` / `remove` |
 | packed | Linear weights prepacked for oneDNN (prediction) | `install` / `remove` |

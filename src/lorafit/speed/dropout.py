@@ -13,7 +13,7 @@ generator, so seeding and resumed runs (which restore its state) stay reproducib
 dispatch attention through `ALL_ATTENTION_FUNCTIONS` (BERT, RoBERTa, ...), points them at
 `attention`, which is SDPA whenever dropout is off (evaluation, prediction: unchanged results)
 and softmax(QK^T)V with this mask on the probabilities when training. On GPUs torch's dropout is a
-fused Philox kernel, so `train.fast_dropout: auto` only installs this on CPU.
+fused Philox kernel, so `speed.fast_dropout: auto` only installs this on CPU.
 """
 from __future__ import annotations
 

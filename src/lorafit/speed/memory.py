@@ -20,7 +20,7 @@ page-aligned and madvised for 2 MB pages; the lorafit command sets it before tor
 trimming every step 46.3 samples/s, 1776 MB; without huge pages, trimming 44.0 / 1954 and no
 trimming 52.6 / 2408. Over a whole epoch with evaluations (10,000 rows, bench/compare.py's recipe),
 untrimmed huge pages still grew to 2555 MB, above the fixed-padding notebook (2426 MB that day). So
-`train.trim_heap: auto` trims only after a step that leaves RSS more than GROWTH_SLACK above the
+`speed.trim_heap: auto` trims only after a step that leaves RSS more than GROWTH_SLACK above the
 first step's (each epoch starts with its longest batch: the first step holds the largest set of
 activations). Same epoch, huge pages on: every step 41.3 samples/s / 1880 MB; slack 0.1 44.2 / 2082;
 0.2 47.5 / 1959; 0.3 46.7 / 2121 (runs differ by ~5%; ad hoc probe, one run each).
@@ -34,7 +34,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional
 
-GROWTH_SLACK = 0.2  # train.trim_heap: auto on CPU (see the measurements above)
+GROWTH_SLACK = 0.2  # speed.trim_heap: auto on CPU (see the measurements above)
 THP_ENV = "THP_MEM_ALLOC_ENABLE"  # torch's switch: page-aligned CPU tensors >= 2 MB, madvise(MADV_HUGEPAGE)
 THP_SYSFS = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
@@ -60,9 +60,9 @@ def why_off(model, where) -> str | None:
 
 def install(model, where) -> str:
     """Keep on the model the function the training loop calls after each optimizer step (after_step):
-    malloc_trim after every step (train.trim_heap: true, or no config), or after steps that grew RSS
+    malloc_trim after every step (speed.trim_heap: true, or no config), or after steps that grew RSS
     past a limit (a fraction; auto = GROWTH_SLACK). Returns the run log's description."""
-    choice = True if where.cfg is None else where.cfg.train.trim_heap
+    choice = True if where.cfg is None else where.cfg.speed.trim_heap
     if choice is True:
         model._lorafit_after_step = heap_trimmer()
         return "freed memory goes back to the OS after each step: lowest peak RSS"

@@ -50,8 +50,8 @@ def why_off(model: nn.Module, where) -> str | None:
     cfg = where.cfg
     if cfg is None:
         return "no run config: the prefix cache is a training switch"
-    if cfg.train.cache_prefix is False:
-        return "train.cache_prefix: false"
+    if cfg.speed.cache_prefix is False:
+        return "speed.cache_prefix: false"
     if encoder_layers(model) is None:
         return f"{type(model).__name__} has no encoder.layer list"
     if cfg.data.shuffle_sentences_p > 0:
@@ -181,7 +181,7 @@ def install(model: nn.Module, where) -> str:
     """A PrefixCache for the model's frozen prefix, kept on the model (cache_of) and put in place:
     feed it each batch's states (its compute() fills the stores). Says what is cached, for the run log."""
     k = trainable_floor(model)
-    cache = PrefixCache(model, k, where.cfg.train.cache_dtype)
+    cache = PrefixCache(model, k, where.cfg.speed.resolved("cache_dtype"))
     model.__dict__["_lorafit_prefix"] = cache  # not a submodule: saved weights and names stay the same
     cache.install()
     n = "the embeddings" if k == 0 else f"embeddings + layers 0-{k - 1}"

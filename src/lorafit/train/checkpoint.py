@@ -201,13 +201,13 @@ def load(run_dir: Path, cfg) -> Saved:
     files) and check it was written with this config; before any heavy work."""
     from pydantic import ValidationError
 
-    from ..config import RunConfig, resolve_paths
+    from ..config import RunConfig, move_keys, resolve_paths
 
     folder, meta = read_meta(run_dir)
     # runs written before paths were recorded absolute: read their relative paths as config.yaml's are
     raw = resolve_paths(meta["config"], [Path(run_dir), Path.cwd()])
     try:  # keys added to lorafit since the checkpoint was written take their defaults, as config.yaml's do
-        raw = RunConfig.model_validate(raw).model_dump(mode="json")
+        raw = RunConfig.model_validate(move_keys(raw)).model_dump(mode="json")
     except ValidationError:
         pass  # compared as written: the difference names the key
     saved = _flat(raw)

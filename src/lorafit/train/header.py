@@ -25,7 +25,7 @@ def write_run_header(recipe) -> None:
     table = format_table(recipe.rows, recipe.n_params, recipe.cfg.budget.max_trainable)
     if not recipe.resume:  # a resumed run keeps its files; checkpoint.restore truncates metrics.jsonl
         recipe._new_dir = prepare_run_dir(recipe.run_dir, overwrite=recipe.overwrite, resume=False)
-        atomic_write_text(recipe.run_dir / "config.yaml", recipe.cfg.to_yaml())
+        atomic_write_text(recipe.run_dir / "config.yaml", recipe.cfg.to_yaml(recipe.config_notes, recipe.config_header))
         atomic_write_text(recipe.run_dir / "labels.json", json.dumps(recipe.data.label_names))
         atomic_write_text(recipe.run_dir / "params.txt", table + "\n")
         (recipe.run_dir / "metrics.jsonl").write_text("", encoding="utf-8")

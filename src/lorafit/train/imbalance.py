@@ -66,8 +66,8 @@ class BalancedBatches(LengthGroupedBatches):
         return np.fromiter(iter(drawn), dtype=np.int64, count=len(self.weights))
 
 
-def train_batches(ds, batch_size: int, train: TrainConfig, seed: int) -> Optional[BalancedBatches]:
+def train_batches(ds, batch_size: int, train: TrainConfig, seed: int, group_by_length: bool = True) -> Optional[BalancedBatches]:
     """The batch sampler a shuffled training loader uses in place of the plain order, or None."""
     if train.sampler != "balanced" or ds.labels is None:
         return None
-    return BalancedBatches(ds.lengths(), ds.labels, batch_size, group_by_length=train.group_by_length, seed=seed)
+    return BalancedBatches(ds.lengths(), ds.labels, batch_size, group_by_length=group_by_length, seed=seed)

@@ -67,6 +67,8 @@ class Recipe:
         self.training = False
         self.tracking: Optional[tracking.Tracking] = None  # train.report_to's trackers (main process), once set up
         self.thresholds: Optional[dict] = None  # multi_label: per-label thresholds, tuned when training ends
+        self.config_notes: Optional[dict] = None  # a zero-config run's reasons: comments in config.yaml
+        self.config_header: list[str] = []
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> "Recipe":
@@ -96,7 +98,7 @@ class Recipe:
         header.write_run_header(self)  # every check has passed
         self.final_val_loader = self.acc.prepare(self.val_loader)  # always the full model's own path
         switches.install(self)
-        if self.cfg.train.compile:
+        if self.cfg.speed.resolved("compile"):
             # dynamic: batches have different lengths (dynamic padding); without it every length recompiles
             self.model = torch.compile(self.model, dynamic=True)
         self.model, self.optimizer, self.train_loader, self.val_loader = self.acc.prepare(
@@ -170,7 +172,8 @@ class Recipe:
         self.total_steps = cfg.train.max_steps or max(1, int(math.ceil(self.steps_per_epoch * cfg.train.epochs)))
         self.log_every = header.log_interval(cfg.train.log_every, self.total_steps)
         self.model, self.plan = build_model(cfg, names, total_steps=self.total_steps)
-        self.dtype_hooks, note = base_dtype.apply(self.model, cfg.model.dtype, self.acc.device)  # model/dtype.py
+        tokens = cfg.train.batch_size * cfg.data.max_length // 2  # dynamic padding: about half the longest
+        self.dtype_hooks, note = base_dtype.apply(self.model, cfg.model.dtype, self.acc.device, tokens)  # model/dtype.py
         self.log(note)
         if tasks.task_of(cfg).problem_type:  # in the saved classifier config too: a plain reload knows the task
             self.model.config.problem_type = tasks.task_of(cfg).problem_type
@@ -219,10 +222,10 @@ class Recipe:
                             shuffle_p=p, seed=self.cfg.seed, types=types, pairs=ex.pairs, encoding=enc)
 
     def _loader(self, ds: TokenDataset, batch_size: int, *, shuffle: bool):
-        t = self.cfg.train
+        t, grouped = self.cfg.train, self.cfg.speed.resolved("group_by_length")
         return make_loader(ds, batch_size, self.tokenizer.pad_token_id, shuffle=shuffle,
-                           group_by_length=t.group_by_length, seed=self.cfg.seed, num_workers=t.num_workers,
-                           batches=imbalance.train_batches(ds, batch_size, t, self.cfg.seed) if shuffle else None)
+                           group_by_length=grouped, seed=self.cfg.seed, num_workers=t.num_workers,
+                           batches=imbalance.train_batches(ds, batch_size, t, self.cfg.seed, grouped) if shuffle else None)
 
     # ------------------------------------------------------------------ train
     def record(self, **row) -> None:

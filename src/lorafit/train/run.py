@@ -17,8 +17,10 @@ from .recipe import Recipe
 
 
 def run_training(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, resume: bool = False,
-                 log: Callable = print) -> dict:
+                 log: Callable = print, notes: dict | None = None, header: list[str] | None = None) -> dict:
+    """notes, header: a zero-config run's reasons, written as comments in config.yaml (autoconfig)."""
     recipe = Recipe(cfg, run_dir, overwrite=overwrite, resume=resume, log=log)
+    recipe.config_notes, recipe.config_header = notes, header or []
     with _stop_on_signals(recipe):
         try:
             recipe.setup()

@@ -38,8 +38,8 @@ def fast_dropout(recipe) -> bool:
     """Cheaper dropout masks (speed/dropout.py) when asked for, or on CPU with auto; says so in the log."""
     from ..speed import dropout
 
-    choice, here = recipe.cfg.train.fast_dropout, where(recipe)
-    why = "train.fast_dropout: false" if choice is False else dropout.why_off(recipe.model, here) if choice == "auto" else None
+    choice, here = recipe.cfg.speed.fast_dropout, where(recipe)
+    why = "speed.fast_dropout: false" if choice is False else dropout.why_off(recipe.model, here) if choice == "auto" else None
     if why is not None:
         recipe.log(f"fast dropout: off ({why})")
         return False
@@ -52,10 +52,10 @@ def heap_trimming(recipe) -> Callable[[], object]:
     (a fraction; auto = memory.GROWTH_SLACK on CPU); a no-op when off, so the loops call it always."""
     from ..speed import memory
 
-    choice, device, here = recipe.cfg.train.trim_heap, recipe.acc.device.type, where(recipe)
+    choice, device, here = recipe.cfg.speed.trim_heap, recipe.acc.device.type, where(recipe)
     why = None
     if choice is False:
-        why = "train.trim_heap: false"
+        why = "speed.trim_heap: false"
     elif choice == "auto" and device != "cpu":
         why = f"training on {device}"
     else:
@@ -90,7 +90,7 @@ def prefix_cache(recipe):
                                                    generator=loader.generator))
     recipe.train_loader, recipe.val_loader = loaders
     recipe.log(f"prefix cache: on ({what} for {len(recipe.train_ds) + len(recipe.val_ds)} items, "
-               f"{recipe.cfg.train.cache_dtype}; training runs layers {cache.k}+)")
+               f"{recipe.cfg.speed.resolved('cache_dtype')}; training runs layers {cache.k}+)")
     return cache
 
 
@@ -98,6 +98,6 @@ def first_token_layer(recipe) -> None:
     """The last layer on the first token only, where the head reads nothing else (speed/first_token.py)."""
     from ..speed import apply, first_token
 
-    reason = (apply(first_token, recipe.model, where(recipe)) if recipe.cfg.train.last_layer_first_token
-              else "train.last_layer_first_token: false")
+    reason = (apply(first_token, recipe.model, where(recipe)) if recipe.cfg.speed.resolved("last_layer_first_token")
+              else "speed.last_layer_first_token: false")
     recipe.log("last layer on the first token only: " + ("on (the head reads nothing else)" if reason is None else f"off ({reason})"))
