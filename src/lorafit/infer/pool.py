@@ -25,7 +25,13 @@ the sharing).
 The one difference from predict, for runs that share a base: LoRA is not merged into it (a merge
 would change the shared weights for every run), so each LoRA layer adds its low-rank product at run
 time; logits agree with predict's merged model to float rounding (tests/test_serve.py checks 1e-4).
-A run alone over its base (and a full fine-tuning run) is loaded exactly as predict loads it, merged."""
+A run alone over its base (and a full fine-tuning run) is loaded exactly as predict loads it, merged.
+
+Runs loaded on demand (`lorafit serve --adapters-dir`) are not known when the pool starts, so the
+caller says `share=True`: every one of them is built unmerged over the shared base, whatever else is
+loaded. `release` is the other half: an unloaded run's tensors leave the pool's index (else the held
+lists would keep every run ever loaded alive and grow the equality scan), and its memory goes back
+to the OS."""
 from __future__ import annotations
 
 import gc
@@ -95,6 +101,14 @@ class SharedBase:
                 shared += p.numel()
         return own, shared
 
+    def release(self, model: torch.nn.Module) -> None:
+        """Forget `model`'s tensors that other runs did not take from it: each held list keeps its first
+        tensor (the base copy every later run over that base is compared to or built over)."""
+        mine = {id(p) for p in model.parameters()}
+        for held in self.tensors.values():
+            if len(held) > 1:
+                held[1:] = [q for q in held[1:] if id(q) not in mine]
+
 
 def _same_view(a, b) -> bool:
     """Two parameters over the same memory (runs built over one read checkpoint): equal without reading it."""
@@ -150,15 +164,18 @@ class BasePool:
         self.per_base = Counter(base_key(c) for c in expected if c.adapter.method != "full")
         self.shared, self.packed, self.states = SharedBase(), {}, {}
 
-    def load(self, run_dir: str | Path, cfg=None, *, packed: Optional[bool] = None) -> PooledRun:
+    def load(self, run_dir: str | Path, cfg=None, *, packed: Optional[bool] = None,
+             share: Optional[bool] = None) -> PooledRun:
         """The run at run_dir (cfg: its config when already read); packed: speed/packed.py, None following
-        the run's train.packed_inference."""
+        the run's train.packed_inference; share: True builds an adapter run over the shared base whatever
+        was expected (runs loaded on demand), None decides by `expected` (a lone run merged)."""
         from ..runs.compat import read_run_folder
         from .loaded import load_run
 
         cfg = cfg if cfg is not None else read_run_folder(run_dir).cfg
         pack = cfg.train.packed_inference if packed is None else packed
-        if cfg.adapter.method == "full" or self.per_base[base_key(cfg)] <= 1:
+        alone = self.per_base[base_key(cfg)] <= 1 if share is None else not share
+        if cfg.adapter.method == "full" or alone:
             # nothing to share its base with: predict's own path (LoRA merged, packed as predict packs)
             loaded = load_run(run_dir, self.device, merge=True, packed=pack)
             model = loaded.model.requires_grad_(False)
@@ -173,3 +190,12 @@ class BasePool:
         if pack:
             _pack_shared(model, self.device, self.packed)
         return PooledRun(loaded, own, shared)
+
+    def release(self, model: torch.nn.Module) -> None:
+        """An unloaded run's model: its tensors leave the shared index (the base's first, held copy stays
+        for the next run over it). Once the caller drops its own references, `free()` hands the memory back."""
+        self.shared.release(model)
+
+    @staticmethod
+    def free() -> None:
+        _free_memory()

@@ -62,6 +62,7 @@ class Job:
     texts: list[str]
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
+    pairs: list[str] | None = None   # the second texts of text pairs (a run trained on pairs)
     queued_at: float = field(default_factory=time.monotonic)
     cancelled: bool = False          # the client went away: skip if not started
 
@@ -117,9 +118,9 @@ class Batcher:
         with self.cond:
             return len(self.pending) + len(self.taken)
 
-    def submit(self, run, texts: list[str]) -> Job:
+    def submit(self, run, texts: list[str], pairs: list[str] | None = None) -> Job:
         loop = asyncio.get_running_loop()
-        job = Job(run, texts, loop.create_future(), loop)
+        job = Job(run, texts, loop.create_future(), loop, pairs)
         with self.cond:
             if self.stopping:
                 raise Stopped()
@@ -183,11 +184,12 @@ class Batcher:
                 self.cond.wait(left)
             # up to max_round texts per run, in arrival order (the first request that does not fit ends
             # the round: no request overtakes an older one); a run's texts are sorted and cut apart from
-            # other runs', so the cap is per run: 4 runs over one base pad no more than one
+            # other runs', so the cap is per run: 4 runs over one base pad no more than one. A run is
+            # itself, not its name: a run unloaded and loaded again is another object
             jobs, per_run = [], {}
             while self.pending:
                 head = self.pending[0]
-                n = per_run.get(head.run.name, 0)
+                n = per_run.get(id(head.run), 0)
                 if n and n + len(head.texts) > self.max_round:
                     break
                 job = self.pending.popleft()
@@ -195,7 +197,7 @@ class Batcher:
                     self.texts_dropped += len(job.texts)
                     continue
                 jobs.append(job)
-                per_run[job.run.name] = n + len(job.texts)
+                per_run[id(job.run)] = n + len(job.texts)
             self.taken.update(jobs)
             self.busy += 1  # in the same lock as the take: a stream taking next sees this one busy
             return jobs
@@ -222,9 +224,9 @@ class Batcher:
 
     def _compute(self, jobs: list[Job]) -> None:
         self.on_round(sum(len(j.texts) for j in jobs))
-        groups: dict[str, list[Job]] = {}
+        groups: dict[int, list[Job]] = {}
         for job in jobs:
-            groups.setdefault(job.run.name, []).append(job)
+            groups.setdefault(id(job.run), []).append(job)
         for group in groups.values():
             self._count(dropped=sum(len(j.texts) for j in group if j.cancelled))
             group = [j for j in group if not j.cancelled]
@@ -243,7 +245,8 @@ class Batcher:
         first = np.cumsum([0] + [len(j.texts) for j in group])
         left = [len(j.texts) for j in group]
         try:
-            ids = engine.encode(run, [t for j in group for t in j.texts])[0]
+            pairs = None if group[0].pairs is None else [p for j in group for p in j.pairs]
+            ids, types, _ = engine.encode(run, [t for j in group for t in j.texts], pairs)
             out = np.zeros((len(ids), len(run.labels)), dtype=np.float32)
             for idx in engine.plan_forwards([len(x) for x in ids], self.max_batch):
                 keep = [i for i in idx if not group[owner[i]].cancelled]  # its client went away, or drop()
@@ -253,7 +256,7 @@ class Batcher:
                     continue
                 self._share_cores()
                 self.on_batch(len(idx))
-                out[idx] = engine.forward(run, [ids[i] for i in idx])
+                out[idx] = engine.forward(run, [ids[i] for i in idx], None if types is None else [types[i] for i in idx])
                 self._count(computed=len(idx))
                 for i in idx:
                     k = owner[i]
