@@ -333,12 +333,37 @@ def test_max_adapter_memory_evicts_by_own_bytes_in_process(adapters):
         await asyncio.get_running_loop().run_in_executor(reg._worker(), lambda: None)  # the unload has run
         assert first.run.loaded is None  # the evicted run holds no tensors
         reg.release(second)
-        steady = held()
+        steady, packed_steady = held(), len(reg.loader.pool.packed)
         for name in ("topics", "binary") * 2:  # each load evicts the other: the index does not grow
             reg.release(await reg.acquire(name))
             await asyncio.get_running_loop().run_in_executor(reg._worker(), lambda: None)
             assert len(reg.loaded) == 1 and held() <= steady, (name, held(), steady)
         assert reg.loads["topics"] == 3 and reg.loads["binary"] == 3
+        assert len(reg.loader.pool.packed) <= packed_steady  # an unloaded run's packed head weights go too
         reg.close()
 
     asyncio.run(asyncio.wait_for(go(), 300))
+
+
+def test_mean_pooling_reads_the_mask_of_its_own_threads_forward():
+    """Two streams computing one mean-pooled run at once: each forward pools over its own attention mask
+    (the mask was one attribute per Pool: the later forward's mask replaced the earlier's)."""
+    import torch
+
+    from lorafit.model.heads import Pool
+
+    pool, hidden = Pool("mean"), torch.arange(10.0).reshape(1, 5, 2)
+    masks = [torch.tensor([[1, 1, 0, 0, 0]]), torch.tensor([[1, 1, 1, 1, 1]])]
+    set_both, got = threading.Barrier(2, timeout=30), [None, None]
+
+    def forward(k):
+        pool.mask = masks[k]  # what the model's pre-hook does at the start of its forward
+        set_both.wait()       # the other thread's forward has set its mask too
+        got[k] = pool(hidden)
+
+    threads = [threading.Thread(target=forward, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert got[0].tolist() == [[1.0, 2.0]] and got[1].tolist() == [[4.0, 5.0]]

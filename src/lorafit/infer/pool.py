@@ -193,8 +193,14 @@ class BasePool:
 
     def release(self, model: torch.nn.Module) -> None:
         """An unloaded run's model: its tensors leave the shared index (the base's first, held copy stays
-        for the next run over it). Once the caller drops its own references, `free()` hands the memory back."""
+        for the next run over it), and so do the packed copies of weights no other run holds (its head's
+        Linear layers: packed.install keeps each weight beside its copy). Once the caller drops its own
+        references, `free()` hands the memory back."""
         self.shared.release(model)
+        held = {id(q) for tensors in self.shared.tensors.values() for q in tensors}
+        mine = {id(p) for p in model.parameters()} - held
+        for key in [k for k, (weight, _) in self.packed.items() if id(weight) in mine]:
+            del self.packed[key]
 
     @staticmethod
     def free() -> None:
