@@ -22,6 +22,11 @@ counts them). Full fine-tuning runs train every tensor: they are their own model
 Packed inference (speed/packed.py) packs each shared weight once (a packed copy per run would undo
 the sharing).
 
+Mixed batches: with `mixed` (the default), an adapter run that infer/mixed.py represents exactly
+(plain LoRA over a BERT or RoBERTa base in plain safetensors: its docstring lists what falls back) is
+not built as its own PEFT model but added as slots to one MixedBase per shared base, so rows of
+several runs are computed in one forward (engine.forward_rows); the rest load as below.
+
 The one difference from predict, for runs that share a base: LoRA is not merged into it (a merge
 would change the shared weights for every run), so each LoRA layer adds its low-rank product at run
 time; logits agree with predict's merged model to float rounding (tests/test_serve.py checks 1e-4).
@@ -143,12 +148,14 @@ class BasePool:
     of that base (see the module docstring). expected: the configs of every run this pool will load
     (a run whose base no other expected run has is loaded as predict loads it: merged)."""
 
-    def __init__(self, device: Optional[torch.device] = None, expected: Iterable = ()):
+    def __init__(self, device: Optional[torch.device] = None, expected: Iterable = (), mixed: bool = True):
         from .loaded import default_device
 
         self.device = device or default_device()
         self.per_base = Counter(base_key(c) for c in expected if c.adapter.method != "full")
         self.shared, self.packed, self.states = SharedBase(), {}, {}
+        self.mixed = mixed
+        self.mixed_bases: dict[tuple, object] = {}  # (id of the base's tensors, attention) -> infer.mixed.MixedBase
 
     def load(self, run_dir: str | Path, cfg=None, *, packed: Optional[bool] = None) -> PooledRun:
         """The run at run_dir (cfg: its config when already read); packed: speed/packed.py, None following
@@ -165,6 +172,16 @@ class BasePool:
             return PooledRun(loaded, sum(p.numel() for p in model.parameters()), 0)
         # unmerged (the base stays shared), unpacked (packing is done once per shared weight below)
         state = base_state(cfg, self.device, self.states)
+        if self.mixed and state is not None:
+            from . import mixed
+
+            if mixed.why_not(cfg) is None:
+                try:
+                    base = self._mixed_base(cfg, state, pack)
+                    loaded = mixed.load_run(base, run_dir)
+                    return PooledRun(loaded, base.own_parameters(loaded.mixed[1]), base.shared_parameters())
+                except mixed.NotMixable:
+                    pass  # loaded the per-run way below
         loaded = load_run(run_dir, self.device, merge=False, base_state=state, packed=False)
         model = loaded.model.requires_grad_(False)
         own, shared = self.shared.share(model, base_key(loaded.cfg))
@@ -173,3 +190,22 @@ class BasePool:
         if pack:
             _pack_shared(model, self.device, self.packed)
         return PooledRun(loaded, own, shared)
+
+    def _mixed_base(self, cfg, state: dict, pack: bool):
+        """The MixedBase over these base tensors (built on the first run that joins it)."""
+        from ..model.load import load_base
+        from .mixed import MixedBase
+
+        key = (id(state), cfg.model.attn_implementation)
+        if key not in self.mixed_bases:
+            model = load_base(cfg.model, ["0", "1"], state=state).to(self.device).eval()
+            if pack:
+                _pack_shared(model, self.device, self.packed)
+            self.mixed_bases[key] = MixedBase(model, self.device, key)
+        return self.mixed_bases[key]
+
+    def unload(self, loaded: LoadedRun) -> None:
+        """Free what a run holds alone: a mixed base's slots (a per-run model goes with its last reference)."""
+        if loaded.mixed is not None:
+            base, slot = loaded.mixed
+            base.remove(slot)
