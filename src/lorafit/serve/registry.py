@@ -118,12 +118,12 @@ class Registry:
 
     @classmethod
     def load(cls, specs: list[tuple[str, Path]], device: torch.device | None = None, log=lambda line: None,
-             packed: bool | None = None) -> "Registry":
+             packed: bool | None = None, mixed: bool = True) -> "Registry":
         from ..infer.pool import BasePool
         from ..runs.compat import read_run_folder
 
         cfgs = [check_run(folder) for _, folder in specs]
-        pool, runs = BasePool(device, expected=cfgs), {}
+        pool, runs = BasePool(device, expected=cfgs, mixed=mixed), {}
         for (name, folder), run_cfg in zip(specs, cfgs):
             loaded, own, shared = pool.load(folder, run_cfg, packed=packed)
             trainable = read_run_folder(folder).trainable or 0  # an old run without the count: 0, not a failed start
