@@ -190,3 +190,39 @@ def test_a_tensor_it_does_not_know_adds_nothing(tiny_bert):
     assert not base.heads and not any(isinstance(m, MultiLoraLinear) for m in base.encoder.modules())
     slot = base.add(pc, good, "cls_linear")
     assert base.own_parameters(slot) == 2 * 32 * 2 + 2 * 32 + 2
+
+
+@pytest.mark.slow
+def test_the_batcher_puts_requests_of_several_runs_in_one_forward(mixed_runs):
+    """serve's batcher: requests of three runs (2, 4 and 1 outputs) waiting together are one group,
+    computed in forwards holding rows of several runs, and each request gets predict's logits."""
+    import asyncio
+
+    from lorafit.serve.batcher import Batcher
+    from lorafit.serve.registry import ServedRun
+
+    _, dirs = mixed_runs
+    names = ["model_r4", "cls_norms_r2", "regression_r6"]
+    pool = _pool([dirs[n] for n in names])
+    served = {n: ServedRun(n, dirs[n], pool.load(dirs[n]).loaded) for n in names}
+    texts = _texts(12)[0]
+    requests = [(names[k % 3], texts[2 * k:2 * k + 2]) for k in range(6)]
+    forwards, segments = [], []
+    base = served["model_r4"].loaded.mixed[0]
+    forward = base.forward
+    base.forward = lambda batch, segs: segments.append(len(segs)) or forward(batch, segs)
+
+    async def go():
+        batcher = Batcher(max_batch=8, max_wait_ms=50, on_batch=forwards.append).start()
+        try:
+            with batcher.cond:  # all wait before the batcher looks
+                jobs = [batcher.submit(served[n], t) for n, t in requests]
+            return await asyncio.wait_for(asyncio.gather(*(j.future for j in jobs)), 120)
+        finally:
+            batcher.stop()
+    got = asyncio.run(go())
+    assert sum(forwards) == 12 and len(forwards) == 2 and max(segments) == 3
+    refs = {n: _reference(dirs[n], texts) for n in names}
+    for k, ((name, _), logits) in enumerate(zip(requests, got)):
+        assert logits.shape == (2, refs[name].shape[1])
+        np.testing.assert_allclose(logits, refs[name][2 * k:2 * k + 2], atol=1e-4)
