@@ -107,6 +107,15 @@ def test_rows_of_five_runs_in_one_forward_equal_predict(mixed_runs):
     assert calls == [len(RUNS)]  # one forward, a segment per run
     for i, (name, row) in enumerate(zip(tagged, out)):
         np.testing.assert_allclose(row, refs[name][i], atol=1e-4, err_msg=f"row {i} of {name}")
+    # the last layer on the first token only (speed/first_token.py) when every head in the forward reads
+    # the first token alone; the regression run's mean pooling turned it off above
+    widths = []
+    base.encoder.register_forward_hook(lambda m, args, out: widths.append(out.last_hidden_state.shape[1]))
+    first_only = {n: runs[n] for n in ("model_r4", "cls_norms_r2", "dense_r8", "pairs_r4")}
+    tagged, out = _interleaved(first_only, texts, firsts, seconds)
+    assert widths == [1] and base.short_layer
+    for i, (name, row) in enumerate(zip(tagged, out)):
+        np.testing.assert_allclose(row, refs[name][i], atol=1e-4, err_msg=f"row {i} of {name}")
     # and each run alone through its own backend (what engine.logits does with a slot)
     for name in ("cls_norms_r2", "regression_r6"):
         alone = _engine_logits(runs[name], texts)

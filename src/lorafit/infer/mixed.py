@@ -28,9 +28,10 @@ scale) on Linear layers of the encoder and on the head's dense layer, with bias:
 BertForSequenceClassification or RobertaForSequenceClassification base read from plain safetensors
 in float32, heads model / lora_dense / cls_linear / mean_linear, trained LayerNorms. Falls back:
 AdaLoRA, DoRA, trained biases, full fine-tuning, other architectures, remote code, any tensor in
-the adapter file it does not know. Speed paths: the last layer on the first token only
-(speed/first_token.py) is not used (a mixed batch may hold mean-pooling heads); prepacked weights
-(speed/packed.py) are used for the base's Linears when the pool packs (same math)."""
+the adapter file it does not know. Speed paths (same math, float rounding aside): the last layer on
+the first token only (speed/first_token.py) runs in a forward whose heads all read the first token
+alone (a mean-pooling head in the batch turns it off for that forward); prepacked weights
+(speed/packed.py) are used for the base's Linears when the pool packs."""
 from __future__ import annotations
 
 import hashlib
@@ -55,8 +56,10 @@ PREFIX = "base_model.model."  # PEFT's prefix of every key in adapter_model.safe
 
 
 class _Route(threading.local):
-    """The segments of the forward running in this thread (serve's streams compute side by side)."""
+    """The forward running in this thread (serve's streams compute side by side): its segments, and
+    whether its last layer runs on the first token only."""
     segments: tuple = ()
+    first_token: bool = False
 
 
 class MultiLoraLinear(nn.Module):
@@ -103,6 +106,7 @@ class Head:
     out: tuple[torch.Tensor, torch.Tensor]
     dense: Optional[tuple[torch.Tensor, torch.Tensor]] = None
     dense_lora: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+    first_token: bool = False  # reads the first token only, and the run allows train.last_layer_first_token
 
     def __call__(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.pool == "cls":
@@ -183,6 +187,7 @@ class MixedBase:
         self.encoder.requires_grad_(False).eval()
         self.modules = dict(self.encoder.named_modules())
         self.route = _Route()
+        self._first_token_layer(model)
         self.heads: dict[int, Head] = {}
         self.owners: dict[int, list[nn.Module]] = {}  # slot -> wrapped modules holding its tensors
         self.tokenizers: dict[str, object] = {}
@@ -192,9 +197,9 @@ class MixedBase:
 
     # ---------------------------------------------------------------- adding and removing runs
 
-    def add(self, adapter_config: dict, state: dict[str, torch.Tensor], head_type: str) -> int:
+    def add(self, adapter_config: dict, state: dict[str, torch.Tensor], head_type: str, first_token: bool = True) -> int:
         """A run's adapter into new slots; its slot number. NotMixable (nothing added) when a tensor or
-        setting is not one this path represents exactly."""
+        setting is not one this path represents exactly. first_token: the run's train.last_layer_first_token."""
         reason = why_not_config(adapter_config)
         if reason:
             raise NotMixable(reason)
@@ -219,6 +224,7 @@ class MixedBase:
         if any(set(v) != {"weight", "bias"} for v in norms.values()):
             raise NotMixable("a LayerNorm with only one of weight and bias trained")
         built = self._head(head_type, head, loras.pop(dense_name, None), scale)
+        built.first_token = first_token and built.pool == "cls"
         with self.lock:
             slot = next(self._slots)
             owners = []
@@ -309,6 +315,17 @@ class MixedBase:
         lora = (dense_lora["lora_A"].t().contiguous(), (dense_lora["lora_B"] * scale).t().contiguous())
         return Head("cls", out, pair(dense_name, self.frozen), lora)
 
+    def _first_token_layer(self, model: nn.Module) -> None:
+        """speed/first_token.py's last layer, switched per forward: on when every head in it reads the
+        first token alone (a mean-pooling head in the batch needs every token's final state)."""
+        from ..speed import Where, first_token
+
+        self.short_layer = first_token.why_off(model, Where(self.device)) is None
+        if self.short_layer:
+            layer = first_token.last_layer(model)
+            short, plain, route = first_token.layer_forward(layer), layer.forward, self.route
+            layer.forward = lambda *args, **kw: (short if route.first_token else plain)(*args, **kw)
+
     # ---------------------------------------------------------------- computing
 
     @torch.inference_mode()
@@ -317,6 +334,7 @@ class MixedBase:
         (slot, first row, end row), contiguous and covering every row: each segment's float32 logits."""
         batch = {k: v.to(self.device) for k, v in batch.items()}
         self.route.segments = tuple(segments)
+        self.route.first_token = self.short_layer and all(self.heads[slot].first_token for slot, _, _ in segments)
         try:
             hidden = self.encoder(**batch, return_dict=True).last_hidden_state
             mask = batch["attention_mask"]
@@ -355,7 +373,7 @@ def load_run(base: MixedBase, run_dir: str | Path, folder=None) -> "LoadedRun":
         raise LorafitError(f"{run_dir}: no trained weights (adapter/ missing); did training finish?")
     thresholds = tasks.task_of(cfg).read_thresholds(run_dir)  # refuses a tuned task's run without its thresholds
     adapter_config, state = read_adapter(run_dir)
-    slot = base.add(adapter_config, state, cfg.head.type)
+    slot = base.add(adapter_config, state, cfg.head.type, cfg.train.last_layer_first_token)
     try:
         width = base.heads[slot].out[0].shape[0]
         if width != len(folder.labels):
