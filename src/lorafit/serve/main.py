@@ -60,7 +60,7 @@ def _run(settings, specs, key, sock, log) -> int:
     from .app import Limits, create_app
     from .registry import Registry
 
-    registry = Registry.load(specs, log=log)
+    registry = Registry.load(specs, log=log, mixed=settings.mixed)
     limits = Limits(settings.max_batch, settings.max_wait_ms, settings.queue, settings.max_texts, settings.max_chars,
                     max_round=settings.max_round, streams=settings.streams)
     app = create_app(registry, limits, key)
