@@ -302,10 +302,11 @@ def test_requests_racing_evictions_all_get_their_answers(lru, reference):
 
 
 @pytest.mark.slow
-def test_max_adapter_memory_evicts_by_own_bytes_in_process(adapters):
-    """Registry in-process (real loads in its worker thread): a budget that holds one tiny adapter's own
-    bytes keeps the most recent one only; an evicted run's tensors leave the pool's index and the run
-    holds nothing afterwards."""
+@pytest.mark.parametrize("mixed", [True, False])
+def test_max_adapter_memory_evicts_by_own_bytes_in_process(adapters, mixed):
+    """Registry in-process (real loads in its worker thread; slots of a mixed base, and per-run models): a
+    budget that holds one tiny adapter's own bytes keeps the most recent one only; an evicted run holds
+    nothing afterwards, and the pool's index and packed weights stop growing over load/evict cycles."""
     import torch
 
     from lorafit.serve.registry import Registry
@@ -313,7 +314,7 @@ def test_max_adapter_memory_evicts_by_own_bytes_in_process(adapters):
     d, _ = adapters
 
     async def go():
-        probe = Registry.load([], device=torch.device("cpu"), adapters_dir=d)
+        probe = Registry.load([], device=torch.device("cpu"), adapters_dir=d, mixed=mixed)
         sizes = []
         for name in ("topics", "binary"):
             lease = await probe.acquire(name)
@@ -323,11 +324,13 @@ def test_max_adapter_memory_evicts_by_own_bytes_in_process(adapters):
         assert all(0 < size < 1_000_000 for size in sizes)
 
         # room for either alone, not for both
-        reg = Registry.load([], device=torch.device("cpu"), adapters_dir=d, max_bytes=max(sizes) + min(sizes) // 2)
+        reg = Registry.load([], device=torch.device("cpu"), adapters_dir=d, max_bytes=max(sizes) + min(sizes) // 2,
+                            mixed=mixed)
         held = lambda: sum(len(v) for v in reg.loader.pool.shared.tensors.values())
         first = await reg.acquire("topics")
         second = await reg.acquire("binary")
         assert list(reg.loaded) == ["topics", "binary"]  # over budget, but topics is in use: not evicted under it
+        assert (first.run.loaded.mixed is not None) == mixed  # slots of one mixed base, or a module tree each
         reg.release(first)
         assert list(reg.loaded) == ["binary"]  # free now: the least recently used goes
         await asyncio.get_running_loop().run_in_executor(reg._worker(), lambda: None)  # the unload has run

@@ -120,6 +120,9 @@ def _serve_args(sub) -> None:
                                                            "answered 503 + Retry-After, then exit 0")
     sv.add_argument("--log-level", default=d["log_level"], choices=LOG_LEVELS,
                     help="uvicorn's log level")
+    sv.add_argument("--no-mixed", dest="mixed", action="store_false", default=d["mixed"],
+                    help="compute each run's texts in forwards of their own, not in forwards shared by the runs over one "
+                         "base (the anchor bench/serve_many.py compares with; default: shared)")
 
 
 def _export_args(sub) -> None:

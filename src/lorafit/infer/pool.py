@@ -22,6 +22,11 @@ counts them). Full fine-tuning runs train every tensor: they are their own model
 Packed inference (speed/packed.py) packs each shared weight once (a packed copy per run would undo
 the sharing).
 
+Mixed batches: with `mixed` (the default), an adapter run that infer/mixed.py represents exactly
+(plain LoRA over a BERT or RoBERTa base in plain safetensors: its docstring lists what falls back) is
+not built as its own PEFT model but added as slots to one MixedBase per shared base, so rows of
+several runs are computed in one forward (engine.forward_rows); the rest load as below.
+
 The one difference from predict, for runs that share a base: LoRA is not merged into it (a merge
 would change the shared weights for every run), so each LoRA layer adds its low-rank product at run
 time; logits agree with predict's merged model to float rounding (tests/test_serve.py checks 1e-4).
@@ -157,12 +162,14 @@ class BasePool:
     of that base (see the module docstring). expected: the configs of every run this pool will load
     (a run whose base no other expected run has is loaded as predict loads it: merged)."""
 
-    def __init__(self, device: Optional[torch.device] = None, expected: Iterable = ()):
+    def __init__(self, device: Optional[torch.device] = None, expected: Iterable = (), mixed: bool = True):
         from .loaded import default_device
 
         self.device = device or default_device()
         self.per_base = Counter(base_key(c) for c in expected if c.adapter.method != "full")
         self.shared, self.packed, self.states = SharedBase(), {}, {}
+        self.mixed = mixed
+        self.mixed_bases: dict[tuple, object] = {}  # (id of the base's tensors, attention) -> infer.mixed.MixedBase
 
     def load(self, run_dir: str | Path, cfg=None, *, packed: Optional[bool] = None,
              share: Optional[bool] = None) -> PooledRun:
@@ -182,6 +189,16 @@ class BasePool:
             return PooledRun(loaded, sum(p.numel() for p in model.parameters()), 0)
         # unmerged (the base stays shared), unpacked (packing is done once per shared weight below)
         state = base_state(cfg, self.device, self.states)
+        if self.mixed and state is not None:
+            from . import mixed
+
+            if mixed.why_not(cfg) is None:
+                try:
+                    base = self._mixed_base(cfg, state, pack)
+                    loaded = mixed.load_run(base, run_dir)
+                    return PooledRun(loaded, base.own_parameters(loaded.mixed[1]), base.shared_parameters())
+                except mixed.NotMixable:
+                    pass  # loaded the per-run way below
         loaded = load_run(run_dir, self.device, merge=False, base_state=state, packed=False)
         model = loaded.model.requires_grad_(False)
         own, shared = self.shared.share(model, base_key(loaded.cfg))
@@ -191,14 +208,33 @@ class BasePool:
             _pack_shared(model, self.device, self.packed)
         return PooledRun(loaded, own, shared)
 
-    def release(self, model: torch.nn.Module) -> None:
-        """An unloaded run's model: its tensors leave the shared index (the base's first, held copy stays
-        for the next run over it), and so do the packed copies of weights no other run holds (its head's
-        Linear layers: packed.install keeps each weight beside its copy). Once the caller drops its own
-        references, `free()` hands the memory back."""
-        self.shared.release(model)
+    def _mixed_base(self, cfg, state: dict, pack: bool):
+        """The MixedBase over these base tensors (built on the first run that joins it)."""
+        from ..model.load import load_base
+        from .mixed import MixedBase
+
+        key = (id(state), cfg.model.attn_implementation)
+        if key not in self.mixed_bases:
+            model = load_base(cfg.model, ["0", "1"], state=state).to(self.device).eval()
+            if pack:
+                _pack_shared(model, self.device, self.packed)
+            self.mixed_bases[key] = MixedBase(model, self.device, key)
+        return self.mixed_bases[key]
+
+    def unload(self, loaded: LoadedRun) -> None:
+        """Forget what an unloaded run holds alone: its slots of a mixed base; or its model's tensors in the
+        shared index (the base's first, held copy stays for the next run over it) and the packed copies of
+        weights no other run holds (its head's Linear layers: packed.install keeps each weight beside its
+        copy). Once the caller drops its own references, `free()` hands the memory back."""
+        if loaded.mixed is not None:
+            base, slot = loaded.mixed
+            base.remove(slot)
+            return
+        if loaded.model is None:
+            return
+        self.shared.release(loaded.model)
         held = {id(q) for tensors in self.shared.tensors.values() for q in tensors}
-        mine = {id(p) for p in model.parameters()} - held
+        mine = {id(p) for p in loaded.model.parameters()} - held
         for key in [k for k, (weight, _) in self.packed.items() if id(weight) in mine]:
             del self.packed[key]
 

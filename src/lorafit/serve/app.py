@@ -298,7 +298,11 @@ def create_app(registry: Registry, limits: Limits | None = None, api_key: str | 
             raise
         finally:
             if lease is not None:
-                registry.release(lease)
+                # held until no stream computes with the run (a cancelled request's forward may still run)
+                if job is None or job.released.done():
+                    registry.release(lease)
+                else:
+                    job.released.add_done_callback(lambda _: registry.release(lease))
             m["requests"].labels(label, str(status)).inc()
             m["in_flight"].dec()
             m["latency"].labels(label).observe(time.monotonic() - start)

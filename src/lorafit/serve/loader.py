@@ -97,10 +97,11 @@ class PoolLoader:
     one); on_demand loads share the base whatever else is loaded. Not thread-safe: the registry calls
     it from one thread at a time."""
 
-    def __init__(self, device: Optional[torch.device] = None, expected=(), packed: Optional[bool] = None):
+    def __init__(self, device: Optional[torch.device] = None, expected=(), packed: Optional[bool] = None,
+                 mixed: bool = True):
         from ..infer.pool import BasePool
 
-        self.pool, self.packed = BasePool(device, expected=expected), packed
+        self.pool, self.packed = BasePool(device, expected=expected, mixed=mixed), packed
 
     @property
     def device(self):
@@ -113,15 +114,15 @@ class PoolLoader:
         cfg = cfg if cfg is not None else check_run(folder)
         loaded, own, shared = self.pool.load(folder, cfg, packed=self.packed, share=True if on_demand else None)
         trainable = read_run_folder(folder).trainable or 0  # an old run without the count: 0, not a failed start
-        model = loaded.model
-        own_bytes = sum(p.numel() * p.element_size() for n, p in model.named_parameters()
-                        if shared == 0 or owned(n))  # merged (shared 0): the whole model is its own
+        if loaded.mixed is not None:  # a slot of a mixed base (infer/mixed.py): its A/B, norms and head, float32
+            own_bytes = own * 4
+        else:  # merged (shared 0): the whole model is its own
+            own_bytes = sum(p.numel() * p.element_size() for n, p in loaded.model.named_parameters()
+                            if shared == 0 or owned(n))
         return ServedRun(name, Path(folder), loaded, own, shared, trainable, own_bytes)
 
     def unload(self, run: ServedRun) -> None:
-        model = run.loaded.model
-        run.loaded = None  # the ServedRun may outlive this call (a log line, a test): it holds no tensors
-        if model is not None:
-            self.pool.release(model)
-        del model
+        loaded, run.loaded = run.loaded, None  # the ServedRun may outlive this call (a log line): it holds nothing
+        self.pool.unload(loaded)
+        del loaded
         self.pool.free()

@@ -65,7 +65,7 @@ def _run(settings, specs, key, sock, log) -> int:
     from .registry import Registry
 
     registry = Registry.load(specs, log=log, adapters_dir=settings.adapters_dir, max_loaded=settings.max_loaded,
-                             max_bytes=int(settings.max_adapter_memory * 2**20))
+                             max_bytes=int(settings.max_adapter_memory * 2**20), mixed=settings.mixed)
     limits = Limits(settings.max_batch, settings.max_wait_ms, settings.queue, settings.max_texts, settings.max_chars,
                     max_round=settings.max_round, streams=settings.streams)
     app = create_app(registry, limits, key)

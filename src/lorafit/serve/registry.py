@@ -275,10 +275,11 @@ class Registry:
     @classmethod
     def load(cls, specs: list[tuple[str, Path]], device: torch.device | None = None, log=lambda line: None,
              packed: bool | None = None, *, adapters_dir: str | Path | None = None, max_loaded: int = 0,
-             max_bytes: int = 0, loader: Optional[RunLoader] = None) -> "Registry":
-        """The pinned runs (specs) loaded now; adapters_dir's runs on demand, through the same loader."""
+             max_bytes: int = 0, mixed: bool = True, loader: Optional[RunLoader] = None) -> "Registry":
+        """The pinned runs (specs) loaded now; adapters_dir's runs on demand, through the same loader.
+        mixed: runs over one base share forwards (infer/mixed.py) where they can."""
         cfgs = [check_run(folder) for _, folder in specs]
-        loader = loader or PoolLoader(device, expected=cfgs, packed=packed)
+        loader = loader or PoolLoader(device, expected=cfgs, packed=packed, mixed=mixed)
         runs = {}
         for (name, folder), cfg in zip(specs, cfgs):
             run = runs[name] = loader.load(name, Path(folder), on_demand=False, cfg=cfg)

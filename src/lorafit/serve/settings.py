@@ -44,6 +44,7 @@ class ServeSettings:
     insecure: bool = False
     grace: float = 30.0
     log_level: str = "warning"
+    mixed: bool = True                   # runs over one base share forwards (infer/mixed.py); False: each its own
 
     def __post_init__(self):
         # a str given as runs would be served letter by letter

@@ -1,0 +1,240 @@
+"""lorafit serve with many adapters over one base: mixed-adapter batches against one merged adapter
+and against each run's own forwards (issue 29 point 4). Not a test.
+
+    python bench/serve_many.py [--counts 1,10,100] [--anchor-counts 10,100] [--traffic uniform,zipf]
+                               [--seconds 20] [--clients 32] [--model MINILM] [--work DIR] [--out FILE]
+
+Adapters: two real MiniLM-L6 runs trained briefly here (AG News, 4 classes; SST-2, 2 classes; a
+few hundred rows, train.max_steps steps: speed and memory do not depend on accuracy), copied into
+N run folders whose LoRA A/B are perturbed (x (1 + 0.2 N(0, 1)), seeded per copy) so that no two
+adapters are equal; even copies are 4-class, odd 2-class. Tokenizer files are hard links.
+
+Servers, each a real `lorafit serve` process on a loopback port, one at a time:
+  one       1 adapter (merged into the base: predict's fast path);
+  mixed N   N adapters named on the command line, rows of different adapters in one forward;
+  apart N   the same with --no-mixed: each run's texts in forwards of their own (today's path before
+            mixed batches: one PEFT module tree per run over the shared base tensors).
+Traffic: C clients (asyncio + httpx), each sending its next request when the last is answered, for
+--seconds after a warm-up; two short texts a request (AG News titles, seeded); the adapter of each
+request drawn uniformly or Zipf-skewed (p ∝ 1/rank^1.1, ranks shuffled). Reported per server and
+traffic: texts/s, p50/p99 request latency, errors; per server: start-up seconds (process start to
+its `serving` line, every named adapter loaded), RSS after the load (VmRSS). Cold load: the time to
+load one more adapter into an in-process BasePool over MiniLM (mixed slot, and the per-run module
+tree), p50/p99 of --cold loads; not a first request over HTTP (that needs --adapters-dir).
+Appends a section to bench/RESULTS.md (--out) with the load average.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
+DATA = ROOT.parent / "shared" / "data"
+
+from serve_load import default_model, free_port, memory_mb, start, stop  # noqa: E402  (bench/ on the path)
+
+SKIP = {"checkpoints"}  # run-folder entries the copies do not need (served runs never read them)
+
+
+def train_source(model: str, data: Path, out: Path, steps: int) -> Path:
+    """A finished MiniLM run after `steps` optimizer steps on a few hundred rows (kept for reruns)."""
+    if (out / "adapter").is_dir():
+        return out
+    from lorafit.config import load_config
+    from lorafit.train.recipe import Recipe
+
+    sets = [f"model.name={model}", f"data.train={data}", "data.limit=300", "data.val_size=60", "data.max_length=64",
+            f"train.max_steps={steps}", "train.batch_size=16", "train.eval_batch_size=64", "optim.lr=1e-3"]
+    recipe = Recipe(load_config(None, sets), out, log=lambda *a: None).setup()
+    recipe.train()
+    recipe.finish()
+    return out
+
+
+def copy_adapter(src: Path, dst: Path, seed: int) -> int:
+    """src's run folder as dst with its LoRA A/B perturbed; the adapter file's size in bytes."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    if not (dst / "adapter" / "adapter_model.safetensors").is_file():
+        tmp = dst.with_name(dst.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / "adapter").mkdir(parents=True)
+        for f in src.iterdir():
+            if f.is_file() and f.suffix != ".png":
+                shutil.copy2(f, tmp / f.name)
+        for f in (src / "adapter").iterdir():
+            if f.name != "adapter_model.safetensors":
+                os.link(f, tmp / "adapter" / f.name)
+        gen = torch.Generator().manual_seed(seed)
+        state = load_file(str(src / "adapter" / "adapter_model.safetensors"))
+        state = {k: v * (1 + 0.2 * torch.randn(v.shape, generator=gen)) if ".lora_" in k else v for k, v in state.items()}
+        save_file(state, str(tmp / "adapter" / "adapter_model.safetensors"), metadata={"format": "pt"})
+        tmp.rename(dst)
+    return (dst / "adapter" / "adapter_model.safetensors").stat().st_size
+
+
+def draw(n: int, traffic: str, k: int, seed: int) -> list[int]:
+    """k adapter indices under uniform or Zipf traffic (ranks shuffled: the popular ones are not the first)."""
+    rng = random.Random(seed)
+    if traffic == "uniform":
+        return [rng.randrange(n) for _ in range(k)]
+    ranks = list(range(n))
+    rng.shuffle(ranks)
+    return rng.choices(ranks, weights=[1 / (r + 1) ** 1.1 for r in range(n)], k=k)
+
+
+async def load(url: str, names: list[str], texts: list[str], traffic: str, clients: int, seconds: float, seed: int) -> dict:
+    """C clients for `seconds`: each sends its next request (two texts, an adapter drawn by traffic) when
+    its last is answered. Texts/s of answered requests, p50/p99 latency (ms), errors."""
+    import httpx
+    import numpy as np
+
+    picks = draw(len(names), traffic, 200_000, seed)
+    rng = random.Random(seed + 1)
+    latencies, errors, done, nxt = [], 0, 0, iter(picks)
+    end = time.perf_counter() + seconds
+    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=clients)) as client:
+        async def worker():
+            nonlocal errors, done
+            while time.perf_counter() < end:
+                body = {"texts": rng.sample(texts, 2)}
+                t = time.perf_counter()
+                r = await client.post(f"{url}/v1/models/{names[next(nxt)]}/predict", json=body)
+                if r.status_code != 200:
+                    errors += 1
+                    continue
+                latencies.append(time.perf_counter() - t)
+                done += 2
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        wall = time.perf_counter() - t0
+    lat = np.array(latencies or [float("nan")]) * 1000
+    return {"texts_s": done / wall, "p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
+            "errors": errors}
+
+
+def cold_loads(model_dirs: list[Path], count: int) -> dict:
+    """Seconds to load one more adapter into a BasePool over the base (after the first two): mixed slots
+    and per-run module trees, `count` each (in this process)."""
+    import numpy as np
+    import torch
+
+    from lorafit.infer.pool import BasePool
+    from lorafit.runs.compat import read_run_folder
+
+    out = {}
+    for mixed in (True, False):
+        dirs = model_dirs[:count + 2]
+        pool = BasePool(torch.device("cpu"), expected=[read_run_folder(d).cfg for d in dirs], mixed=mixed)
+        for d in dirs[:2]:  # the base's tensors read, the mixed base built
+            pool.load(d)
+        times = []
+        for d in dirs[2:]:
+            t = time.perf_counter()
+            loaded = pool.load(d).loaded
+            times.append(time.perf_counter() - t)
+            assert (loaded.mixed is not None) == mixed
+        out["mixed" if mixed else "apart"] = (float(np.percentile(times, 50)), float(np.percentile(times, 99)))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=default_model())
+    ap.add_argument("--counts", default="1,10,100", help="adapters served by the mixed server (1: the merged one)")
+    ap.add_argument("--anchor-counts", default="10,100", help="counts also served with --no-mixed")
+    ap.add_argument("--traffic", default="uniform,zipf")
+    ap.add_argument("--seconds", type=float, default=20.0, help="measured seconds per server and traffic")
+    ap.add_argument("--warm", type=float, default=3.0, help="warm-up seconds before each measurement")
+    ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=10, help="optimizer steps of each source run")
+    ap.add_argument("--cold", type=int, default=10, help="adapters loaded one by one for the cold-load times")
+    ap.add_argument("--work", default="/tmp/lorafit-serve-many", help="folder for the runs (kept for reruns)")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "RESULTS.md"))
+    args = ap.parse_args()
+    import pandas as pd
+
+    counts = [int(c) for c in args.counts.split(",")]
+    anchors = [int(c) for c in args.anchor_counts.split(",") if c]
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    sources = [train_source(args.model, DATA / "agnews" / "train.csv", work / "src-agnews", args.steps),
+               train_source(args.model, DATA / "sst2" / "train.csv", work / "src-sst2", args.steps)]
+    n_max = max(counts + anchors)
+    sizes = [copy_adapter(sources[i % 2], work / "adapters" / f"a{i:04d}", seed=i) for i in range(n_max)]
+    dirs = [work / "adapters" / f"a{i:04d}" for i in range(n_max)]
+    titles = pd.read_csv(DATA / "agnews" / "train.csv")["text"].astype(str).tolist()[-2000:]
+    texts = [" ".join(t.split()[:12]) for t in titles]  # short texts: about a title's length
+
+    py = sys.executable
+    serve = [py, "-m", "lorafit", "serve", "--port", "0", "--queue", "4096"]
+    servers = [("one", 1, [])] + [(f"mixed {n}", n, []) for n in counts if n > 1]
+    servers += [(f"apart {n}", n, ["--no-mixed"]) for n in anchors]
+    results = {}
+    for label, n, extra in servers:
+        names = [d.name for d in dirs[:n]]
+        t0 = time.perf_counter()
+        proc, url = start(serve + extra + [str(d) for d in dirs[:n]], timeout=1800)
+        startup = time.perf_counter() - t0
+        try:
+            res = {"startup": startup, "traffic": {}}
+            for k, traffic in enumerate(args.traffic.split(",")):
+                asyncio.run(load(url, names, texts, traffic, args.clients, args.warm, seed=100 + k))
+                res["traffic"][traffic] = asyncio.run(load(url, names, texts, traffic, args.clients, args.seconds,
+                                                           seed=k))
+                res["traffic"][traffic]["load"] = os.getloadavg()[0]
+            res["rss"] = memory_mb(proc.pid)[0]
+        finally:
+            stop(proc)
+        results[label] = res
+        print(f"{label}: start-up {startup:.1f} s, RSS {res['rss']:.0f} MB, " + ", ".join(
+            f"{t} {r['texts_s']:.1f} texts/s p50 {r['p50']:.0f} p99 {r['p99']:.0f} ms ({r['errors']} errors, load "
+            f"{r['load']:.1f})" for t, r in res["traffic"].items()), file=sys.stderr, flush=True)
+    cold = cold_loads(dirs, min(args.cold, n_max - 2)) if n_max >= 3 else {}
+
+    one = results["one"]
+    lines = ["| server | adapters' files MB | start-up s | RSS MB | " + " | ".join(
+        f"{t} texts/s (x one) | {t} p50/p99 ms" for t in args.traffic.split(",")) + " |",
+             "|---|---|---|---|" + "---|---|" * len(args.traffic.split(","))]
+    for label, n, _ in servers:
+        res = results[label]
+        cells = []
+        for t, r in res["traffic"].items():
+            cells.append(f"{r['texts_s']:.1f} ({r['texts_s'] / one['traffic'][t]['texts_s']:.2f}x)"
+                         + (f", {r['errors']} errors" if r["errors"] else "") + f" | {r['p50']:.0f}/{r['p99']:.0f}")
+        lines.append(f"| {label} | {sum(sizes[:n]) / 2**20:.1f} | {res['startup']:.1f} | {res['rss']:.0f} | "
+                     + " | ".join(cells) + " |")
+    if cold:
+        lines += ["", f"Cold load of one more MiniLM adapter into a BasePool in this process (p50 / p99 of "
+                  f"{min(args.cold, n_max - 2)}): mixed slot {cold['mixed'][0] * 1000:.0f} / {cold['mixed'][1] * 1000:.0f} ms, "
+                  f"per-run module tree {cold['apart'][0] * 1000:.0f} / {cold['apart'][1] * 1000:.0f} ms."]
+    for n in counts:
+        if n > 1 and f"mixed {n}" in results:
+            budget = one["rss"] + 1.5 * sum(sizes[:n]) / 2**20
+            lines.append(f"Memory, {n} adapters mixed: RSS {results[f'mixed {n}']['rss']:.0f} MB against one adapter's "
+                         f"{one['rss']:.0f} MB + 1.5 x their files = {budget:.0f} MB.")
+    load_now = os.getloadavg()
+    detail = (f"C={args.clients}, {args.seconds:g} s per server and traffic after {args.warm:g} s warm-up, two short AG News "
+              f"texts (first 12 words) a request; MiniLM-L6 LoRA adapters (r 8, query/value, head model) copied from "
+              f"two runs of {args.steps} steps with perturbed A/B, 4- and 2-class alternately; load average per "
+              f"measurement in the log, {load_now[0]:.1f} / {load_now[1]:.1f} / {load_now[2]:.1f} (1/5/15 min) at the "
+              "end: a shared 2-core machine, compare ratios within this run. Not measured here: 1,000 adapters with "
+              "--max-loaded (needs --adapters-dir), cold load as a first request over HTTP, other adapters' p99 during "
+              "a cold load")
+    from compare import append_section
+
+    print(append_section(args.out, "lorafit serve: many adapters, mixed batches", detail, lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
