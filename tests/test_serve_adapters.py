@@ -372,3 +372,49 @@ def test_mean_pooling_reads_the_mask_of_its_own_threads_forward():
     for t in threads:
         t.join(30)
     assert got[0].tolist() == [[1.0, 2.0]] and got[1].tolist() == [[4.0, 5.0]]
+
+
+@pytest.mark.slow
+def test_a_request_whose_client_left_holds_its_run_until_its_forward_ends(adapters):
+    """A job cancelled while its forward runs: `released` (what the server waits for before it lets the
+    registry unload the run) is done only once that forward has ended; a job cancelled while it waits
+    is released at once."""
+    import torch
+
+    from lorafit.serve.batcher import Batcher
+    from lorafit.serve.registry import Registry
+
+    d, _ = adapters
+    run = Registry.load([("topics", d / "topics")], device=torch.device("cpu")).runs["topics"]
+    started, resume = threading.Event(), threading.Event()
+
+    def hook(size):  # in the stream's thread, just before its forward
+        started.set()
+        resume.wait(60)
+
+    async def go():
+        batcher = Batcher(max_batch=4, max_wait_ms=0, on_batch=hook, streams=1).start()
+        try:
+            job = batcher.submit(run, TEXTS[:2])
+            for _ in range(600):
+                if started.is_set():
+                    break
+                await asyncio.sleep(0.01)
+            batcher.cancel(job)  # taken: its forward is held in the hook
+            await asyncio.sleep(0.2)
+            assert not job.released.done()
+            resume.set()
+            await asyncio.wait_for(job.released, 60)
+            started.clear()
+            waiting = Batcher(max_batch=4, max_wait_ms=60_000).start()  # never takes it within the test
+            try:
+                queued = waiting.submit(run, TEXTS[:1])
+                waiting.cancel(queued)
+                await asyncio.wait_for(queued.released, 5)
+            finally:
+                waiting.stop()
+        finally:
+            resume.set()
+            batcher.stop()
+
+    asyncio.run(asyncio.wait_for(go(), 120))

@@ -27,6 +27,9 @@ Stopped (the server answers 503), no round or forward starts for it any more, an
 already running finish; `stop` then joins the threads, so no thread is inside torch when the
 interpreter shuts down (a daemon thread there aborts the process: `terminate called without an
 active exception`, exit 134). texts_computed / texts_dropped count every submitted text once.
+A job's `released` is done once no stream computes with its run any more (its round ended, or it
+never started): the server holds a run loaded on demand until then, so the registry never unloads
+a run under a forward (a request whose client left may still have rows in one).
 
 Streams: `streams` worker threads take rounds from the one queue (a round per thread; arrival order
 kept). Why more than one on a CPU: one forward over torch's intra-op threads (one per core) loses a
