@@ -126,6 +126,7 @@ class MixedBase:
         self.tokenizers: dict[str, object] = {}
         self.lock = threading.Lock()  # add/remove (forwards read the dicts without it)
         self._slots = itertools.count()
+        self._shared: Optional[int] = None
         self.pad: Optional[int] = None  # the padding token id of every run's tokenizer (the first run's)
 
     # ---------------------------------------------------------------- adding and removing runs
@@ -208,7 +209,9 @@ class MixedBase:
                     + (0 if h.dense is None or h.dense_lora is not None else sum(t.numel() for t in h.dense)))
 
     def shared_parameters(self) -> int:
-        return sum(p.numel() for p in self.encoder.parameters())
+        if self._shared is None:  # counted once: the base's parameters do not change
+            self._shared = sum(p.numel() for p in self.encoder.parameters())
+        return self._shared
 
     def _module(self, name: str) -> Optional[nn.Module]:
         """A module of the base model by its full name (prefix included), wrapped or not."""
