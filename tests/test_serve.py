@@ -247,15 +247,14 @@ def test_startup_errors_are_one_line_exit_2(runs, tmp_path):
     busy.listen()
     import shutil
 
-    import yaml
-
-    regression = tmp_path / "regression"  # a run of another task type: refused, not answered by argmax
-    shutil.copytree(runs["topics"], regression)
-    cfg = yaml.safe_load((regression / "config.yaml").read_text())
-    cfg["data"]["task"], cfg["train"]["metric"] = "regression", "pearson"
-    (regression / "config.yaml").write_text(yaml.safe_dump(cfg))
+    unfinished = tmp_path / "unfinished"  # a run whose training did not finish: no weights
+    shutil.copytree(runs["topics"], unfinished)
+    shutil.rmtree(unfinished / "adapter")
     cases = [
-        ([str(regression)], "answers single_label runs only"),
+        ([str(unfinished)], "no trained weights (adapter/ missing)"),
+        (["--adapters-dir", str(tmp_path / "missing")], "--adapters-dir: "),
+        ([str(runs["topics"]), "--max-loaded", "2"], "give --adapters-dir DIR"),
+        ([], "give at least one RUN_DIR, or --adapters-dir DIR"),
         ([str(tmp_path / "missing")], "no such run directory"),
         ([str(tmp_path)], "not a finished lorafit run"),
         ([f"a={runs['topics']}", f"a={runs['binary']}"], "two runs are named 'a'"),

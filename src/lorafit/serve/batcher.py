@@ -65,8 +65,21 @@ class Job:
     texts: list[str]
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
+    pairs: list[str] | None = None   # the second texts of text pairs (a run trained on pairs)
     queued_at: float = field(default_factory=time.monotonic)
     cancelled: bool = False          # the client went away: skip if not started
+    # done when no stream computes with the job's run any more (its round ended, or it never started):
+    # the registry may unload a run only then (a cancelled job's forward may still be running)
+    released: asyncio.Future | None = None
+
+    def let_go(self) -> None:
+        def set_it():
+            if self.released is not None and not self.released.done():
+                self.released.set_result(None)
+        try:
+            self.loop.call_soon_threadsafe(set_it)
+        except RuntimeError:  # the loop has closed
+            pass
 
     def finish(self, value=None, error: BaseException | None = None) -> None:
         def set_it():
@@ -120,9 +133,9 @@ class Batcher:
         with self.cond:
             return len(self.pending) + len(self.taken)
 
-    def submit(self, run, texts: list[str]) -> Job:
+    def submit(self, run, texts: list[str], pairs: list[str] | None = None) -> Job:
         loop = asyncio.get_running_loop()
-        job = Job(run, texts, loop.create_future(), loop)
+        job = Job(run, texts, loop.create_future(), loop, pairs, released=loop.create_future())
         with self.cond:
             if self.stopping:
                 raise Stopped()
@@ -139,8 +152,9 @@ class Batcher:
             try:
                 self.pending.remove(job)
             except ValueError:
-                return  # already taken: its stream skips its texts not yet computed
+                return  # already taken: its stream skips its texts not yet computed, and lets go at the round's end
             self.texts_dropped += len(job.texts)
+            job.let_go()
 
     def drop(self) -> None:
         """Shutting down: fail every request waiting or taken with Stopped (its client is answered 503 now)
@@ -149,6 +163,7 @@ class Batcher:
             self.stopping = True
             for job in self.pending:
                 self.texts_dropped += len(job.texts)
+                job.let_go()  # never started (the taken ones let go when their round ends)
             for job in (*self.pending, *self.taken):
                 if not job.cancelled:  # a cancelled one has nobody waiting (its error would never be read)
                     job.cancelled = True
@@ -196,6 +211,7 @@ class Batcher:
                 job = self.pending.popleft()
                 if job.cancelled or job.future.done():
                     self.texts_dropped += len(job.texts)
+                    job.let_go()
                     continue
                 jobs.append(job)
                 per_group[group_of(job.run)] = n + len(job.texts)
@@ -216,6 +232,8 @@ class Batcher:
                 with self.cond:
                     self.taken.difference_update(jobs)
                     self.busy -= 1
+                for job in jobs:
+                    job.let_go()
 
     def _share_cores(self) -> None:
         """This stream's intra-op threads for its next forward: the cores over the streams busy now.
@@ -248,14 +266,17 @@ class Batcher:
         out = [np.zeros((len(j.texts), len(j.run.labels)), dtype=np.float32) for j in group]
         try:
             ids: list = [None] * len(owner)
-            by_run: dict[int, list[int]] = {}  # a run's texts encoded in one call
+            types: list = [None] * len(owner)  # segment ids of pair rows (a run trained on pairs)
+            by_run: dict[int, list[int]] = {}  # a run's texts (and pair texts) encoded in one call
             for k, job in enumerate(group):
                 by_run.setdefault(id(job.run), []).append(k)
             for ks in by_run.values():
                 rows = [i for k in ks for i in range(first[k], first[k + 1])]
-                encoded = engine.encode(group[ks[0]].run, [t for k in ks for t in group[k].texts])[0]
-                for i, x in zip(rows, encoded):
+                pairs = None if group[ks[0]].pairs is None else [p for k in ks for p in group[k].pairs]
+                encoded, segments, _ = engine.encode(group[ks[0]].run, [t for k in ks for t in group[k].texts], pairs)
+                for n, (i, x) in enumerate(zip(rows, encoded)):
                     ids[i] = x
+                    types[i] = None if segments is None else segments[n]
             runs = [_loaded(group[k].run) for k in owner]
             for idx in engine.plan_forwards([len(x) for x in ids], self.max_batch):
                 keep = [i for i in idx if not group[owner[i]].cancelled]  # its client went away, or drop()
@@ -265,7 +286,7 @@ class Batcher:
                     continue
                 self._share_cores()
                 self.on_batch(len(idx))
-                rows = engine.forward_rows([runs[i] for i in idx], [ids[i] for i in idx])
+                rows = engine.forward_rows([runs[i] for i in idx], [ids[i] for i in idx], [types[i] for i in idx])
                 self._count(computed=len(idx))
                 for i, row in zip(idx, rows):
                     k = owner[i]
@@ -285,6 +306,7 @@ def _loaded(run):
 
 
 def group_of(run) -> object:
-    """Runs computed together: the slots of one mixed base (infer/mixed.py), else each run alone."""
+    """Runs computed together: the slots of one mixed base (infer/mixed.py), else each run alone (by
+    identity, not name: a run unloaded and loaded again on demand is another object)."""
     mixed = getattr(_loaded(run), "mixed", None)
-    return ("mixed", id(mixed[0])) if mixed is not None else ("run", run.name)
+    return ("mixed", id(mixed[0])) if mixed is not None else ("run", id(run))
