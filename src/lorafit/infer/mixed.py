@@ -8,9 +8,9 @@ own `Head` (pooling, the dense+tanh of BERT's pooler or RoBERTa's classifier whe
 and the output layer; any label count). A forward is given the rows sorted by run, as segments
 (slot, first row, end row): the base's matmuls run over all rows at once, and each wrapped layer adds
 each segment's low-rank product (x[s:e] @ Aᵀ) @ s·Bᵀ, or applies that segment's own norm; then each
-segment's head reads its rows' states. Rows are grouped (Punica's SGMV) rather than gathered per
-row (BGMV: a batched matmul over per-row copies of A and B padded to the largest rank): on CPU the
-grouped products were faster in bench/serve_many.py's measurement (bench/RESULTS.md).
+segment's head reads its rows' states (the layers: infer/mixed_layers.py). Rows are grouped
+(Punica's SGMV) rather than gathered per row (BGMV: batched matmuls over per-row copies of A and B,
+padded to the largest rank); bench/serve_many.py times both at MiniLM's shapes (bench/RESULTS.md).
 
 Why exact: LoRA is y = W x + b + s·B(A x) per row (PEFT's unmerged forward, dropout off at
 inference), and a LayerNorm, the attention (padding masked out), the pooling and the head read one
@@ -38,14 +38,14 @@ import hashlib
 import itertools
 import json
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
+
+from .mixed_layers import Head, MultiLayerNorm, MultiLoraLinear, Route
 
 if TYPE_CHECKING:
     from .loaded import LoadedRun
@@ -53,73 +53,6 @@ if TYPE_CHECKING:
 ARCHS = {"BertForSequenceClassification": "bert", "RobertaForSequenceClassification": "roberta"}
 HEADS = ("model", "lora_dense", "cls_linear", "mean_linear")
 PREFIX = "base_model.model."  # PEFT's prefix of every key in adapter_model.safetensors
-
-
-class _Route(threading.local):
-    """The forward running in this thread (serve's streams compute side by side): its segments, and
-    whether its last layer runs on the first token only."""
-    segments: tuple = ()
-    first_token: bool = False
-
-
-class MultiLoraLinear(nn.Module):
-    """A frozen Linear shared by every run, plus each run's LoRA product on its rows."""
-
-    def __init__(self, base: nn.Linear, route: _Route):
-        super().__init__()
-        self.base, self.route = base, route
-        self.loras: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # slot -> (Aᵀ, scale·Bᵀ)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
-        for slot, s, e in self.route.segments:
-            lora = self.loras.get(slot)
-            if lora is not None:
-                a, b = lora
-                rows = y[s:e].view(-1, y.shape[-1])  # a view: rows of a contiguous output
-                rows.addmm_(x[s:e].reshape(-1, x.shape[-1]) @ a, b)
-        return y
-
-
-class MultiLayerNorm(nn.Module):
-    """A LayerNorm whose weight and bias some runs trained: those runs' rows use their own."""
-
-    def __init__(self, base: nn.LayerNorm, route: _Route):
-        super().__init__()
-        self.base, self.route = base, route
-        self.own: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # slot -> (weight, bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
-        for slot, s, e in self.route.segments:
-            own = self.own.get(slot)
-            if own is not None:
-                y[s:e] = F.layer_norm(x[s:e], self.base.normalized_shape, own[0], own[1], self.base.eps)
-        return y
-
-
-@dataclass
-class Head:
-    """One run's head: pool (first token or masked mean), optionally dense + tanh (BERT's pooler,
-    RoBERTa's classifier.dense; with the run's LoRA when head.type is lora_dense), then the output layer."""
-    pool: str
-    out: tuple[torch.Tensor, torch.Tensor]
-    dense: Optional[tuple[torch.Tensor, torch.Tensor]] = None
-    dense_lora: Optional[tuple[torch.Tensor, torch.Tensor]] = None
-    first_token: bool = False  # reads the first token only, and the run allows train.last_layer_first_token
-
-    def __call__(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        if self.pool == "cls":
-            x = hidden[:, 0]
-        else:  # heads.Pool's masked mean
-            m = mask.to(hidden.dtype).unsqueeze(-1)
-            x = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
-        if self.dense is not None:
-            h = F.linear(x, *self.dense)
-            if self.dense_lora is not None:
-                h = h + (x @ self.dense_lora[0]) @ self.dense_lora[1]
-            x = torch.tanh(h)
-        return F.linear(x, *self.out)
 
 
 def _head_names(arch: str, prefix: str) -> tuple[str, str]:
@@ -186,13 +119,14 @@ class MixedBase:
         self.encoder.pooler = None  # every run's pooling is its own Head
         self.encoder.requires_grad_(False).eval()
         self.modules = dict(self.encoder.named_modules())
-        self.route = _Route()
+        self.route = Route()
         self._first_token_layer(model)
         self.heads: dict[int, Head] = {}
         self.owners: dict[int, list[nn.Module]] = {}  # slot -> wrapped modules holding its tensors
         self.tokenizers: dict[str, object] = {}
         self.lock = threading.Lock()  # add/remove (forwards read the dicts without it)
         self._slots = itertools.count()
+        self._shared: Optional[int] = None
         self.pad: Optional[int] = None  # the padding token id of every run's tokenizer (the first run's)
 
     # ---------------------------------------------------------------- adding and removing runs
@@ -275,7 +209,9 @@ class MixedBase:
                     + (0 if h.dense is None or h.dense_lora is not None else sum(t.numel() for t in h.dense)))
 
     def shared_parameters(self) -> int:
-        return sum(p.numel() for p in self.encoder.parameters())
+        if self._shared is None:  # counted once: the base's parameters do not change
+            self._shared = sum(p.numel() for p in self.encoder.parameters())
+        return self._shared
 
     def _module(self, name: str) -> Optional[nn.Module]:
         """A module of the base model by its full name (prefix included), wrapped or not."""
