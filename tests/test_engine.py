@@ -63,7 +63,7 @@ def _inputs(rows: pd.DataFrame):
     return rows["text"].tolist(), rows["hypothesis"].tolist() if "hypothesis" in rows else None
 
 
-def _served_logits(run_dir, texts):
+def _served_logits(run_dir, texts, pairs=None):
     """What `lorafit serve` answers, computed in-process: the registry's run through the batcher."""
     import torch
 
@@ -75,7 +75,9 @@ def _served_logits(run_dir, texts):
     async def go():
         batcher = Batcher(max_batch=4, max_wait_ms=20).start()
         try:
-            jobs = [batcher.submit(reg.runs["m"], texts[:5]), batcher.submit(reg.runs["m"], texts[5:])]
+            cut = lambda part: None if pairs is None else pairs[part]
+            jobs = [batcher.submit(reg.runs["m"], texts[:5], cut(slice(5))),
+                    batcher.submit(reg.runs["m"], texts[5:], cut(slice(5, None)))]
             return await asyncio.wait_for(asyncio.gather(*(j.future for j in jobs)), 120)
         finally:
             batcher.stop()
@@ -124,8 +126,7 @@ def test_predict_evaluate_serve_and_export_give_the_engines_logits(engine_runs, 
         if isinstance(value, float):
             assert value == pytest.approx(calibration.get(key, value), abs=1e-4), key
 
-    if pairs is None:  # serve takes single-text runs only so far
-        np.testing.assert_allclose(_served_logits(run_dir, texts), ref, atol=1e-4)
+    np.testing.assert_allclose(_served_logits(run_dir, texts, pairs), ref, atol=1e-4)
 
     np.testing.assert_allclose(_lorafit_logits(run_dir, texts, pairs, 4), ref, atol=1e-4)  # the check's reference
     manifest = export_run(ExportSettings(run_dir, "onnx", tmp_path / "onnx", check=str(labelled), batch_size=4),

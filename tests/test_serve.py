@@ -247,15 +247,14 @@ def test_startup_errors_are_one_line_exit_2(runs, tmp_path):
     busy.listen()
     import shutil
 
-    import yaml
-
-    regression = tmp_path / "regression"  # a run of another task type: refused, not answered by argmax
-    shutil.copytree(runs["topics"], regression)
-    cfg = yaml.safe_load((regression / "config.yaml").read_text())
-    cfg["data"]["task"], cfg["train"]["metric"] = "regression", "pearson"
-    (regression / "config.yaml").write_text(yaml.safe_dump(cfg))
+    unfinished = tmp_path / "unfinished"  # a run whose training did not finish: no weights
+    shutil.copytree(runs["topics"], unfinished)
+    shutil.rmtree(unfinished / "adapter")
     cases = [
-        ([str(regression)], "answers single_label runs only"),
+        ([str(unfinished)], "no trained weights (adapter/ missing)"),
+        (["--adapters-dir", str(tmp_path / "missing")], "--adapters-dir: "),
+        ([str(runs["topics"]), "--max-loaded", "2"], "give --adapters-dir DIR"),
+        ([], "give at least one RUN_DIR, or --adapters-dir DIR"),
         ([str(tmp_path / "missing")], "no such run directory"),
         ([str(tmp_path)], "not a finished lorafit run"),
         ([f"a={runs['topics']}", f"a={runs['binary']}"], "two runs are named 'a'"),
@@ -324,10 +323,22 @@ def test_auth_overload_recovery_and_sigterm_drain(runs, tmp_path):
         s.stop()
 
 
+def _frozen(run) -> dict:
+    """A served run's frozen base tensors: plain name -> data_ptr (a mixed slot's are its mixed base's)."""
+    from lorafit.infer.pool import owned
+
+    if run.loaded.mixed is not None:
+        base = run.loaded.mixed[0]
+        return {f"{base.prefix}.{n}".replace(".base.", "."): p.data_ptr() for n, p in base.encoder.named_parameters()}
+    return {n.rsplit("base_model.model.", 1)[-1]: p.data_ptr() for n, p in run.model.named_parameters() if not owned(n)}
+
+
 @pytest.mark.slow
-def test_runs_over_one_base_hold_one_copy_of_its_files(runs, tiny_roberta, tmp_path):
+@pytest.mark.parametrize("mixed", [True, False])
+def test_runs_over_one_base_hold_one_copy_of_its_files(runs, tiny_roberta, tmp_path, mixed):
     """Registry in-process: topics and binary (one tiny RoBERTa folder) are built over one read of its
-    checkpoint (their frozen tensors are the same memory); a run over a byte-equal copy of that folder
+    checkpoint (their frozen tensors are the same memory: slots of one mixed base, or, with mixed
+    batches off, their own module trees over it); a run over a byte-equal copy of that folder
     gets its own (shared by file identity, never by a path it did not read) and the same logits as
     binary; a checkpoint whose file changed is read again."""
     import os
@@ -340,7 +351,7 @@ def test_runs_over_one_base_hold_one_copy_of_its_files(runs, tiny_roberta, tmp_p
 
     def tokenize_texts(run, texts):
         return encode(run, texts)[0]
-    from lorafit.infer.pool import base_state, owned
+    from lorafit.infer.pool import base_state
     from lorafit.serve.registry import Registry, check_run
 
     copy, other = tmp_path / "tiny-roberta-copy", tmp_path / "other"
@@ -350,9 +361,9 @@ def test_runs_over_one_base_hold_one_copy_of_its_files(runs, tiny_roberta, tmp_p
     cfg["model"]["name"] = str(copy)
     (other / "config.yaml").write_text(yaml.safe_dump(cfg))
     reg = Registry.load([("topics", runs["topics"]), ("binary", runs["binary"]), ("other", other)],
-                        device=torch.device("cpu"))
-    frozen = {name: {n.rsplit("base_model.model.", 1)[-1]: p.data_ptr() for n, p in run.model.named_parameters()
-                     if not owned(n)} for name, run in reg.runs.items()}
+                        device=torch.device("cpu"), mixed=mixed)
+    assert [r.loaded.mixed is not None for r in reg.runs.values()] == [mixed, mixed, False]  # other: alone, merged
+    frozen = {name: _frozen(run) for name, run in reg.runs.items()}
     word = "roberta.embeddings.word_embeddings.weight"
     assert frozen["topics"][word] == frozen["binary"][word] != frozen["other"][word]
     both = set(frozen["topics"].values()) & set(frozen["binary"].values())
@@ -403,8 +414,9 @@ def test_a_round_takes_several_forwards_worth_sorted_by_length(runs):
     """Four requests of three texts wait together (submitted under the batcher's lock): with
     --max-batch 4 one round takes all twelve, sorted by length and cut as plan_forwards cuts them
     (no forward over 4 texts), and every text gets the logits it has alone; --max-round 4 bounds a
-    round to the requests that fit (each request then its own round); the bound is per run (two runs'
-    requests alternating, --max-round 6: one round of 6 + 6)."""
+    round to the requests that fit (each request then its own round); the bound is per group (two runs'
+    requests alternating, --max-round 6: two rounds of 6 when they are slots of one mixed base, one
+    round of 6 + 6 when each run is its own group)."""
     import asyncio
 
     import torch
@@ -454,6 +466,12 @@ def test_a_round_takes_several_forwards_worth_sorted_by_length(runs):
     assert rounds == [3, 3, 3, 3]
     check(logits, alone(one_run))
     two_runs = [(reg.runs[("topics", "binary")[k % 2]], r) for k, r in enumerate(texts)]
+    logits, forwards, rounds = serve(two_runs, max_round=6)
+    assert rounds == [6, 6]  # slots of one mixed base: one group, its rows in shared forwards
+    check(logits, alone(two_runs))
+    apart = Registry.load([("topics", runs["topics"]), ("binary", runs["binary"])], device=torch.device("cpu"),
+                          mixed=False)
+    two_runs = [(apart.runs[("topics", "binary")[k % 2]], r) for k, r in enumerate(texts)]
     logits, forwards, rounds = serve(two_runs, max_round=6)
     assert rounds == [12]
     check(logits, alone(two_runs))

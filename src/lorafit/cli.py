@@ -123,7 +123,15 @@ def _serve_args(sub) -> None:
     from .serve.settings import LOG_LEVELS, defaults
 
     d = defaults()  # ServeSettings' own: the library and the command cannot drift apart
-    sv.add_argument("runs", nargs="+", metavar="[NAME=]RUN_DIR", help="runs to serve; named by NAME= or their folder's name")
+    sv.add_argument("runs", nargs="*", metavar="[NAME=]RUN_DIR", help="runs to serve, loaded at start and never unloaded; "
+                                                                   "named by NAME= or their folder's name")
+    sv.add_argument("--adapters-dir", metavar="DIR", help="every run folder in DIR is served by its folder name, loaded on "
+                                                          "its first request (default: none)")
+    sv.add_argument("--max-loaded", type=int, default=d["max_loaded"], help="most runs of --adapters-dir loaded at once; "
+                    "beyond it the least recently used is unloaded (default: %(default)s, no limit)")
+    sv.add_argument("--max-adapter-memory", type=float, default=d["max_adapter_memory"], metavar="MB",
+                    help="most MB the loaded runs of --adapters-dir may hold on their own (adapter, head; the shared base "
+                         "not counted); beyond it the least recently used is unloaded (default: %(default)s, no limit)")
     sv.add_argument("--host", default=d["host"], help="address to bind (default: %(default)s; another needs "
                                                          "--api-key-file or --insecure)")
     sv.add_argument("--port", type=int, default=d["port"], help="port; 0: any free one, printed at start")
@@ -143,6 +151,9 @@ def _serve_args(sub) -> None:
                                                            "answered 503 + Retry-After, then exit 0")
     sv.add_argument("--log-level", default=d["log_level"], choices=LOG_LEVELS,
                     help="uvicorn's log level")
+    sv.add_argument("--no-mixed", dest="mixed", action="store_false", default=d["mixed"],
+                    help="compute each run's texts in forwards of their own, not in forwards shared by the runs over one "
+                         "base (the anchor bench/serve_many.py compares with; default: shared)")
 
 
 def _export_args(sub) -> None:

@@ -7,8 +7,9 @@ serve batcher all compute here, so they truncate, pair, pad and batch the same w
 into forwards (plan_forwards) and yields each forward's (row indices, logits) as it is computed, so
 a caller can stream results. `logits` collects them in input order.
 
-The place where one forward over several runs that share a base would go is `forward`: today a
-forward is one run's rows through that run's backend."""
+`forward` is one run's rows through that run's backend; `forward_rows` takes rows tagged with their
+run: rows of runs that are slots of one mixed base (infer/mixed.py) go through one forward together,
+any other run's rows through that run's own forwards."""
 from __future__ import annotations
 
 from typing import Callable, Iterator, Optional, Sequence
@@ -62,6 +63,30 @@ def forward(run: LoadedRun, ids: Sequence[Sequence[int]], types: Optional[Sequen
     """One forward over these token ids (and segment ids), padded to the longest: float32 logits."""
     items = [(x, None) for x in ids] if types is None else [(x, None, t) for x, t in zip(ids, types)]
     return run.backend(Collator(run.tokenizer.pad_token_id)(items))
+
+
+def forward_rows(runs: Sequence[LoadedRun], ids: Sequence[Sequence[int]],
+                 types: Optional[Sequence[Optional[Sequence[int]]]] = None) -> list[np.ndarray]:
+    """Row i (token ids, segment ids or None) of run runs[i], all in one forward where their runs share
+    a mixed base: each row's float32 logits (of its run's width: runs may differ in label count).
+    Callers cut rows into forwards (plan_forwards) as for one run."""
+    from . import mixed
+
+    groups: dict[int, list[int]] = {}
+    for i, run in enumerate(runs):  # a mixed base's rows together; any other run's rows apart
+        groups.setdefault(id(run.mixed[0]) if run.mixed is not None else id(run), []).append(i)
+    out: list = [None] * len(ids)
+    for rows in groups.values():
+        sub_types = None if types is None else [types[i] for i in rows]
+        first = runs[rows[0]]
+        if first.mixed is not None:
+            parts = mixed.forward_rows([runs[i] for i in rows], [ids[i] for i in rows], sub_types)
+        else:
+            parts = forward(first, [ids[i] for i in rows], None if sub_types is None or all(t is None for t in sub_types)
+                            else sub_types)
+        for i, part in zip(rows, parts):
+            out[i] = part
+    return out
 
 
 def iter_logits(run: LoadedRun, texts: Sequence[str], pairs: Optional[Sequence[str]] = None, *,

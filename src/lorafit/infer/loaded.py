@@ -1,7 +1,7 @@
 """A finished run, loaded for inference: the model and what decoding its logits needs (task, labels,
 temperature, thresholds), the tokenizer and the run's encoding settings (max_length, truncation), and
-the backend that turns one padded batch into logits (the torch model, or an ONNX Runtime session of
-its export). Built by one loader, `load_run`, from a run folder, optionally over a shared base's
+the backend that turns one padded batch into logits (the torch model, an ONNX Runtime session of
+its export, or a slot of a base shared with other runs in mixed batches: infer/mixed.py). Built by one loader, `load_run`, from a run folder, optionally over a shared base's
 tensors (infer/pool.py)."""
 from __future__ import annotations
 
@@ -54,6 +54,7 @@ class LoadedRun:
     thresholds: Optional[dict] = None     # thresholds.json's (multi_label runs)
     device: Optional[torch.device] = None
     run_dir: Optional[Path] = None
+    mixed: Optional[tuple] = None         # (infer.mixed.MixedBase, slot): a slot of a mixed base (model is None)
 
     @property
     def max_length(self) -> int:

@@ -22,10 +22,21 @@ counts them). Full fine-tuning runs train every tensor: they are their own model
 Packed inference (speed/packed.py) packs each shared weight once (a packed copy per run would undo
 the sharing).
 
+Mixed batches: with `mixed` (the default), an adapter run that infer/mixed.py represents exactly
+(plain LoRA over a BERT or RoBERTa base in plain safetensors: its docstring lists what falls back) is
+not built as its own PEFT model but added as slots to one MixedBase per shared base, so rows of
+several runs are computed in one forward (engine.forward_rows); the rest load as below.
+
 The one difference from predict, for runs that share a base: LoRA is not merged into it (a merge
 would change the shared weights for every run), so each LoRA layer adds its low-rank product at run
 time; logits agree with predict's merged model to float rounding (tests/test_serve.py checks 1e-4).
-A run alone over its base (and a full fine-tuning run) is loaded exactly as predict loads it, merged."""
+A run alone over its base (and a full fine-tuning run) is loaded exactly as predict loads it, merged.
+
+Runs loaded on demand (`lorafit serve --adapters-dir`) are not known when the pool starts, so the
+caller says `share=True`: every one of them is built unmerged over the shared base, whatever else is
+loaded. `release` is the other half: an unloaded run's tensors leave the pool's index (else the held
+lists would keep every run ever loaded alive and grow the equality scan), and its memory goes back
+to the OS."""
 from __future__ import annotations
 
 import gc
@@ -95,6 +106,14 @@ class SharedBase:
                 shared += p.numel()
         return own, shared
 
+    def release(self, model: torch.nn.Module) -> None:
+        """Forget `model`'s tensors that other runs did not take from it: each held list keeps its first
+        tensor (the base copy every later run over that base is compared to or built over)."""
+        mine = {id(p) for p in model.parameters()}
+        for held in self.tensors.values():
+            if len(held) > 1:
+                held[1:] = [q for q in held[1:] if id(q) not in mine]
+
 
 def _same_view(a, b) -> bool:
     """Two parameters over the same memory (runs built over one read checkpoint): equal without reading it."""
@@ -143,28 +162,43 @@ class BasePool:
     of that base (see the module docstring). expected: the configs of every run this pool will load
     (a run whose base no other expected run has is loaded as predict loads it: merged)."""
 
-    def __init__(self, device: Optional[torch.device] = None, expected: Iterable = ()):
+    def __init__(self, device: Optional[torch.device] = None, expected: Iterable = (), mixed: bool = True):
         from .loaded import default_device
 
         self.device = device or default_device()
         self.per_base = Counter(base_key(c) for c in expected if c.adapter.method != "full")
         self.shared, self.packed, self.states = SharedBase(), {}, {}
+        self.mixed = mixed
+        self.mixed_bases: dict[tuple, object] = {}  # (id of the base's tensors, attention) -> infer.mixed.MixedBase
 
-    def load(self, run_dir: str | Path, cfg=None, *, packed: Optional[bool] = None) -> PooledRun:
+    def load(self, run_dir: str | Path, cfg=None, *, packed: Optional[bool] = None,
+             share: Optional[bool] = None) -> PooledRun:
         """The run at run_dir (cfg: its config when already read); packed: speed/packed.py, None following
-        the run's speed.packed_inference."""
+        the run's speed.packed_inference; share: True builds an adapter run over the shared base whatever
+        was expected (runs loaded on demand), None decides by `expected` (a lone run merged)."""
         from ..runs.compat import read_run_folder
         from .loaded import load_run
 
         cfg = cfg if cfg is not None else read_run_folder(run_dir).cfg
         pack = cfg.speed.resolved("packed_inference") if packed is None else packed
-        if cfg.adapter.method == "full" or self.per_base[base_key(cfg)] <= 1:
+        alone = self.per_base[base_key(cfg)] <= 1 if share is None else not share
+        if cfg.adapter.method == "full" or alone:
             # nothing to share its base with: predict's own path (LoRA merged, packed as predict packs)
             loaded = load_run(run_dir, self.device, merge=True, packed=pack)
             model = loaded.model.requires_grad_(False)
             return PooledRun(loaded, sum(p.numel() for p in model.parameters()), 0)
         # unmerged (the base stays shared), unpacked (packing is done once per shared weight below)
         state = base_state(cfg, self.device, self.states)
+        if self.mixed and state is not None:
+            from . import mixed
+
+            if mixed.why_not(cfg) is None:
+                try:
+                    base = self._mixed_base(cfg, state, pack)
+                    loaded = mixed.load_run(base, run_dir)
+                    return PooledRun(loaded, base.own_parameters(loaded.mixed[1]), base.shared_parameters())
+                except mixed.NotMixable:
+                    pass  # loaded the per-run way below
         loaded = load_run(run_dir, self.device, merge=False, base_state=state, packed=False)
         model = loaded.model.requires_grad_(False)
         own, shared = self.shared.share(model, base_key(loaded.cfg))
@@ -173,3 +207,37 @@ class BasePool:
         if pack:
             _pack_shared(model, self.device, self.packed)
         return PooledRun(loaded, own, shared)
+
+    def _mixed_base(self, cfg, state: dict, pack: bool):
+        """The MixedBase over these base tensors (built on the first run that joins it)."""
+        from ..model.load import load_base
+        from .mixed import MixedBase
+
+        key = (id(state), cfg.model.attn_implementation)
+        if key not in self.mixed_bases:
+            model = load_base(cfg.model, ["0", "1"], state=state).to(self.device).eval()
+            if pack:
+                _pack_shared(model, self.device, self.packed)
+            self.mixed_bases[key] = MixedBase(model, self.device, key)
+        return self.mixed_bases[key]
+
+    def unload(self, loaded: LoadedRun) -> None:
+        """Forget what an unloaded run holds alone: its slots of a mixed base; or its model's tensors in the
+        shared index (the base's first, held copy stays for the next run over it) and the packed copies of
+        weights no other run holds (its head's Linear layers: packed.install keeps each weight beside its
+        copy). Once the caller drops its own references, `free()` hands the memory back."""
+        if loaded.mixed is not None:
+            base, slot = loaded.mixed
+            base.remove(slot)
+            return
+        if loaded.model is None:
+            return
+        self.shared.release(loaded.model)
+        held = {id(q) for tensors in self.shared.tensors.values() for q in tensors}
+        mine = {id(p) for p in loaded.model.parameters()} - held
+        for key in [k for k, (weight, _) in self.packed.items() if id(weight) in mine]:
+            del self.packed[key]
+
+    @staticmethod
+    def free() -> None:
+        _free_memory()

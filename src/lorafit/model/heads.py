@@ -6,6 +6,7 @@ so a reloaded model has exactly the trained structure.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import torch
@@ -59,7 +60,18 @@ class Pool(nn.Module):
     def __init__(self, mode: str):
         super().__init__()
         self.mode = mode
-        self.mask: torch.Tensor | None = None  # set per forward by a pre-hook on the model
+        # the attention mask of the forward running in each thread, set by a pre-hook on the model: per
+        # thread, since lorafit serve's streams run one model's forwards side by side (one shared mask
+        # let a forward pool over another's mask: wrong logits for some rows)
+        self._masks: dict[int, torch.Tensor | None] = {}
+
+    @property
+    def mask(self) -> torch.Tensor | None:
+        return self._masks.get(threading.get_ident())
+
+    @mask.setter
+    def mask(self, value: torch.Tensor | None) -> None:
+        self._masks[threading.get_ident()] = value
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.mode == "cls":

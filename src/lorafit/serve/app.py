@@ -1,7 +1,10 @@
-"""The HTTP API (FastAPI): predict per served run, model list, health, readiness, Prometheus metrics.
+"""The HTTP API (FastAPI): predict per served run (any task; text pairs for runs trained on them), the
+model list and on-demand load/unload (registry.py), health, readiness, Prometheus metrics.
 
 `create_app(registry, limits)` is importable, so the app runs under any ASGI server
-(`uvicorn 'lorafit.serve.app:from_env' --factory` with LORAFIT_SERVE_RUNS set, or your own code).
+(`uvicorn 'lorafit.serve.app:from_env' --factory` with LORAFIT_SERVE_RUNS and/or
+LORAFIT_SERVE_ADAPTERS_DIR set, or your own code). The answer's fields are the run's task's
+(tasks/*.py `response`): the app only checks the request's shape against the run and adds `logits`.
 Every client mistake is a 4xx with a one-line `detail` naming the field and the limit; the body
 is read with a byte cap before it is parsed, so an oversized body costs no more than the cap."""
 from __future__ import annotations
@@ -22,7 +25,7 @@ from ..tasks import task_of
 from .auth import BearerAuth, read_key
 from .batcher import Batcher, QueueFull, Stopped, auto_streams
 from .drain import AnswerCancelled, Drain
-from .registry import Registry
+from .registry import NotServable, Registry
 
 
 
@@ -47,15 +50,17 @@ class Limits:
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     texts: list[StrictStr]
+    text_pairs: Optional[list[StrictStr]] = None  # the second text of each pair (runs trained on pairs)
     probs: StrictBool = False
     logits: StrictBool = False
 
 
 class PredictResponse(BaseModel):
     model: str
-    labels: list[Any]
-    label_ids: list[int]
+    labels: list[Any]                 # a label (single_label), a list of labels (multi_label), a number (regression)
+    label_ids: Optional[list[int]] = None  # single_label
     probs: Optional[list[list[float]]] = None
+    thresholds: Optional[list[float]] = None  # multi_label with probs: each label's decision threshold
     logits: Optional[list[list[float]]] = None
 
 
@@ -68,7 +73,7 @@ def _one_line(e: ValidationError) -> str:
     err = e.errors()[0]
     where = ".".join(str(x) for x in err.get("loc", ())) or "body"
     if err.get("type") == "extra_forbidden":
-        return f"{where}: unknown field; allowed: texts, probs, logits"
+        return f"{where}: unknown field; allowed: texts, text_pairs, probs, logits"
     if err.get("type") == "missing":
         return f"{where}: field required, e.g. {{\"texts\": [\"some text\"]}}"
     more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
@@ -96,7 +101,25 @@ def parse_request(body: bytes, limits: Limits) -> PredictRequest:
             raise ClientError(413, f"texts.{i}: {len(t)} characters, at most {limits.max_chars} (--max-chars)")
         if not t.strip():  # training drops such rows and predict leaves their label empty: no label to give
             raise ClientError(422, f"texts.{i}: empty or whitespace-only text; remove it (there is nothing to classify)")
+    if req.text_pairs is not None:
+        if len(req.text_pairs) != len(req.texts):
+            raise ClientError(422, f"text_pairs: {len(req.text_pairs)} pair texts for {len(req.texts)} texts; give one "
+                                   "per text, in the same order")
+        for i, t in enumerate(req.text_pairs):  # an empty second text is a pair predict computes too
+            if len(t) > limits.max_chars:
+                raise ClientError(413, f"text_pairs.{i}: {len(t)} characters, at most {limits.max_chars} (--max-chars)")
     return req
+
+
+def refused(name: str, run, req: PredictRequest):
+    """The 422 for a request whose shape does not fit the run (pairs, probs), before anything is computed."""
+    if run.pairs and req.text_pairs is None:
+        return ClientError(422, f"text_pairs: field required: model '{name}' was trained on text pairs; give "
+                                "{\"texts\": [...], \"text_pairs\": [...]}, one pair text per text")
+    if not run.pairs and req.text_pairs is not None:
+        return ClientError(422, f"text_pairs: model '{name}' was trained on single texts; drop text_pairs")
+    why = task_of(run.cfg).request_refused(req.probs)
+    return ClientError(422, why) if why else None
 
 
 def _metrics(registry_names: list[str]):
@@ -117,6 +140,12 @@ def _metrics(registry_names: list[str]):
         "streams": Gauge("lorafit_streams", "Worker streams computing rounds (--streams)", registry=reg),
         "busy": Gauge("lorafit_streams_busy", "Worker streams computing a round now", registry=reg),
         "in_flight": Gauge("lorafit_requests_in_flight", "Predict requests received and not answered yet", registry=reg),
+        "loads": Counter("lorafit_adapter_loads", "Runs loaded on demand, by model", ["model"], registry=reg),
+        "unloads": Counter("lorafit_adapter_unloads", "Runs unloaded (evicted or on request), by model", ["model"],
+                           registry=reg),
+        "load_seconds": Histogram("lorafit_adapter_load_seconds", "On-demand load time (asked to loaded)",
+                                  buckets=(.05, .1, .25, .5, 1, 2.5, 5, 10, 30), registry=reg),
+        "loaded": Gauge("lorafit_adapters_loaded", "Runs loaded on demand now (pinned runs not counted)", registry=reg),
     }
 
 
@@ -133,10 +162,16 @@ def create_app(registry: Registry, limits: Limits | None = None, api_key: str | 
     prom, m = _metrics(registry.names())
     batcher = Batcher(limits.max_batch, limits.max_wait_ms, limits.queue, on_batch=m["batch"].observe,
                       max_round=limits.max_round, on_round=m["round"].observe,
-                      streams=limits.streams or auto_streams(run.device for run in registry.runs.values()))
+                      streams=limits.streams or auto_streams(registry.devices()))
     m["queue"].set_function(batcher.depth)
     m["streams"].set(batcher.streams)
     m["busy"].set_function(lambda: batcher.busy)
+    m["loaded"].set_function(lambda: len(registry.loaded))
+
+    def loaded(name, seconds):
+        m["loads"].labels(name).inc()
+        m["load_seconds"].observe(seconds)
+    registry.on_load, registry.on_unload = loaded, lambda name: m["unloads"].labels(name).inc()
 
     @asynccontextmanager
     async def lifespan(app):
@@ -148,6 +183,7 @@ def create_app(registry: Registry, limits: Limits | None = None, api_key: str | 
         finally:
             app.state.ready = False
             await asyncio.to_thread(batcher.stop, limits.stop_wait_s)
+            await asyncio.to_thread(registry.close)
 
     app = FastAPI(title="lorafit serve", version="1", lifespan=lifespan,
                   description="Text classification with lorafit runs: many adapters over one shared base model.")
@@ -162,6 +198,10 @@ def create_app(registry: Registry, limits: Limits | None = None, api_key: str | 
     @app.exception_handler(ClientError)
     async def client_error(request, e: ClientError):
         return JSONResponse({"detail": e.detail}, status_code=e.status, headers=e.headers)
+
+    @app.exception_handler(NotServable)
+    async def not_servable(request, e: NotServable):
+        return JSONResponse({"detail": e.detail}, status_code=e.status)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request, e: RequestValidationError):
@@ -189,9 +229,17 @@ def create_app(registry: Registry, limits: Limits | None = None, api_key: str | 
 
         return PlainTextResponse(generate_latest(prom), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/models", summary="Served runs")
+    @app.get("/v1/models", summary="Served runs: loaded ones (all they report) and those available on demand")
     async def models():
-        return {"models": [r.describe() for r in registry.runs.values()]}
+        return registry.models()
+
+    @app.post("/v1/models/{name}/load", summary="Load a run of --adapters-dir now (a no-op when loaded)")
+    async def load(name: str):
+        return await registry.ensure_loaded(name)
+
+    @app.delete("/v1/models/{name}", summary="Unload a run loaded on demand (freed once its requests are answered)")
+    async def unload(name: str):
+        return await registry.unload(name)
 
     schema = {"requestBody": {"required": True, "content": {"application/json": {
         "schema": PredictRequest.model_json_schema(),
@@ -201,20 +249,23 @@ def create_app(registry: Registry, limits: Limits | None = None, api_key: str | 
               openapi_extra=schema, summary="Classify texts with one served run")
     async def predict(name: str, request: Request):
         start = time.monotonic()
-        label = name if name in registry.runs else "unknown"
-        status, job = 500, None
+        label = name if registry.known(name) else "unknown"
+        status, job, lease = 500, None, None
         m["in_flight"].inc()
         try:
             if drain.draining:  # SIGTERM came before this request: refused (those already in flight go on)
                 raise Stopped()
-            run = registry.runs.get(name)
-            if run is None:
-                status = 404
-                raise ClientError(404, f"model '{name[:80]}' is not served; served: {', '.join(registry.names())}")
+            registry.check(name)  # an unknown name: 404 before the body is read
             req = parse_request(await _read_body(request, limits.body_limit()), limits)
+            lease = await registry.acquire(name)  # loaded first when on demand (off the event loop)
+            run = lease.run
+            bad = refused(name, run, req)
+            if bad is not None:
+                raise bad
             texts = [t.strip() for t in req.texts]  # as predict reads a text column (join_texts strips)
+            pairs = None if req.text_pairs is None else [t.strip() for t in req.text_pairs]  # as pair_texts reads them
             try:
-                job = batcher.submit(run, texts)
+                job = batcher.submit(run, texts, pairs)
                 logits = await _wait_or_disconnect(job, request, batcher)
             except QueueFull:
                 raise ClientError(503, f"server: queue full ({limits.queue} requests waiting, --queue); retry after "
@@ -222,9 +273,9 @@ def create_app(registry: Registry, limits: Limits | None = None, api_key: str | 
             if logits is None:
                 status = 499  # client closed the connection: nothing to answer
                 return PlainTextResponse("", status_code=499)
-            # the task's answer fields (tasks/): labels and label_ids, probs calibrated as predict --probs
+            # the task's answer fields (tasks/): labels (+ label_ids), probs as predict --probs computes them
             out: dict = {"model": name, **task_of(run.cfg).response(logits, run.labels, temperature=run.temperature,
-                                                                     probs=req.probs)}
+                                                                     thresholds=run.thresholds, probs=req.probs)}
             if req.logits:
                 out["logits"] = logits.astype(np.float64).tolist()
             m["texts"].labels(name).inc(len(texts))
@@ -237,12 +288,21 @@ def create_app(registry: Registry, limits: Limits | None = None, api_key: str | 
         except ClientError as e:
             status = e.status
             raise
+        except NotServable as e:
+            status = e.status
+            raise ClientError(e.status, e.detail) from None
         except asyncio.CancelledError:  # the server's shutdown timeout: AnswerCancelled answers 503
             status = 503
             if job is not None:
                 batcher.cancel(job)
             raise
         finally:
+            if lease is not None:
+                # held until no stream computes with the run (a cancelled request's forward may still run)
+                if job is None or job.released.done():
+                    registry.release(lease)
+                else:
+                    job.released.add_done_callback(lambda _: registry.release(lease))
             m["requests"].labels(label, str(status)).inc()
             m["in_flight"].dec()
             m["latency"].labels(label).observe(time.monotonic() - start)
@@ -282,9 +342,15 @@ async def _wait_or_disconnect(job, request, batcher):
 
 
 def from_env():
-    """App factory for other ASGI servers: LORAFIT_SERVE_RUNS='NAME=RUN_DIR,...' (and LORAFIT_SERVE_API_KEY_FILE)."""
+    """App factory for other ASGI servers: LORAFIT_SERVE_RUNS='NAME=RUN_DIR,...' and/or
+    LORAFIT_SERVE_ADAPTERS_DIR=DIR (with LORAFIT_SERVE_MAX_LOADED=N), and LORAFIT_SERVE_API_KEY_FILE."""
+    from ..errors import LorafitError
     from .registry import parse_specs
 
     specs = parse_specs([s for s in os.environ.get("LORAFIT_SERVE_RUNS", "").split(",") if s.strip()])
+    adapters = os.environ.get("LORAFIT_SERVE_ADAPTERS_DIR") or None
+    if not specs and adapters is None:
+        raise LorafitError("serve: set LORAFIT_SERVE_RUNS or LORAFIT_SERVE_ADAPTERS_DIR")
     key_file = os.environ.get("LORAFIT_SERVE_API_KEY_FILE")
-    return create_app(Registry.load(specs), Limits(), read_key(key_file) if key_file else None)
+    registry = Registry.load(specs, adapters_dir=adapters, max_loaded=int(os.environ.get("LORAFIT_SERVE_MAX_LOADED", 0)))
+    return create_app(registry, Limits(), read_key(key_file) if key_file else None)

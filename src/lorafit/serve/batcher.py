@@ -2,13 +2,16 @@
 texts, run in one worker thread (off the event loop: health checks answer while a batch computes).
 
 A round waits until max_batch texts wait or the oldest has waited max_wait_ms, then takes every
-waiting request in arrival order up to max_round texts per run (several forwards' worth; a request
-with more texts than that is taken whole), groups the texts per run, and computes them with
-`lorafit predict`'s engine (infer/engine.py): encoded with the run's truncation, sorted by length
-and cut into forwards of at most max_batch texts, each padded to its longest item (plan_forwards).
-A request is answered as soon as its last text is computed; the logits go back to each request in its own order. A run's rows never see another
-run's, and the attention mask keeps padding out of every real token, so a text's logits do not
-depend on what else was in the batch (beyond float rounding; tests/test_serve.py checks 1e-4).
+waiting request in arrival order up to max_round texts per group (several forwards' worth; a request
+with more texts than that is taken whole), groups the texts, and computes them with `lorafit
+predict`'s engine (infer/engine.py): encoded with each run's truncation, sorted by length and cut
+into forwards of at most max_batch texts, each padded to its longest item (plan_forwards). A group
+is one run, or every run that is a slot of one mixed base (infer/mixed.py: runs over one base whose
+rows share a forward, engine.forward_rows). A request is answered as soon as its last text is
+computed; the logits go back to each request in its own order. The attention mask keeps padding out
+of every real token and each row gets its own run's adapter, norms and head, so a text's logits do
+not depend on what else was in the batch (beyond float rounding; tests/test_serve.py and
+tests/test_mixed.py check 1e-4).
 
 Why rounds of several forwards: a forward costs about its padded tokens, and requests of random
 texts padded to the longest of 64 random AG News texts are half padding (0.44 real tokens per
@@ -24,6 +27,9 @@ Stopped (the server answers 503), no round or forward starts for it any more, an
 already running finish; `stop` then joins the threads, so no thread is inside torch when the
 interpreter shuts down (a daemon thread there aborts the process: `terminate called without an
 active exception`, exit 134). texts_computed / texts_dropped count every submitted text once.
+A job's `released` is done once no stream computes with its run any more (its round ended, or it
+never started): the server holds a run loaded on demand until then, so the registry never unloads
+a run under a forward (a request whose client left may still have rows in one).
 
 Streams: `streams` worker threads take rounds from the one queue (a round per thread; arrival order
 kept). Why more than one on a CPU: one forward over torch's intra-op threads (one per core) loses a
@@ -62,8 +68,21 @@ class Job:
     texts: list[str]
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
+    pairs: list[str] | None = None   # the second texts of text pairs (a run trained on pairs)
     queued_at: float = field(default_factory=time.monotonic)
     cancelled: bool = False          # the client went away: skip if not started
+    # done when no stream computes with the job's run any more (its round ended, or it never started):
+    # the registry may unload a run only then (a cancelled job's forward may still be running)
+    released: asyncio.Future | None = None
+
+    def let_go(self) -> None:
+        def set_it():
+            if self.released is not None and not self.released.done():
+                self.released.set_result(None)
+        try:
+            self.loop.call_soon_threadsafe(set_it)
+        except RuntimeError:  # the loop has closed
+            pass
 
     def finish(self, value=None, error: BaseException | None = None) -> None:
         def set_it():
@@ -117,9 +136,9 @@ class Batcher:
         with self.cond:
             return len(self.pending) + len(self.taken)
 
-    def submit(self, run, texts: list[str]) -> Job:
+    def submit(self, run, texts: list[str], pairs: list[str] | None = None) -> Job:
         loop = asyncio.get_running_loop()
-        job = Job(run, texts, loop.create_future(), loop)
+        job = Job(run, texts, loop.create_future(), loop, pairs, released=loop.create_future())
         with self.cond:
             if self.stopping:
                 raise Stopped()
@@ -136,8 +155,9 @@ class Batcher:
             try:
                 self.pending.remove(job)
             except ValueError:
-                return  # already taken: its stream skips its texts not yet computed
+                return  # already taken: its stream skips its texts not yet computed, and lets go at the round's end
             self.texts_dropped += len(job.texts)
+            job.let_go()
 
     def drop(self) -> None:
         """Shutting down: fail every request waiting or taken with Stopped (its client is answered 503 now)
@@ -146,6 +166,7 @@ class Batcher:
             self.stopping = True
             for job in self.pending:
                 self.texts_dropped += len(job.texts)
+                job.let_go()  # never started (the taken ones let go when their round ends)
             for job in (*self.pending, *self.taken):
                 if not job.cancelled:  # a cancelled one has nobody waiting (its error would never be read)
                     job.cancelled = True
@@ -181,21 +202,22 @@ class Batcher:
                 if n >= self.max_batch or left <= 0:
                     break
                 self.cond.wait(left)
-            # up to max_round texts per run, in arrival order (the first request that does not fit ends
-            # the round: no request overtakes an older one); a run's texts are sorted and cut apart from
-            # other runs', so the cap is per run: 4 runs over one base pad no more than one
-            jobs, per_run = [], {}
+            # up to max_round texts per group, in arrival order (the first request that does not fit ends
+            # the round: no request overtakes an older one); a group's texts are sorted and cut apart from
+            # other groups', so the cap is per group: 4 groups pad no more than one
+            jobs, per_group = [], {}
             while self.pending:
                 head = self.pending[0]
-                n = per_run.get(head.run.name, 0)
+                n = per_group.get(group_of(head.run), 0)
                 if n and n + len(head.texts) > self.max_round:
                     break
                 job = self.pending.popleft()
                 if job.cancelled or job.future.done():
                     self.texts_dropped += len(job.texts)
+                    job.let_go()
                     continue
                 jobs.append(job)
-                per_run[job.run.name] = n + len(job.texts)
+                per_group[group_of(job.run)] = n + len(job.texts)
             self.taken.update(jobs)
             self.busy += 1  # in the same lock as the take: a stream taking next sees this one busy
             return jobs
@@ -213,6 +235,8 @@ class Batcher:
                 with self.cond:
                     self.taken.difference_update(jobs)
                     self.busy -= 1
+                for job in jobs:
+                    job.let_go()
 
     def _share_cores(self) -> None:
         """This stream's intra-op threads for its next forward: the cores over the streams busy now.
@@ -222,9 +246,9 @@ class Batcher:
 
     def _compute(self, jobs: list[Job]) -> None:
         self.on_round(sum(len(j.texts) for j in jobs))
-        groups: dict[str, list[Job]] = {}
+        groups: dict[object, list[Job]] = {}
         for job in jobs:
-            groups.setdefault(job.run.name, []).append(job)
+            groups.setdefault(group_of(job.run), []).append(job)
         for group in groups.values():
             self._count(dropped=sum(len(j.texts) for j in group if j.cancelled))
             group = [j for j in group if not j.cancelled]
@@ -237,14 +261,26 @@ class Batcher:
             self.texts_dropped += dropped
 
     def _compute_run(self, group: list[Job]) -> None:
-        """One run's texts of this round, in plan_forwards' forwards; each request answered when its last text is done."""
-        run = group[0].run
+        """One group's texts of this round (one run's, or the runs of one mixed base), in plan_forwards'
+        forwards over all of them; each request answered when its last text is done."""
         owner = [k for k, j in enumerate(group) for _ in j.texts]
         first = np.cumsum([0] + [len(j.texts) for j in group])
         left = [len(j.texts) for j in group]
+        out = [np.zeros((len(j.texts), len(j.run.labels)), dtype=np.float32) for j in group]
         try:
-            ids = engine.encode(run, [t for j in group for t in j.texts])[0]
-            out = np.zeros((len(ids), len(run.labels)), dtype=np.float32)
+            ids: list = [None] * len(owner)
+            types: list = [None] * len(owner)  # segment ids of pair rows (a run trained on pairs)
+            by_run: dict[int, list[int]] = {}  # a run's texts (and pair texts) encoded in one call
+            for k, job in enumerate(group):
+                by_run.setdefault(id(job.run), []).append(k)
+            for ks in by_run.values():
+                rows = [i for k in ks for i in range(first[k], first[k + 1])]
+                pairs = None if group[ks[0]].pairs is None else [p for k in ks for p in group[k].pairs]
+                encoded, segments, _ = engine.encode(group[ks[0]].run, [t for k in ks for t in group[k].texts], pairs)
+                for n, (i, x) in enumerate(zip(rows, encoded)):
+                    ids[i] = x
+                    types[i] = None if segments is None else segments[n]
+            runs = [_loaded(group[k].run) for k in owner]
             for idx in engine.plan_forwards([len(x) for x in ids], self.max_batch):
                 keep = [i for i in idx if not group[owner[i]].cancelled]  # its client went away, or drop()
                 self._count(dropped=len(idx) - len(keep))
@@ -253,14 +289,27 @@ class Batcher:
                     continue
                 self._share_cores()
                 self.on_batch(len(idx))
-                out[idx] = engine.forward(run, [ids[i] for i in idx])
+                rows = engine.forward_rows([runs[i] for i in idx], [ids[i] for i in idx], [types[i] for i in idx])
                 self._count(computed=len(idx))
-                for i in idx:
+                for i, row in zip(idx, rows):
                     k = owner[i]
+                    out[k][i - first[k]] = row
                     left[k] -= 1
                     if left[k] == 0:
-                        group[k].finish(out[first[k]:first[k + 1]])
+                        group[k].finish(out[k])
         except Exception as e:  # a fault of the server, not of the request: the caller answers 500
             for k, j in enumerate(group):
                 if left[k] > 0 and not j.cancelled:
                     j.finish(error=e)
+
+
+def _loaded(run):
+    """The engine's run (infer.loaded.LoadedRun) of a served run (registry.ServedRun wraps one)."""
+    return getattr(run, "loaded", run)
+
+
+def group_of(run) -> object:
+    """Runs computed together: the slots of one mixed base (infer/mixed.py), else each run alone (by
+    identity, not name: a run unloaded and loaded again on demand is another object)."""
+    mixed = getattr(_loaded(run), "mixed", None)
+    return ("mixed", id(mixed[0])) if mixed is not None else ("run", id(run))

@@ -1,7 +1,8 @@
 """`lorafit serve`: start-up checks (before anything binds or loads), the socket, the models, uvicorn.
 
-Order: settings (checked when the ServeSettings is built), key file, run folders and names (cheap,
-one `error:` line each) -> bind the port (in use: one line, nothing loaded) -> load the runs -> serve. SIGTERM/SIGINT: /readyz and new
+Order: settings (checked when the ServeSettings is built), key file, run folders and names, the
+--adapters-dir folder (cheap, one `error:` line each; DIR's runs are not read: they load on demand)
+-> bind the port (in use: one line, nothing loaded) -> load the named runs -> serve. SIGTERM/SIGINT: /readyz and new
 requests 503, uvicorn stops accepting, in-flight requests finish within --grace seconds; those that
 cannot are answered 503 + Retry-After at the deadline and their texts dropped (drain.py); the
 batcher's threads stop, exit 0."""
@@ -39,6 +40,7 @@ def bind(host: str, port: int) -> socket.socket:
 def serve(settings: ServeSettings, log=lambda line: print(line, file=sys.stderr, flush=True)) -> int:
     """Serve settings.runs until SIGTERM/SIGINT; 0 after a drained stop. Bad input raises LorafitError
     before anything binds or loads."""
+    from .adapters_dir import AdaptersDir
     from .registry import check_run, parse_specs
 
     if not isinstance(settings, ServeSettings):
@@ -47,6 +49,8 @@ def serve(settings: ServeSettings, log=lambda line: print(line, file=sys.stderr,
     specs = parse_specs(list(settings.runs))
     for _, folder in specs:
         check_run(folder)
+    if settings.adapters_dir is not None:
+        AdaptersDir(settings.adapters_dir)  # a folder, or one error line
     sock = bind(settings.host, settings.port)
     try:
         return _run(settings, specs, key, sock, log)
@@ -60,7 +64,8 @@ def _run(settings, specs, key, sock, log) -> int:
     from .app import Limits, create_app
     from .registry import Registry
 
-    registry = Registry.load(specs, log=log)
+    registry = Registry.load(specs, log=log, adapters_dir=settings.adapters_dir, max_loaded=settings.max_loaded,
+                             max_bytes=int(settings.max_adapter_memory * 2**20), mixed=settings.mixed)
     limits = Limits(settings.max_batch, settings.max_wait_ms, settings.queue, settings.max_texts, settings.max_chars,
                     max_round=settings.max_round, streams=settings.streams)
     app = create_app(registry, limits, key)
@@ -80,7 +85,10 @@ def _run(settings, specs, key, sock, log) -> int:
     # these handlers that re-raise only repeats the request to stop, and the command exits 0 (a drained
     # stop is a clean stop)
     previous = {s: signal.signal(s, server.handle_exit) for s in (signal.SIGTERM, signal.SIGINT)}
-    log(f"serving {', '.join(registry.names())} on http://{host}:{port} (auth {'on' if key else 'off'})")
+    served = registry.names()
+    if registry.adapters is not None:  # one scandir: no run in it is read
+        served.append(f"{len(registry.adapters.names())} runs on demand from {settings.adapters_dir}")
+    log(f"serving {', '.join(served)} on http://{host}:{port} (auth {'on' if key else 'off'})")
     try:
         server.run(sockets=[sock])
     finally:

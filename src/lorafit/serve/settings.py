@@ -27,7 +27,10 @@ def is_loopback(host: str) -> bool:
 
 @dataclass(frozen=True)
 class ServeSettings:
-    runs: Sequence[str] = ()             # "[NAME=]RUN_DIR" each; names default to the folder's name
+    runs: Sequence[str] = ()             # "[NAME=]RUN_DIR" each; names default to the folder's name (pinned)
+    adapters_dir: Optional[str] = None   # every run folder in it servable by its name, loaded on first request
+    max_loaded: int = 0                  # runs loaded on demand at most at once (LRU unloaded); 0: no limit
+    max_adapter_memory: float = 0        # MB of their own parameters at most (LRU unloaded); 0: no limit
     host: str = "127.0.0.1"
     port: int = 8000                     # 0: any free port, printed at start
     max_batch: int = 64
@@ -41,14 +44,23 @@ class ServeSettings:
     insecure: bool = False
     grace: float = 30.0
     log_level: str = "warning"
+    mixed: bool = True                   # runs over one base share forwards (infer/mixed.py); False: each its own
 
     def __post_init__(self):
         # a str given as runs would be served letter by letter
         runs = (self.runs,) if isinstance(self.runs, str) else self.runs
         object.__setattr__(self, "runs", tuple(str(r) for r in runs))
-        if not self.runs:
-            raise LorafitError("serve: give at least one RUN_DIR")
+        if self.adapters_dir is not None:
+            object.__setattr__(self, "adapters_dir", str(self.adapters_dir))
+        if not self.runs and self.adapters_dir is None:
+            raise LorafitError("serve: give at least one RUN_DIR, or --adapters-dir DIR")
+        if self.adapters_dir is None and (self.max_loaded or self.max_adapter_memory):
+            raise LorafitError("--max-loaded / --max-adapter-memory: limit the runs loaded on demand; give --adapters-dir DIR")
+        mb = self.max_adapter_memory
+        if isinstance(mb, bool) or not isinstance(mb, (int, float)) or not mb >= 0:
+            raise LorafitError(f"--max-adapter-memory: {mb!r} is not a number of MB >= 0")
         for flag, value, low in (("--port", self.port, 0), ("--max-batch", self.max_batch, 1), ("--queue", self.queue, 1),
+                                 ("--max-loaded", self.max_loaded, 0),
                                  ("--max-texts", self.max_texts, 1), ("--max-chars", self.max_chars, 1),
                                  ("--max-round", self.max_round, 0), ("--streams", self.streams, 0)):
             if not isinstance(value, int) or isinstance(value, bool):

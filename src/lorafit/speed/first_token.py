@@ -82,6 +82,12 @@ def _forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | N
     return self.output(self.intermediate(attention_output), attention_output)
 
 
+def layer_forward(layer: nn.Module):
+    """The first-token forward bound to `layer` (what install puts in place; infer/mixed.py switches
+    between it and the layer's own forward per batch, as the heads in the batch allow)."""
+    return types.MethodType(_forward, layer)
+
+
 def install(model: nn.Module, where) -> str:
     layer = last_layer(model)
     layer.forward = types.MethodType(_forward, layer)

@@ -54,7 +54,6 @@ class Task:
     has_probabilities = True  # `predict --probs` / the server's probs apply
     weighs_classes = True    # train.class_weights applies
     samples_by_class = False  # train.sampler: balanced applies
-    served = False           # lorafit serve answers it (so far)
     column_dtype: type = object  # the predictions file's label column (object: an empty cell keeps integer labels whole)
 
     # ------------------------------------------------------------ targets from a table
@@ -120,8 +119,16 @@ class Task:
 
     def response(self, logits: np.ndarray, names: list, *, temperature: float = 1.0,
                  thresholds: Optional[dict] = None, probs: bool = False) -> dict:
-        """A server's answer fields for these texts (before `logits`, which the server adds itself)."""
+        """A server's answer fields for these texts (before `logits`, which the server adds itself): `labels`
+        always (the task's answer per text, as the predictions file's label column holds it), then the
+        task's own fields; probabilities as `predict --probs` computes them. A request the task refuses
+        (request_refused) never gets here."""
         raise NotImplementedError
+
+    def request_refused(self, probs: bool) -> Optional[str]:
+        """Why a server request is a client mistake for this task (its 422 detail, naming the field), or None;
+        asked before anything is computed."""
+        return None
 
     def probs_refused(self, run_dir, names: list[str]) -> Optional[str]:
         """Why `predict --probs` does not apply (an error line), or None."""

@@ -200,9 +200,12 @@ class MultiLabel(Task):
         return {f"prob_{name}": cells[:, k].tolist() for k, name in enumerate(names)}
 
     def response(self, logits, names, *, temperature=1.0, thresholds=None, probs=False):
+        """Each text's label set under the run's tuned thresholds (thresholds.json), as predict decides it;
+        probs: each label's sigmoid (no temperature), with the thresholds they were compared to."""
         out: dict = {"labels": self.decode(logits, names, thresholds)}
         if probs:
             out["probs"] = self.probabilities(logits).tolist()
+            out["thresholds"] = threshold_vector(thresholds, names).tolist()
         return out
 
     def report_lines(self, result):

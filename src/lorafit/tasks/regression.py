@@ -98,9 +98,13 @@ class Regression(Task):
                 f"--probs: the label column holds the predicted value (--with-logits adds it as "
                 f"logit_{names[0]} too)")
 
+    def request_refused(self, probs):
+        return "probs: a regression run predicts a value, not probabilities; drop probs" if probs else None
+
     def response(self, logits, names, *, temperature=1.0, thresholds=None, probs=False):
-        if probs:
-            raise LorafitError("probs: a regression run predicts a value, not probabilities; drop probs")
+        refused = self.request_refused(probs)
+        if refused:
+            raise LorafitError(refused)
         return {"labels": self.decode(logits, names)}  # the value, as the predictions file's label column
 
     def report_lines(self, result):

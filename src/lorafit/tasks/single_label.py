@@ -20,7 +20,6 @@ class SingleLabel(Task):
     class_ids = True
     calibrated = True
     samples_by_class = True
-    served = True
 
     def targets(self, values, cfg, label_names, source, rows, cli, hub_names=None):
         names = label_names or infer_label_names(values, cfg.label_names, hub_names)
