@@ -58,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     _input_args(e)
 
     pr = sub.add_parser("predict", help="write ID,label predictions for an unlabelled file")
-    pr.add_argument("run_dir", help="a finished run's directory (lorafit train --out)")
+    pr.add_argument("run_dir", nargs="+", metavar="RUN",
+                    help="a finished run's directory (lorafit train --out); several: one pass over the input, columns "
+                         "label_<run> (and logit_<run>_<label>, prob_<run>_<label>) per run, named after its folder")
     pr.add_argument("--input", required=True, help="csv / tsv / jsonl / json / txt (one text per line), optionally "
                                                     ".gz / .bz2 / .xz; parquet; pickle only with --allow-pickle; - or a "
                                                     "pipe: read as CSV unless --input-format says otherwise")

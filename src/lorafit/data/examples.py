@@ -36,6 +36,32 @@ def require_all(df: pd.DataFrame, source: str, wanted: dict[str, Sequence[str]])
     raise LorafitError(f"{source}: columns not found: {listed}; {present}")
 
 
+def input_config(data: DataConfig, text_columns: Optional[Sequence[str]] = None, label_column: Optional[str] = None,
+                 delimiter: Optional[str] = None, text_pair_column: Optional[str] = None, **update) -> DataConfig:
+    """The run's data settings with the --text-column / --label-column / --delimiter flags applied.
+    --text-column is repeatable or comma-separated and must give as many columns as the run joined."""
+    if text_columns:
+        cols = [c.strip() for flag in text_columns for c in flag.split(",") if c.strip()]
+        if len(cols) != len(data.text_columns):
+            n = len(data.text_columns)
+            raise LorafitError(f"--text-column: {len(cols)} column{'s' * (len(cols) != 1)} given ({', '.join(cols)}), but "
+                               f"the run was trained on {n} ({', '.join(data.text_columns)}); give {n}, in that order")
+        update["text_columns"] = cols
+    if label_column:
+        update["label_column"] = label_column
+    if text_pair_column:
+        if data.text_pair_column is None:
+            raise LorafitError("--text-pair-column: the run was trained on single texts (no data.text_pair_column); "
+                               "drop --text-pair-column")
+        update["text_pair_column"] = text_pair_column
+    try:
+        # the run's data.delimiter was for its training files; other files are sniffed unless told
+        update["delimiter"] = DataConfig.delimiter_char(delimiter or "auto")
+    except ValueError as e:
+        raise LorafitError(f"--delimiter: {e}") from None
+    return data.model_copy(update=update)
+
+
 def join_texts(df: pd.DataFrame, cfg: DataConfig, source: str, field_name: str = "data.text_columns") -> list[str]:
     require_columns(df, cfg.text_columns, source, field_name)
     cols = [df[c].fillna("").astype(str).str.strip() for c in cfg.text_columns]

@@ -17,8 +17,9 @@ import lzma
 import os
 import re
 import stat
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Iterator, Optional
 
 import pandas as pd
 
@@ -33,25 +34,30 @@ FORMATS = ("csv", "tsv", "jsonl", "json", "txt", "parquet")  # what a stream or 
 STDIN = "-"
 
 
-def read_table(name: str, *, split: str = "train", allow_pickle: bool = False, field: str = "data.train",
-               delimiter: str = "auto", fmt: Optional[str] = None) -> pd.DataFrame:
-    """A local file (csv, tsv, jsonl, json, txt (one text per line), any of these compressed, parquet, a
-    `save_to_disk` folder; pickle with opt-in), a stream (`-`, a pipe, /dev/stdin) or a hub dataset.
-    delimiter: of csv/tsv, 'auto' or one character. fmt: one of FORMATS, for a stream or a file whose
-    name has no suffix (default csv); given, it overrides the suffix."""
+@dataclass(frozen=True)
+class Located:
+    """What an input name is, decided once for read_table and the chunked readers (bulk/chunks.py).
+    kind: 'file' (a regular file), 'dir' (a save_to_disk folder), 'stream' (read once: standard input,
+    an open descriptor, a pipe, a character device) or 'hub'. suffix: the format ('.csv', ...), after
+    --input-format; compression: '.gz' etc. or None; fd: the descriptor of `-` and /dev/stdin-like names."""
+    kind: str
+    path: Path
+    suffix: str = ""
+    compression: Optional[str] = None
+    fd: Optional[int] = None
+
+
+def locate(name: str, *, field: str = "data.train", fmt: Optional[str] = None) -> Located:
+    """How `name` is read (see Located); a LorafitError for an unknown format, a missing file, a socket."""
     if fmt is not None and fmt not in FORMATS:
         raise LorafitError(f"--input-format: unknown format '{fmt}'; use one of {', '.join(FORMATS)}")
     if name == STDIN:
-        return _read_stream(Path("<stdin>"), _read_fd(0), fmt, field, delimiter)
+        return Located("stream", Path("<stdin>"), f".{fmt or 'csv'}", None, 0)
     from ..io import own_fd
 
     fd = own_fd(name)
     if fd is not None:  # /dev/stdin, /dev/fd/N, <(...): read what the descriptor holds, never reopened
-        try:
-            raw = _read_fd(fd)
-        except OSError as e:
-            raise LorafitError(f"{field}: cannot read {name} ({e.strerror or e})") from None
-        return _read_stream(Path(name), raw, fmt, field, delimiter)
+        return Located("stream", Path(name), f".{fmt or 'csv'}", None, fd)
     path = Path(name).expanduser()
     try:
         mode = os.stat(path).st_mode
@@ -60,7 +66,7 @@ def read_table(name: str, *, split: str = "train", allow_pickle: bool = False, f
     except OSError as e:
         raise LorafitError(f"{field}: cannot read {name} ({e.strerror})") from None
     if mode is not None and stat.S_ISDIR(mode):
-        return _read_arrow_dir(path)
+        return Located("dir", path)
     suffix, compression = _kind(path)
     if mode is not None and stat.S_ISREG(mode):
         if fmt:
@@ -71,17 +77,36 @@ def read_table(name: str, *, split: str = "train", allow_pickle: bool = False, f
             how = "--input-format" if field.startswith("--") else "a file name ending in"
             raise LorafitError(f"{field}: {name}: unknown format '{path.suffix}'; give {how} one of "
                                f"{', '.join(FORMATS)} (or convert it)")
-        return _read_local(path, suffix, compression, allow_pickle, field, delimiter)
+        return Located("file", path, suffix, compression)
     if mode is not None and (stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)):
         # a named pipe keeps what its name says (texts.jsonl, texts.csv.gz); else CSV unless told
         known = not fmt and suffix[1:] in FORMATS
-        return _read_local(path, suffix if known else f".{fmt or 'csv'}", compression if known else None, False,
-                           field, delimiter, raw=path.read_bytes())
+        return Located("stream", path, suffix if known else f".{fmt or 'csv'}", compression if known else None)
     if mode is not None:
         raise LorafitError(f"{field}: {name} is not a file, a folder or a pipe (a socket or a block device)")
     if suffix in LOCAL_SUFFIXES or looks_like_path(name, data=True):
         raise LorafitError(f"{field}: file not found: {name}")
-    return _read_hub(name, split, field)
+    return Located("hub", path)
+
+
+def read_table(name: str, *, split: str = "train", allow_pickle: bool = False, field: str = "data.train",
+               delimiter: str = "auto", fmt: Optional[str] = None) -> pd.DataFrame:
+    """A local file (csv, tsv, jsonl, json, txt (one text per line), any of these compressed, parquet, a
+    `save_to_disk` folder; pickle with opt-in), a stream (`-`, a pipe, /dev/stdin) or a hub dataset.
+    delimiter: of csv/tsv, 'auto' or one character. fmt: one of FORMATS, for a stream or a file whose
+    name has no suffix (default csv); given, it overrides the suffix."""
+    loc = locate(name, field=field, fmt=fmt)
+    if loc.kind == "hub":
+        return _read_hub(name, split, field)
+    if loc.kind == "dir":
+        return _read_arrow_dir(loc.path)
+    if loc.kind == "file":
+        return _read_local(loc.path, loc.suffix, loc.compression, allow_pickle, field, delimiter)
+    try:
+        raw = loc.path.read_bytes() if loc.fd is None else _read_fd(loc.fd)
+    except OSError as e:
+        raise LorafitError(f"{field}: cannot read {name} ({e.strerror or e})") from None
+    return _read_local(loc.path, loc.suffix, loc.compression, False, field, delimiter, raw=raw)
 
 
 def looks_like_path(value: str, data: bool = False) -> bool:
@@ -101,11 +126,6 @@ def _read_fd(fd: int) -> bytes:
         if not chunk:
             return b"".join(chunks)
         chunks.append(chunk)
-
-
-def _read_stream(path: Path, raw: bytes, fmt: Optional[str], field: str, delimiter: str) -> pd.DataFrame:
-    """A table from bytes already read (a stream can be read only once): as `fmt`, default CSV."""
-    return _read_local(path, f".{fmt or 'csv'}", None, False, field, delimiter, raw=raw)
 
 
 def _kind(path: Path) -> tuple[str, str | None]:
@@ -160,11 +180,11 @@ def _read_local(path: Path, suffix: str, compression: str | None, allow_pickle: 
     if suffix == ".txt":
         return _read_lines(path, text)
     if delimiter == "auto":
-        delimiter = "\t" if suffix == ".tsv" else _sniff(text)
+        delimiter = "\t" if suffix == ".tsv" else sniff(text)
     return _read_delimited(path, text, delimiter, "TSV" if suffix == ".tsv" else "CSV")
 
 
-def _sniff(text: str) -> str:
+def sniff(text: str) -> str:
     """',' unless the header line has none; then the one of SNIFFED that csv.Sniffer finds in the first
     lines, provided the header holds it (a one-column file with '|' in its texts stays one column)."""
     sample = text[:65536]
@@ -192,38 +212,61 @@ def _read_lines(path: Path, text: str) -> pd.DataFrame:
 
 
 def _read_delimited(path: Path, text: str, sep: str, kind: str = "CSV") -> pd.DataFrame:
-    """Python's csv module rather than pandas: it gives the line of a bad record, and a row with an
-    extra field is an error here, where pandas would silently make its first field the index."""
+    """The whole of a delimited text (delimited_records, the first malformed record an error)."""
     if not text.strip():
         raise LorafitError(f"{path}: file is empty; expected a header line and rows")
-    sep_name = "a tab" if sep == "\t" else repr(sep)
-    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))  # one text may be a whole document
-    # strict: a stray quote or an unclosed quoted field is an error, not silently merged rows
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep, strict=True)
-    header, rows, start = None, [], 1  # start: the line where the current record begins
-    try:
-        for record in reader:
-            if not record:  # blank line
-                start = reader.line_num + 1
-                continue
-            if header is None:
-                header = record
-                _check_header(path, header)
-            elif len(record) != len(header):
-                raise LorafitError(f"{path}: line {start}: malformed {kind}: {len(record)} fields where the header has "
-                                   f"{len(header)}; quote fields that contain {sep_name} or line breaks")
-            else:
-                rows.append(record)
-            start = reader.line_num + 1
-    except csv.Error as e:
-        what = "a quoted field starting on this line is never closed" if "end of data" in str(e) else str(e)
-        raise LorafitError(f"{path}: line {start}: malformed {kind}: {what}") from None
+    header, rows = None, []
+    for line, record, problem in delimited_records(io.StringIO(text, newline=""), path, sep, kind):
+        if problem is not None:
+            raise LorafitError(f"{path}: line {line}: {problem}")
+        if header is None:
+            header = record
+        else:
+            rows.append(record)
     if not rows:
         raise LorafitError(f"{path}: no rows after the header line")
     return pd.DataFrame(rows, columns=header)
 
 
-def _check_header(path: Path, header: list[str]) -> None:
+def delimited_records(lines: Iterable[str], path: Path, sep: str, kind: str = "CSV"
+                      ) -> Iterator[tuple[int, Optional[list[str]], Optional[str]]]:
+    """(line where the record starts, its fields, None) for the header (checked: check_header) and each
+    record, or (line, None, what is malformed) for a record that cannot be a row; blank lines skipped.
+    The one parser of csv/tsv, for whole files (read_table) and streams (bulk/chunks.py). Python's csv
+    module rather than pandas: it gives the line of a bad record, and a row with an extra field is an
+    error here, where pandas would silently make its first field the index. lines: text with its line
+    ends (a file opened with newline='')."""
+    sep_name = "a tab" if sep == "\t" else repr(sep)
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))  # one text may be a whole document
+    # strict: a stray quote or an unclosed quoted field is an error, not silently merged rows
+    reader = csv.reader(lines, delimiter=sep, strict=True)
+    header, start = None, 1  # start: the line where the current record begins
+    while True:
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            what = "a quoted field starting on this line is never closed" if "end of data" in str(e) else str(e)
+            yield start, None, f"malformed {kind}: {what}"
+            start = reader.line_num + 1
+            continue
+        if not record:  # blank line
+            start = reader.line_num + 1
+            continue
+        if header is None:
+            header = record
+            check_header(path, header)
+            yield start, record, None
+        elif len(record) != len(header):
+            yield start, None, (f"malformed {kind}: {len(record)} fields where the header has {len(header)}; "
+                                f"quote fields that contain {sep_name} or line breaks")
+        else:
+            yield start, record, None
+        start = reader.line_num + 1
+
+
+def check_header(path: Path, header: list[str]) -> None:
     if any(not c.strip() for c in header):
         raise LorafitError(f"{path}: header has an empty column name; name every column in the first line")
     seen = set()

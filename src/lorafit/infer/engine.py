@@ -65,17 +65,20 @@ def forward(run: LoadedRun, ids: Sequence[Sequence[int]], types: Optional[Sequen
 
 
 def iter_logits(run: LoadedRun, texts: Sequence[str], pairs: Optional[Sequence[str]] = None, *,
-                batch_size: int = 128, window: int = WINDOW,
-                log: Optional[Callable[[str], None]] = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                batch_size: int = 128, window: int = WINDOW, log: Optional[Callable[[str], None]] = None,
+                on_cut: Optional[Callable[[int], None]] = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(row indices into texts, their logits) per forward, as computed: `window` rows encoded and sorted
     by length at a time, cut by plan_forwards into forwards of at most batch_size. log: told at the end
-    how many texts were cut to max_length, if any."""
+    how many texts were cut to max_length, if any; on_cut: given each window's count of cut texts instead
+    (a caller calling once per chunk of a stream words one note for the whole stream)."""
     if pairs is not None and len(pairs) != len(texts):
         raise ValueError(f"{len(texts)} texts but {len(pairs)} pair texts")
     truncated = 0
     for s in range(0, len(texts), max(1, window)):
         ids, types, cut = encode(run, texts[s:s + window], None if pairs is None else pairs[s:s + window])
         truncated += cut
+        if on_cut is not None:
+            on_cut(cut)
         for idx in plan_forwards([len(x) for x in ids], batch_size):
             out = forward(run, [ids[i] for i in idx], None if types is None else [types[i] for i in idx])
             yield np.asarray(idx, dtype=np.int64) + s, out
