@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import warnings
 from contextlib import contextmanager
 from typing import Iterator, Optional
@@ -47,6 +48,11 @@ def cluster(address: str, num_cpus: Optional[int] = None) -> Iterator[object]:
     """Ray connected to `address` for the block (the ray module); a local cluster is shut down on the way out.
     num_cpus: of a local cluster (default: the machine's)."""
     check_address(address)
+    if address == LOCAL and "ray" not in sys.modules:
+        # Ray turns 127.0.0.1 into the machine's network address (for other nodes to join) unless its
+        # single-machine mode is on, which its constants read once, at import: on, every daemon and worker of
+        # the local cluster listens on loopback only
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ray = import_ray()
     quiet(ray)
     common = dict(logging_level=logging.ERROR, log_to_driver=False, configure_logging=True,

@@ -33,11 +33,15 @@ class _Append:
         batch = batch.reset_index(drop=True)
         out = self.predictor(batch)
         kept = batch if self.keep is None else batch[[c for c in self.keep if c in batch.columns]]
-        clash = [c for c in out.columns if c in kept.columns]
-        if clash:
-            raise LorafitError(f"the dataset already has a column '{clash[0]}', which predict would add; rename or drop "
-                               "it first (Dataset.rename_columns / drop_columns)")
+        _check_names(list(kept.columns), list(out.columns))
         return pd.concat([kept, out], axis=1)
+
+
+def _check_names(have: list, added: list) -> None:
+    clash = [c for c in added if c in have]
+    if clash:
+        raise LorafitError(f"the dataset already has a column '{clash[0]}', which predict would add; rename or drop "
+                           "it first (Dataset.rename_columns / drop_columns)")
 
 
 def resources(ray, concurrency: Optional[int], num_gpus_per_actor: Optional[float]) -> dict:
@@ -75,7 +79,10 @@ def predict_dataset(ds, run_dirs: Sequence[str] | str, opts: Optional[PredictOpt
     """
     ray = import_ray()
     predictor = RowPredictor(run_dirs, opts or PredictOptions())
-    predictor.columns()  # a bad run folder or option is refused here, before any actor starts
+    added = predictor.columns()  # a bad run folder or option is refused here, before any actor starts
+    schema = ds.schema(fetch_if_missing=False)  # known without running anything (a Parquet file's), or None
+    if schema is not None:
+        _check_names(list(schema.names), added)
     return ds.map_batches(_Append, fn_constructor_args=(predictor, None if keep is None else list(keep)),
                           batch_format="pandas", batch_size=batch_size,
                           **resources(ray, concurrency, num_gpus_per_actor))
