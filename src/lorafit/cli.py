@@ -72,6 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--batch-size", type=int, default=128, help="texts per model forward, sorted by length so each "
                     "batch pads little (default 128); lower it if memory runs short")
     pr.add_argument("--with-logits", action="store_true", help="add one logit_<label> column per class")
+    pr.add_argument("--resume", action="store_true",
+                    help="continue a predict that stopped (killed, Ctrl-C, a bad row fixed) from the rows it kept in "
+                         "OUTPUT.partial; refused if the input, a run or an option changed")
+    pr.add_argument("--overwrite", action="store_true",
+                    help="start again, discarding the rows a stopped predict left in OUTPUT.partial")
+    pr.add_argument("--on-bad-row", choices=("stop", "skip"), default="stop",
+                    help="a malformed row (wrong field count, invalid JSON, bytes not UTF-8, a text cell that is not "
+                         "text, a duplicate ID): stop, naming it, with the rows before it kept for --resume (default); "
+                         "or skip it and list it in OUTPUT.bad_rows.jsonl")
+    pr.add_argument("--chunk-rows", type=int, default=None, metavar="N",
+                    help="input rows read, computed and committed at a time (default 8192): memory holds one chunk, "
+                         "a kill loses at most one; texts are sorted by length within a chunk")
     pr.add_argument("--probs", action="store_true", help="add one prob_<label> column per label: single_label, the softmax "
                                                         "calibrated by the run's temperature (calibration.json); "
                                                         "multi_label, each label's sigmoid (its set: prob >= its "
@@ -273,10 +285,15 @@ def cmd_evaluate(args) -> int:
 def cmd_predict(args) -> int:
     from .predict import predict_file
 
+    from .predict import CHUNK_ROWS
+
+    argv = [a for a in args.argv if a not in ("--resume", "--overwrite")]  # the command to resume with
     n = predict_file(args.run_dir, args.input, args.output, allow_pickle=args.allow_pickle,
                      batch_size=args.batch_size, with_logits=args.with_logits, text_columns=args.text_column,
                      id_column=args.id_column, delimiter=args.delimiter, text_pair_column=args.text_pair_column,
-                     probs=args.probs, input_format=args.input_format, log=lambda line: print(line, file=sys.stderr))
+                     probs=args.probs, input_format=args.input_format, resume=args.resume, overwrite=args.overwrite,
+                     on_bad_row=args.on_bad_row, chunk_rows=args.chunk_rows or CHUNK_ROWS,
+                     command="lorafit " + shlex.join(argv), log=lambda line: print(line, file=sys.stderr))
     print(f"wrote {n:,} predictions to {'standard output' if args.output == '-' else args.output}", file=sys.stderr)
     return 0
 

@@ -4,8 +4,10 @@ The label column holds the run's labels (labels.json) as the user wrote them: na
 for integer labels; inputs are checked, and --output probed, before the model loads."""
 from __future__ import annotations
 
-import io
+import dataclasses
+import json
 import os
+import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -18,14 +20,20 @@ from .config import DataConfig
 from .data.encoding import Encoding
 from .bulk.rows import PredictOptions, RowPredictor, probability_columns  # noqa: F401 (tests import it from here)
 from .data.examples import input_config, join_texts, pair_texts, require_all  # noqa: F401 (evaluate imports input_config here)
-from .data.tables import read_table
-from .errors import LorafitError
-from .io import Target, atomic_write_text, output_target, probe_writable, regular_identity
+from .bulk.checks import UniqueIds, non_text_cells
+from .bulk.chunks import BadRow, open_input
+from .bulk.parts import Output, input_identity, run_identity
+from .data.tables import locate, read_table
+from .errors import Interrupted, LorafitError
+from .io import Target, output_target, probe_writable, regular_identity
 from .infer import engine
-from .infer.loaded import from_model, load_run
-from .runs.compat import RunFolder, read_run_folder
+from .infer.loaded import from_model
+from .progress import progress
 
 ID_COLUMNS = ("ID", "id", "Id")
+# input rows read, computed and committed at a time: length sorting happens within a chunk (engine.WINDOW's
+# size: it pads about as little as sorting the whole file), and a kill loses at most one chunk
+CHUNK_ROWS = engine.WINDOW
 
 
 def predict_logits(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 128,
@@ -101,29 +109,125 @@ def predict_file(run_dirs: Sequence[str] | str, input_path: str, output_path: st
                  batch_size: int = 128, with_logits: bool = False, text_columns: Optional[Sequence[str]] = None,
                  id_column: Optional[str] = None, delimiter: Optional[str] = None,
                  text_pair_column: Optional[str] = None, probs: bool = False, input_format: Optional[str] = None,
+                 resume: bool = False, overwrite: bool = False, on_bad_row: str = "stop",
+                 chunk_rows: int = CHUNK_ROWS, command: Optional[str] = None,
                  log: Optional[Callable[[str], None]] = None) -> int:
+    """Predict every row of input_path with each run of run_dirs into output_path, a chunk of chunk_rows
+    rows at a time (bulk/: read in chunks, computed, appended, committed; see the README's "Predict").
+    command: the command line that started it, for the line saying how to resume. Returns the rows written."""
+    if chunk_rows < 1:
+        raise LorafitError("--chunk-rows: give a positive number of rows")
     target = check_output(output_path, input_path)
     opts = PredictOptions(text_columns=text_columns, text_pair_column=text_pair_column, id_column=id_column,
-                          batch_size=batch_size, with_logits=with_logits, probs=probs, delimiter=delimiter,
-                          input_format=input_format, allow_pickle=allow_pickle)
+                          batch_size=batch_size, with_logits=with_logits, probs=probs, on_bad_row=on_bad_row,
+                          delimiter=delimiter, input_format=input_format, allow_pickle=allow_pickle)
     rows = RowPredictor(run_dirs, opts, source=input_path, log=log)
-    rows.runs()  # a bad run folder, --probs on regression: refused before the input is read
-    first = rows.runs()[0]
-    col, ids, _, _ = read_inputs(input_path, first.cfg.data, allow_pickle, text_columns=text_columns,
-                                 id_column=id_column, delimiter=delimiter, text_pair_column=text_pair_column,
-                                 input_format=input_format)
-    df = read_table(input_path, allow_pickle=allow_pickle, field="--input", delimiter=first.text_cfg.delimiter,
-                    fmt=input_format)
-    frame = rows(df)
-    rows.finish()
-    frame.insert(0, col, ids)
-    buf = io.StringIO()
-    frame.to_csv(buf, index=False, float_format="%.7g")
+    runs = rows.runs()  # a bad run folder, --probs on regression: refused before the input is read
+    loc = locate(input_path, field="--input", fmt=input_format)
+    source = open_input(input_path, fmt=input_format, delimiter=runs[0].text_cfg.delimiter, allow_pickle=allow_pickle)
+    identity = {"input": input_identity(input_path, loc.kind), "runs": [run_identity(r) for r in rows.run_dirs],
+                "options": {**dataclasses.asdict(opts), "chunk_rows": chunk_rows, "columns": rows.columns()}}
+    bad_path = None
+    if on_bad_row == "skip":
+        if target.file is None:
+            raise LorafitError("--on-bad-row skip: the skipped rows are listed in OUTPUT.bad_rows.jsonl, beside a file "
+                               "--output; write to a file, or use --on-bad-row stop")
+        bad_path = target.file.with_name(target.file.name + ".bad_rows.jsonl")
     try:
-        atomic_write_text(output_path, buf.getvalue())
+        out = Output(target, output_path, identity, resume=resume, overwrite=overwrite, bad_rows=bad_path)
+    except OSError as e:
+        raise LorafitError(f"--output: cannot write beside {output_path} ({e.strerror or e})") from None
+    if resume and overwrite:
+        raise LorafitError("--resume continues the rows kept, --overwrite discards them: give one")
+    resume_line = f"{command} --resume" if command else "the same command with --resume"
+    try:
+        if out.note and log:
+            log(out.note)
+        written = _stream(source, rows, out, input_path, opts, chunk_rows, resume_line)
+    except KeyboardInterrupt:
+        kept = out.abandon()
+        if target.file is None:
+            raise Interrupted(f"interrupted: {out.rows:,} input rows were written to {out.kept_in}; a stream cannot be "
+                              "resumed") from None
+        if not kept:
+            raise Interrupted("interrupted before any row was predicted; nothing was kept") from None
+        raise Interrupted(f"interrupted: the predictions of the first {out.rows:,} input rows are kept in {out.kept_in}; "
+                          f"to continue: {resume_line}") from None
     except BrokenPipeError:
+        out.abandon()
         raise  # the reader of a pipe left: the CLI's exit 141, as for any writer
-    except OSError as e:  # a full disk, a folder that went away: atomic_write_text leaves nothing behind
-        kept = "" if target.file is None else "; nothing was written"  # a stream may have taken a part
-        raise LorafitError(f"--output: could not write {output_path} ({e.strerror or e}){kept}") from None
-    return len(ids)
+    except OSError as e:  # a full disk, a folder that went away: the committed rows stay, resumable
+        kept = out.abandon()
+        what = f"; the first {out.rows:,} input rows are kept: to continue, {resume_line}" if kept else (
+            "" if target.file is None else "; nothing was written")
+        raise LorafitError(f"--output: could not write {output_path} ({e.strerror or e}){what}") from None
+    except BaseException:
+        out.abandon()
+        raise
+    finally:
+        source.close()
+    rows.finish()
+    out.finish()
+    if out.bad_count and log:
+        log(f"note: {out.bad_count:,} bad row(s) skipped, listed in {bad_path}")
+    return written
+
+
+def _stream(source, rows: RowPredictor, out: Output, input_path: str, opts: PredictOptions, chunk_rows: int,
+            resume_line: str) -> int:
+    """The chunks of source through rows into out; rows written (resumed ones included)."""
+    ids, col, bar, position = UniqueIds(), None, None, 0
+    done = out.rows
+    for chunk in source.chunks(chunk_rows):
+        frame = chunk.frame
+        if col is None:  # the first chunk: columns checked once, all missing ones in one message
+            require_all(frame, input_path, {**rows.input_columns(),
+                                            "--id-column": [opts.id_column] if opts.id_column else []})
+            col = opts.id_column or next((c for c in ID_COLUMNS if c in frame.columns), None)
+            if out.fresh:
+                out.commit(pd.DataFrame(columns=[col or "ID", *rows.columns()]).to_csv(index=False), 0, offset=0)
+        for c in rows.input_columns()["--text-column"] + rows.input_columns()["--text-pair-column"]:
+            if c not in frame.columns:  # a JSON record set whose earlier chunks never named it: empty texts
+                frame[c] = None
+        bad = {b.row: b for b in chunk.bad}
+        for row, why in non_text_cells(frame, rows.input_columns()["--text-column"]).items():
+            bad[row] = BadRow(row, chunk.where(row), why, None, chunk.offset_of(row))
+        id_values = frame[col] if col is not None else pd.Series(frame.index, index=frame.index)
+        ok = [r for r in frame.index if r not in bad]
+        for k in ids.add(id_values.loc[ok].tolist()):
+            r = ok[k]
+            bad[r] = BadRow(r, chunk.where(r), f"duplicate ID {id_values.loc[r]!r} in column '{col}' (an earlier row "
+                            "has it); IDs must be unique", None, chunk.offset_of(r))
+        todo = [r for r in frame.index if r >= done and r not in bad]
+        late_bad = sorted((b for b in bad.values() if b.row >= done), key=lambda b: b.row)
+        end, offset = chunk.end, chunk.offset
+        if late_bad and opts.on_bad_row == "stop":
+            stop = late_bad[0]
+            todo, late_bad, end, offset = [r for r in todo if r < stop.row], [], stop.row, stop.offset
+        if end <= done:
+            position = chunk.position
+            continue  # rows committed before a resume: read again for their IDs only
+        if bar is None:  # the estimate of time left: from the input's bytes (rows differ in length), else rows
+            bar = progress(total=source.total_bytes or source.total_rows, desc="predicting",
+                           unit=" B" if source.total_bytes else " rows", initial=position, leave=False)
+            started, first = time.monotonic(), out.written
+        result = rows(frame.loc[todo])
+        result.insert(0, col or "ID", id_values.loc[todo].to_numpy(dtype=object) if len(todo) else [])
+        text = result.to_csv(index=False, header=False, float_format="%.7g")
+        out.commit(text, end, [_bad_line(b, input_path) for b in late_bad], written=len(todo), offset=offset)
+        bar.set_postfix_str(f"{out.written:,} rows written, "
+                            f"{(out.written - first) / max(time.monotonic() - started, 1e-9):,.1f} rows/s")
+        bar.update(chunk.position - bar.n)
+        if end < chunk.end:
+            stop = bad[end]
+            bar.close()
+            raise LorafitError(f"{input_path}: {stop.where}: {stop.reason}; the {end:,} rows before it are kept; fix it "
+                               f"and run {resume_line}, or skip such rows with --on-bad-row skip")
+    if bar is not None:
+        bar.close()
+    return out.written
+
+
+def _bad_line(b: BadRow, source: str) -> str:
+    return json.dumps({"row": b.row + 1, "where": f"{source}: {b.where}", "reason": b.reason, "raw": b.raw},
+                      ensure_ascii=False) + "\n"

@@ -40,6 +40,7 @@ class LineProgress:
         self.interval = _interval() if interval is None else interval
         self._start = self._last = time.monotonic()
         self._initial, self._printed, self._closed = initial, False, False
+        self.postfix = ""
 
     def line(self) -> str:
         elapsed = time.monotonic() - self._start
@@ -51,7 +52,11 @@ class LineProgress:
         parts.append(f"{_duration(elapsed)} elapsed")
         if self.total and rate > 0 and self.n < self.total:
             parts.append(f"~{_duration((self.total - self.n) / rate)} left")
-        return ", ".join(parts)
+        return ", ".join(parts + ([self.postfix] if self.postfix else []))
+
+    def set_postfix_str(self, text: str) -> None:
+        """Said at the end of each line (tqdm's set_postfix_str): counts beside the measured unit."""
+        self.postfix = text
 
     def _emit(self) -> None:
         print(self.line(), file=self.file, flush=True)

@@ -41,6 +41,7 @@ class BadRow:
     where: str    # "line 17" (text formats) or "row 5" (1-based)
     reason: str
     raw: Optional[str] = None  # the row's text as read, where the format has one (at most RAW_CHARS)
+    offset: Optional[int] = None  # where its text starts in an uncompressed file (bytes)
 
 
 @dataclass
@@ -51,6 +52,11 @@ class Chunk:
     position: int           # input bytes read when the chunk was complete (of the file, when compressed)
     bad: list = field(default_factory=list)  # BadRow, in order
     lines: Optional[np.ndarray] = None       # each frame row's first line in the file (text formats)
+    offset: Optional[int] = None             # where the rows after it start in an uncompressed text file
+    offsets: Optional[np.ndarray] = None     # where each frame row starts there
+
+    def offset_of(self, row: int) -> Optional[int]:
+        return None if self.offsets is None else int(self.offsets[self.frame.index.get_loc(row)])
 
     def where(self, row: int) -> str:
         """'line N' or 'row N' of a frame row (by its number)."""
@@ -115,8 +121,9 @@ class _Lines:
         self.f, self.path, self._position, self.compression = f, path, position, compression
         self.offset = 0  # bytes read (decompressed)
         self.line = 0    # number of the last line given
-        self.raw: list[tuple[int, str, Optional[str]]] = []  # (line, text, problem) given since the last take()
-        self._pending: list[tuple[str, Optional[str]]] = []  # pieces of a line read, not yet given
+        self.raw: list[tuple] = []  # (line, text, problem, start, end offset) given since the last take()
+        self._pending: list[tuple] = []  # (text, problem, start, end) pieces of a line read, not yet given
+        self.start = self.end = 0  # offsets of the lines of the last take()
         self._first = True
 
     def position(self) -> int:
@@ -142,7 +149,7 @@ class _Lines:
             if piece[0].strip():
                 break
         self._pending = taken + self._pending
-        return next((t.strip()[0] for t, _ in taken if t.strip()), "")
+        return next((t.strip()[0] for t, *_ in taken if t.strip()), "")
 
     def _fill(self) -> bool:
         b = self._readline()
@@ -161,8 +168,14 @@ class _Lines:
             problem = (f"bytes are not valid UTF-8 (byte {b[e.start]:#04x} at offset {start + e.start}); re-save the "
                        "file as UTF-8, e.g. `iconv -f latin1 -t utf-8`")
             text = b.decode("utf-8", "replace")
-        pieces = re.split(r"(?<=\r)(?!\n)", text) if "\r" in text else [text]
-        self._pending.extend((t, problem) for t in pieces if t)
+        if "\r" not in text[:-2]:
+            self._pending.append((text, problem, start, self.offset))
+            return True
+        for t in re.split(r"(?<=\r)(?!\n)", text):  # lone carriage returns end lines too
+            if t:
+                n = len(t.encode("utf-8", "replace"))
+                self._pending.append((t, problem, start, min(start + n, self.offset)))
+                start += n
         return True
 
     def __iter__(self):
@@ -171,26 +184,28 @@ class _Lines:
     def __next__(self) -> str:
         if not self._pending and not self._fill():
             raise StopIteration
-        text, problem = self._pending.pop(0)
+        text, problem, start, end = self._pending.pop(0)
         self.line += 1
-        self.raw.append((self.line, text, problem))
+        self.raw.append((self.line, text, problem, start, end))
         return text
 
     def rest(self) -> str:
         """Everything not given yet, as one text."""
-        out = [t for t, _ in self._pending]
+        out = [t for t, *_ in self._pending]
         self._pending = []
         while self._fill():
-            out.extend(t for t, p in self._pending)
-            if any(p for _, p in self._pending):
-                raise LorafitError(f"{self.path}: {next(p for _, p in self._pending if p)}")
+            out.extend(t for t, *_ in self._pending)
+            if any(p for _, p, *_ in self._pending):
+                raise LorafitError(f"{self.path}: {next(p for _, p, *_ in self._pending if p)}")
             self._pending = []
         return "".join(out)
 
     def take(self) -> tuple[Optional[str], str]:
         """(the first decoding problem, the raw text) of the lines given since the last take()."""
-        problem = next((p for _, _, p in self.raw if p), None)
-        raw = "".join(t for _, t, _ in self.raw)[:RAW_CHARS]
+        problem = next((p for _, _, p, _, _ in self.raw if p), None)
+        raw = "".join(t for _, t, _, _, _ in self.raw)[:RAW_CHARS]
+        if self.raw:
+            self.start, self.end = self.raw[0][3], self.raw[-1][4]
         self.raw = []
         return problem, raw
 
@@ -198,19 +213,21 @@ class _Lines:
 class _Builder:
     """Rows gathered into chunks of at most n rows (bad rows counted)."""
 
-    def __init__(self, n: int, position: Callable[[], int], frame: Callable[[list, list], pd.DataFrame]):
-        self.n, self.position, self.make = n, position, frame
-        self.rows, self.index, self.lines, self.bad = [], [], [], []
+    def __init__(self, n: int, lines: "_Lines", frame: Callable[[list, list], pd.DataFrame]):
+        self.n, self.src, self.make = n, lines, frame
+        self.rows, self.index, self.lines, self.bad, self.offsets = [], [], [], [], []
         self.next = self.start = 0
 
     def add(self, row, line: int) -> Optional[Chunk]:
         self.rows.append(row)
         self.index.append(self.next)
         self.lines.append(line)
+        self.offsets.append(self.src.start)
         return self._advance()
 
     def add_bad(self, where: str, reason: str, raw: Optional[str]) -> Optional[Chunk]:
-        self.bad.append(BadRow(self.next, where, reason, raw))
+        offset = self.src.start if self.src.compression is None else None
+        self.bad.append(BadRow(self.next, where, reason, raw, offset))
         return self._advance()
 
     def _advance(self) -> Optional[Chunk]:
@@ -221,8 +238,10 @@ class _Builder:
         if self.next == self.start:
             return None
         frame = self.make(self.rows, self.index)
-        chunk = Chunk(frame, self.start, self.next, self.position(), self.bad, np.asarray(self.lines, dtype=np.int64))
-        self.rows, self.index, self.lines, self.bad = [], [], [], []
+        plain = self.src.compression is None
+        chunk = Chunk(frame, self.start, self.next, self.src.position(), self.bad, np.asarray(self.lines, dtype=np.int64),
+                      self.src.end if plain else None, np.asarray(self.offsets, dtype=np.int64) if plain else None)
+        self.rows, self.index, self.lines, self.bad, self.offsets = [], [], [], [], []
         self.start = self.next
         return chunk
 
@@ -234,13 +253,13 @@ def _delimited(lines: _Lines, n: int, sep: Optional[str], tsv: bool, kind: str) 
         if size > SNIFF_CHARS:
             break
     head = lines.raw
-    text = "".join(t for _, t, _ in head)
+    text = "".join(t for _, t, *_ in head)
     if not text.strip():
         raise LorafitError(f"{lines.path}: file is empty; expected a header line and rows")
     if sep is None:
         sep = "\t" if tsv else tables.sniff(text)
     header: Optional[list] = None
-    build = _Builder(n, lines.position, lambda rows, index: pd.DataFrame(rows, columns=header, index=index))
+    build = _Builder(n, lines, lambda rows, index: pd.DataFrame(rows, columns=header, index=index))
     feed = _chain(head, lines)
     for line, record, problem in tables.delimited_records(feed, lines.path, sep, kind):
         undecodable, raw = lines.take()
@@ -274,7 +293,7 @@ def _chain(head: list, lines: _Lines) -> Iterator[str]:
 def _jsonl(lines: _Lines, n: int) -> Iterator[Chunk]:
     # object columns: a chunk's types do not depend on its other rows (an ID column with one row
     # missing its value would turn a chunk's integer IDs into floats)
-    build = _Builder(n, lines.position, lambda rows, index: pd.DataFrame(rows, index=index, dtype=object))
+    build = _Builder(n, lines, lambda rows, index: pd.DataFrame(rows, index=index, dtype=object))
     for text in lines:
         undecodable, raw = lines.take()
         if not text.strip():
@@ -302,7 +321,7 @@ def _jsonl(lines: _Lines, n: int) -> Iterator[Chunk]:
 
 def _txt(lines: _Lines, n: int) -> Iterator[Chunk]:
     """One text per line; blank lines inside the file are rows (empty texts), blank lines at its end are not."""
-    build = _Builder(n, lines.position, lambda rows, index: pd.DataFrame({"text": rows}, index=index))
+    build = _Builder(n, lines, lambda rows, index: pd.DataFrame({"text": rows}, index=index))
     blanks: list[tuple[int, str]] = []  # blank lines not yet known to be inside the file
     for text in lines:
         undecodable, raw = lines.take()
@@ -326,10 +345,12 @@ def _whole(name: str, read: Callable[[], pd.DataFrame], close: Callable[[], None
     def chunks(n: int) -> Iterator[Chunk]:
         df = read().reset_index(drop=True)
         close()
+        source.total_rows = len(df)
         for s in range(0, len(df), n):
             yield Chunk(df.iloc[s:s + n], s, min(s + n, len(df)), min(s + n, len(df)))
 
-    return Source(name, chunks)
+    source = Source(name, chunks)
+    return source
 
 
 def _arrow_batches(batches, total: int, size: Optional[int]) -> Iterator[Chunk]:
