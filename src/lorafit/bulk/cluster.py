@@ -88,6 +88,8 @@ def quiet(ray) -> None:
     for name in ("ray", "ray.data", "ray.train", "ray.tune"):
         logging.getLogger(name).setLevel(logging.CRITICAL)  # our own line says what failed
     warnings.filterwarnings("ignore", module=r"ray(\.|$)")
+    # Ray's notices of its own API changes, raised where lorafit calls it (Ray shows them by default)
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"lorafit\.bulk\.")
 
 
 def unwrap(e: BaseException) -> Optional[LorafitError]:
