@@ -217,7 +217,8 @@ CASES = {
     "duplicate-ids-predict": (
         "`predict --input` with a repeated value in its ID column",
         lambda e: e.predict(e.file("in.csv", "ID,text\na,goal match\nb,war vote\na,chip data\n")),
-        r"in\.csv: column 'ID' has 1 duplicate ID\(s\), first 'a'; IDs must be unique"),
+        r"in\.csv: line 4: duplicate ID 'a' in column 'ID' \(an earlier row has it\); IDs must be unique; nothing was "
+        r"written"),
     "over-budget": (
         "budget.max_trainable below the setup's trainable parameters",
         lambda e: e.train(budget__max_trainable=100),

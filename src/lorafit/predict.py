@@ -1,7 +1,11 @@
-"""Load a finished run, classify texts in length-sorted batches, restore input order, write CSV.
+"""`lorafit predict`: every row of an input through one or several finished runs into a CSV, in input
+order, in bounded memory. The driver of bulk/: the input is read in chunks (bulk/chunks.py), each
+chunk's rows checked (bad rows stopped at or skipped, IDs unique: bulk/checks.py), computed by one
+RowPredictor (bulk/rows.py: the engine, the tasks' columns) and committed to a resumable output
+(bulk/parts.py). Also the in-memory entry point of tests and benchmarks (predict_logits).
 
 The label column holds the run's labels (labels.json) as the user wrote them: names, or integers
-for integer labels; inputs are checked, and --output probed, before the model loads."""
+for integer labels; the runs, the input's columns and --output are checked before a model loads."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,19 +19,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import tasks
-from .config import DataConfig
-from .data.encoding import Encoding
-from .bulk.rows import PredictOptions, RowPredictor, probability_columns  # noqa: F401 (tests import it from here)
-from .data.examples import input_config, join_texts, pair_texts, require_all  # noqa: F401 (evaluate imports input_config here)
 from .bulk.checks import UniqueIds, non_text_cells
 from .bulk.chunks import BadRow, open_input
 from .bulk.parts import Output, input_identity, run_identity
+from .bulk.rows import PredictOptions, RowPredictor, probability_columns  # noqa: F401 (tests import it from here)
+from .config import DataConfig
+from .data.encoding import Encoding
+from .data.examples import input_config, join_texts, pair_texts, require_all  # noqa: F401 (evaluate imports input_config here)
 from .data.tables import locate, read_table
 from .errors import Interrupted, LorafitError
-from .io import Target, output_target, probe_writable, regular_identity
 from .infer import engine
 from .infer.loaded import from_model
+from .io import Target, output_target, probe_writable, regular_identity
 from .progress import progress
 
 ID_COLUMNS = ("ID", "id", "Id")
@@ -212,29 +215,32 @@ def _stream(source, rows: RowPredictor, out: Output, input_path: str, opts: Pred
                             "has it); IDs must be unique", None, chunk.offset_of(r))
         todo = [r for r in frame.index if r >= done and r not in bad]
         late_bad = sorted((b for b in bad.values() if b.row >= done), key=lambda b: b.row)
-        end, offset = chunk.end, chunk.offset
         if late_bad and opts.on_bad_row == "stop":
+            # the chunks before this one stay committed; this one is dropped (at most --chunk-rows rows to
+            # compute again), so that a resume after the fix cuts the input into the same chunks: the same file
             stop = late_bad[0]
-            todo, late_bad, end, offset = [r for r in todo if r < stop.row], [], stop.row, stop.offset
-        if end <= done:
-            position = chunk.position
-            continue  # rows committed before a resume: read again for their IDs only
-        if bar is None:  # the estimate of time left: from the input's bytes (rows differ in length), else rows
-            bar = progress(total=source.total_bytes or source.total_rows, desc="predicting",
-                           unit=" B" if source.total_bytes else " rows", initial=position, leave=False)
-            started, first = time.monotonic(), out.written
-        result = rows(frame.loc[todo])
-        result.insert(0, col or "ID", id_values.loc[todo].to_numpy(dtype=object) if len(todo) else [])
-        text = result.to_csv(index=False, header=False, float_format="%.7g")
-        out.commit(text, end, [_bad_line(b, input_path) for b in late_bad], written=len(todo), offset=offset)
-        bar.set_postfix_str(f"{out.written:,} rows written, "
-                            f"{(out.written - first) / max(time.monotonic() - started, 1e-9):,.1f} rows/s")
-        bar.update(chunk.position - bar.n)
-        if end < chunk.end:
-            stop = bad[end]
-            bar.close()
-            raise LorafitError(f"{input_path}: {stop.where}: {stop.reason}; the {end:,} rows before it are kept; fix it "
-                               f"and run {resume_line}, or skip such rows with --on-bad-row skip")
+            kept = (f"the predictions of the first {out.rows:,} rows are kept: fix it and run {resume_line}"
+                    if out.rows and out.target.file is not None else
+                    f"{out.rows:,} rows went to {out.kept_in} (a stream: nothing to resume): fix it and run again"
+                    if out.rows else "nothing was written: fix it and run again")
+            if bar is not None:
+                bar.close()
+            raise LorafitError(f"{input_path}: {stop.where}: {stop.reason}; {kept}, or skip such rows with "
+                               "--on-bad-row skip")
+        if chunk.end > done:  # else rows committed before a resume: read again for their IDs only
+            if bar is None:  # the estimate of time left: from the input's bytes (rows differ in length), else rows
+                bar = progress(total=source.total_bytes or source.total_rows, desc="predicting",
+                               unit=" B" if source.total_bytes else " rows", initial=position, leave=False)
+                started, first = time.monotonic(), out.written
+            result = rows(frame.loc[todo])
+            result.insert(0, col or "ID", id_values.loc[todo].to_numpy(dtype=object) if len(todo) else [])
+            text = result.to_csv(index=False, header=False, float_format="%.7g")
+            out.commit(text, chunk.end, [_bad_line(b, input_path) for b in late_bad], written=len(todo),
+                       offset=chunk.offset)
+            bar.set_postfix_str(f"{out.written:,} rows written, "
+                                f"{(out.written - first) / max(time.monotonic() - started, 1e-9):,.1f} rows/s")
+            bar.update(chunk.position - bar.n)
+        position = chunk.position
     if bar is not None:
         bar.close()
     return out.written

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -108,9 +109,7 @@ class Output:
             if resume:
                 raise LorafitError(f"--resume: --output {name} is a stream (standard output, a pipe or a device); "
                                    "what it took cannot be checked or continued; write to a file to resume")
-            self._fd = target.fd if target.fd is not None else os.open(target.stream, os.O_WRONLY | os.O_NOCTTY)
-            self._open_bad(0)
-            return
+            return  # opened at the first write: opening a FIFO waits for its reader, and a bad input must not
         self.partial = target.file.with_name(target.file.name + ".partial")
         self.manifest = target.file.with_name(target.file.name + ".partial.json")
         left = [p for p in (self.partial, self.manifest) if p.exists()]
@@ -182,6 +181,11 @@ class Output:
         """Append the CSV text of `written` rows, up to input row `rows` (and their bad rows' lines), durably.
         offset: where the rows after them start in an uncompressed input file (prefix_identity), if known."""
         data = text.encode("utf-8")
+        if self._fd is None:
+            if self.target.fd == 1:
+                sys.stdout.flush()  # anything printed before comes first
+            self._fd = self.target.fd if self.target.fd is not None else os.open(self.target.stream,
+                                                                                  os.O_WRONLY | os.O_NOCTTY)
         _write_all(self._fd, data)
         if self._bad is not None and bad_lines:
             self._bad.write("".join(bad_lines).encode("utf-8"))
