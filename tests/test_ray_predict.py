@@ -26,12 +26,14 @@ ENV = {"RAY_USAGE_STATS_ENABLED": "0"}
 
 
 def _ray_pids() -> set[int]:
-    """Ray's own daemons running now (this machine runs no Ray cluster but the tests')."""
+    """Ray's daemons started by this test's processes: they inherit the PYTEST_CURRENT_TEST that pytest sets
+    for the test (another Ray cluster on the machine, e.g. a benchmark's, is not the test's)."""
+    mine = f"PYTEST_CURRENT_TEST={os.environ.get('PYTEST_CURRENT_TEST', '').split(' ')[0]}".encode()
     pids = set()
     for p in Path("/proc").iterdir():
         if p.name.isdigit():
             try:
-                if (p / "comm").read_text().strip() in RAY_PROCESSES:
+                if (p / "comm").read_text().strip() in RAY_PROCESSES and mine in (p / "environ").read_bytes():
                     pids.add(int(p.name))
             except OSError:
                 pass
@@ -41,12 +43,11 @@ def _ray_pids() -> set[int]:
 @pytest.fixture
 def no_ray_left():
     """Fails the test if a Ray daemon it started is still running 20 s after it ended."""
-    before = _ray_pids()
     yield
     deadline = time.monotonic() + 20
-    while _ray_pids() - before and time.monotonic() < deadline:
+    while _ray_pids() and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert not _ray_pids() - before, "Ray processes left running"
+    assert not _ray_pids(), "Ray processes left running"
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +95,7 @@ def test_python_entry_point_on_a_ray_dataset(trained_run, inputs, tmp_path, no_r
     r = run_cli("predict", run_dir, "--input", inputs / "with_id.csv", "--output", local, "--probs", timeout=TIMEOUT)
     assert r.returncode == 0, r.stderr
     script = textwrap.dedent(f"""
-        import numpy as np
-import pandas as pd
+        import pandas as pd
         from lorafit.bulk import PredictOptions
         from lorafit.bulk.cluster import cluster
         from lorafit.bulk.on_ray import predict_dataset

@@ -151,7 +151,7 @@ def computed_chunks(address: str, input_path: str, predictor: RowPredictor, opts
 
         # the read task parses text, light beside the model: it takes no CPU of the actors' (a 2-CPU machine's
         # actor takes both; a read task waiting for one would wait for ever)
-        ds = ray.data.read_datasource(_Input(), num_cpus=0)
+        ds = ray.data.read_datasource(_Input(), ray_remote_args={"num_cpus": 0})
         # max_restarts=0: an actor that dies fails the command, whose committed rows --resume keeps (Ray would
         # restart it, and print a warning about doing so for every actor)
         ds = ds.map_batches(_Compute, fn_constructor_args=(remote, opts, done), batch_format="pandas", batch_size=None,
