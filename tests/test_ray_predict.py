@@ -60,10 +60,14 @@ def inputs(tmp_path_factory):
     with_id.to_csv(d / "with_id.csv", index=False)
     df.to_csv(d / "no_id.csv", index=False)
     with_id.to_parquet(d / "with_id.parquet", index=False)
+    lines = (d / "with_id.csv").read_text().splitlines(keepends=True)
+    lines[300] = "doc-extra,one field,too many\n"  # a malformed row
+    lines[500] = lines[10]  # a duplicate ID
+    (d / "bad_rows.csv").write_text("".join(lines))
     return d
 
 
-def _local_and_ray(run_dir, src: Path, out: Path, *flags) -> tuple[bytes, bytes]:
+def _local_and_ray(run_dir, src: Path, out: Path, *flags, rows: int = 700) -> tuple[bytes, bytes]:
     local, on_ray = out / f"{src.name}.local.csv", out / f"{src.name}.ray.csv"
     r = run_cli("predict", run_dir, "--input", src, "--output", local, "--chunk-rows", 256, *flags, timeout=TIMEOUT)
     assert r.returncode == 0, r.stderr
@@ -71,7 +75,7 @@ def _local_and_ray(run_dir, src: Path, out: Path, *flags) -> tuple[bytes, bytes]
                 env=ENV, timeout=TIMEOUT)
     assert r.returncode == 0, r.stderr
     # quiet: lorafit's own lines only (progress, notes, the count), nothing Ray logged
-    assert r.stderr.splitlines()[-1].startswith("wrote 700 predictions"), r.stderr
+    assert r.stderr.splitlines()[-1].startswith(f"wrote {rows} predictions"), r.stderr
     assert all(line.startswith(("predicting: ", "note: ", "wrote ")) for line in r.stderr.splitlines()), r.stderr
     return local.read_bytes(), on_ray.read_bytes()
 
@@ -86,6 +90,10 @@ def test_ray_local_cluster_writes_the_local_file(trained_run, inputs, tmp_path, 
     assert local == on_ray and local.splitlines()[4] == b"3,"  # row index as ID; the empty text's empty label
     local, on_ray = _local_and_ray(run_dir, inputs / "with_id.parquet", tmp_path)
     assert local == on_ray
+    local, on_ray = _local_and_ray(run_dir, inputs / "bad_rows.csv", tmp_path, "--on-bad-row", "skip", rows=698)
+    assert local == on_ray
+    skipped = [(tmp_path / f"bad_rows.csv.{how}.csv.bad_rows.jsonl").read_bytes() for how in ("local", "ray")]
+    assert skipped[0] == skipped[1] and skipped[0].count(b"\n") == 2
 
 
 @pytest.mark.slow

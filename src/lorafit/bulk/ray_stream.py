@@ -48,15 +48,14 @@ def _read(name: str, opts: PredictOptions, delimiter: Optional[str], rows: int) 
 
 def to_compute(chunk: Chunk, predictor: RowPredictor, opts: PredictOptions, done: int) -> list:
     """The rows of a chunk that local predict computes (predict._stream's `todo`) as far as the chunk alone
-    tells: not bad, not before the resumed rows, and with --on-bad-row stop none after the first bad row.
-    (Duplicate IDs need the whole input, checked on the driver: their rows are computed and dropped there.)"""
+    tells: not bad, not before the resumed rows; none with --on-bad-row stop and a bad row (the driver stops
+    there, dropping the chunk). Duplicate IDs need the whole input, checked on the driver: their rows are
+    computed and dropped there, so the driver's rows are always among these."""
     texts = predictor.input_columns()["--text-column"]
     bad = {b.row for b in chunk.bad} | set(non_text_cells(chunk.frame, [c for c in texts if c in chunk.frame]))
-    todo = [r for r in chunk.frame.index if r >= done and r not in bad]
-    late = [r for r in bad if r >= done]
-    if late and opts.on_bad_row == "stop":
-        todo = [r for r in todo if r < min(late)]
-    return todo
+    if opts.on_bad_row == "stop" and any(r >= done for r in bad):
+        return []
+    return [r for r in chunk.frame.index if r >= done and r not in bad]
 
 
 class _Compute:
