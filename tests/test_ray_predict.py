@@ -170,6 +170,7 @@ def test_ray_missing_is_one_line(trained_run, inputs, tmp_path):
     assert not list(tmp_path.iterdir())  # nothing written
 
 
+@pytest.mark.slow
 def test_predict_without_ray_never_imports_it(trained_run, inputs, tmp_path):
     script = textwrap.dedent(f"""
         import sys

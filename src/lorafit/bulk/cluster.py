@@ -57,19 +57,23 @@ def cluster(address: str, num_cpus: Optional[int] = None) -> Iterator[object]:
     quiet(ray)
     common = dict(logging_level=logging.ERROR, log_to_driver=False, configure_logging=True,
                   include_dashboard=False)
-    try:
-        if address == LOCAL:
-            # loopback only: the local cluster's processes listen on 127.0.0.1 and nothing else reaches them
-            ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", **common)
-        else:
-            common.pop("include_dashboard")  # a setting of a cluster that is started, not joined
-            ray.init(address=address, **common)
-    except LorafitError:
-        raise
-    except Exception as e:  # ConnectionError, a timeout, a version mismatch: Ray raises many types
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-        raise LorafitError(f"--ray {address}: could not {'start' if address == LOCAL else 'join'} a Ray cluster "
-                           f"({type(e).__name__}: {first})") from None
+    # Ray gives a starting node a fixed 30 s to register, which a loaded machine can exceed: a local cluster
+    # is started a second time before giving up
+    for attempt in (1, 2) if address == LOCAL else (2,):
+        try:
+            if address == LOCAL:
+                # loopback only: the local cluster's processes listen on 127.0.0.1 and nothing else reaches them
+                ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", **common)
+            else:
+                common.pop("include_dashboard")  # a setting of a cluster that is started, not joined
+                ray.init(address=address, **common)
+            break
+        except Exception as e:  # ConnectionError, a timeout, a version mismatch: Ray raises many types
+            ray.shutdown()  # what a failed start left running
+            if attempt == 2:
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+                raise LorafitError(f"--ray {address}: could not {'start' if address == LOCAL else 'join'} a Ray "
+                                   f"cluster ({type(e).__name__}: {first})") from None
     try:
         yield ray
     finally:

@@ -3,8 +3,8 @@ RowPredictor (the engine, its runs loaded once per actor), the field's conventio
 that streams with bounded memory.
 
 Two entry points. `predict_dataset` adds lorafit's prediction columns to a Ray Dataset the user already
-has. `lorafit predict --ray ADDRESS` (cluster.py starts or joins the cluster, on_ray_cli.py reads and
-writes) gives the same file as local predict.
+has. `lorafit predict --ray ADDRESS` (cluster.py starts or joins the cluster, ray_stream.py runs the
+chunks of local predict there) gives the same file as local predict.
 
 Ray is an optional dependency (`lorafit[ray]`): this module is imported only when --ray is given or by a
 user of predict_dataset, and `import_ray` turns its absence into one line.
