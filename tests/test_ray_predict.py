@@ -206,3 +206,19 @@ def test_local_cluster_contacts_nothing_but_loopback(trained_run, inputs, tmp_pa
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "out.csv").is_file()
     assert not log.exists(), log.read_text()
+
+
+def test_unreachable_head_is_one_line(capsys, trained_run, inputs, tmp_path):
+    """Nothing listens at the address: one line at once (Ray would retry for minutes, logging as it goes),
+    nothing written."""
+    from conftest import one_error
+
+    import socket
+
+    with socket.socket() as s:  # a loopback port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    err = one_error(capsys, ["predict", trained_run[0], "--input", inputs / "no_id.csv", "--output", tmp_path / "o.csv",
+                             "--ray", f"ray://127.0.0.1:{port}"])
+    assert "cannot reach the cluster's head" in err
+    assert not list(tmp_path.iterdir())

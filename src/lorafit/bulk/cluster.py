@@ -36,8 +36,12 @@ def import_ray():
 
 
 def check_address(address: str) -> str:
-    """`local`, `auto`, `ray://host:port` or a head's `host:port` (what `ray.init(address=...)` takes)."""
-    if address in (LOCAL, "auto") or address.startswith("ray://") or (":" in address and "/" not in address):
+    """`local`, `auto`, `ray://host:port` or a head's `host:port` (what `ray.init(address=...)` takes), the
+    last two checked to be listening (`reachable`)."""
+    if address in (LOCAL, "auto"):
+        return address
+    if address.startswith("ray://") or (":" in address and "/" not in address):
+        reachable(address)
         return address
     raise LorafitError(f"--ray: '{address}' is not a cluster address; use local (a cluster on this machine, stopped "
                        "at the end), auto (the cluster this machine belongs to) or ray://HEAD:10001")
@@ -78,6 +82,21 @@ def cluster(address: str, num_cpus: Optional[int] = None) -> Iterator[object]:
         yield ray
     finally:
         ray.shutdown()  # a local cluster's processes stop with it; a joined cluster only loses this driver
+
+
+def reachable(address: str, timeout: float = 10.0) -> None:
+    """LorafitError unless something listens at the head's host:port. Ray itself would retry for minutes,
+    printing its C++ client's warnings, before failing."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except ValueError:
+        raise LorafitError(f"--ray {address}: the port must be a number, e.g. ray://HEAD:10001") from None
+    except OSError as e:
+        raise LorafitError(f"--ray {address}: cannot reach the cluster's head ({e.strerror or e}); is it started "
+                           "(`ray start --head` there) and is the port open to this machine?") from None
 
 
 def quiet(ray) -> None:
