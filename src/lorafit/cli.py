@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "calibrated by the run's temperature (calibration.json); "
                                                         "multi_label, each label's sigmoid (its set: prob >= its "
                                                         "threshold in thresholds.json); not for regression")
+    pr.add_argument("--ray", metavar="ADDRESS", help="predict on a Ray cluster (pip install 'lorafit[ray]'): local (one "
+                    "on this machine, stopped at the end), auto (the cluster this machine is in) or ray://HEAD:10001; "
+                    "the same output as without it")
     _serve_args(sub)
     _export_args(sub)
     return ap
@@ -336,7 +339,7 @@ def cmd_predict(args) -> int:
                      id_column=args.id_column, delimiter=args.delimiter, text_pair_column=args.text_pair_column,
                      probs=args.probs, input_format=args.input_format, resume=args.resume, overwrite=args.overwrite,
                      on_bad_row=args.on_bad_row, chunk_rows=args.chunk_rows or CHUNK_ROWS,
-                     command="lorafit " + shlex.join(argv), log=lambda line: print(line, file=sys.stderr))
+                     command="lorafit " + shlex.join(argv), ray=args.ray, log=lambda line: print(line, file=sys.stderr))
     print(f"wrote {n:,} predictions to {'standard output' if args.output == '-' else args.output}", file=sys.stderr)
     return 0
 

@@ -113,13 +113,19 @@ def predict_file(run_dirs: Sequence[str] | str, input_path: str, output_path: st
                  id_column: Optional[str] = None, delimiter: Optional[str] = None,
                  text_pair_column: Optional[str] = None, probs: bool = False, input_format: Optional[str] = None,
                  resume: bool = False, overwrite: bool = False, on_bad_row: str = "stop",
-                 chunk_rows: int = CHUNK_ROWS, command: Optional[str] = None,
+                 chunk_rows: int = CHUNK_ROWS, command: Optional[str] = None, ray: Optional[str] = None,
                  log: Optional[Callable[[str], None]] = None) -> int:
     """Predict every row of input_path with each run of run_dirs into output_path, a chunk of chunk_rows
     rows at a time (bulk/: read in chunks, computed, appended, committed; see the README's "Predict").
-    command: the command line that started it, for the line saying how to resume. Returns the rows written."""
+    command: the command line that started it, for the line saying how to resume. ray: a Ray cluster's
+    address (bulk/ray_stream.py: the same chunks computed there). Returns the rows written."""
     if chunk_rows < 1:
         raise LorafitError("--chunk-rows: give a positive number of rows")
+    if ray is not None:  # before anything is written: Ray installed, the address well formed
+        from .bulk.cluster import check_address, import_ray
+
+        check_address(ray)
+        import_ray()
     target = check_output(output_path, input_path)
     opts = PredictOptions(text_columns=text_columns, text_pair_column=text_pair_column, id_column=id_column,
                           batch_size=batch_size, with_logits=with_logits, probs=probs, on_bad_row=on_bad_row,
@@ -146,7 +152,13 @@ def predict_file(run_dirs: Sequence[str] | str, input_path: str, output_path: st
     try:
         if out.note and log:
             log(out.note)
-        written = _stream(source, rows, out, input_path, opts, chunk_rows, resume_line)
+        if ray is None:
+            written = _stream(source, rows, out, input_path, opts, chunk_rows, resume_line)
+        else:
+            from .bulk.ray_stream import computed_chunks
+
+            with computed_chunks(ray, input_path, rows, opts, chunk_rows, done=out.rows) as remote:
+                written = _stream(remote, remote.rows, out, input_path, opts, chunk_rows, resume_line)
     except KeyboardInterrupt:
         kept = out.abandon()
         if target.file is None:
