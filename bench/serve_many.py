@@ -306,7 +306,7 @@ def main() -> int:
     finally:
         for proc, _ in procs.values():
             stop(proc)
-    cold = cold_loads(dirs, min(args.cold, n_max - 2)) if n_max >= 3 else {}
+    cold = cold_loads(dirs, min(args.cold, n_max - 2)) if n_max >= 3 and args.cold else {}
 
     def summary(label: str, traffic: str) -> dict:
         """Median texts/s over the passes; p50/p99 of the passes' own (their median)."""

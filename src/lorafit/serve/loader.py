@@ -123,6 +123,11 @@ class PoolLoader:
 
     def unload(self, run: ServedRun) -> None:
         loaded, run.loaded = run.loaded, None  # the ServedRun may outlive this call (a log line): it holds nothing
+        slot = loaded.mixed is not None
         self.pool.unload(loaded)
         del loaded
-        self.pool.free()
+        if not slot:
+            # a module tree's reference cycles need a collection; a mixed slot's tensors went with the slot, and
+            # a gc.collect per eviction (seconds on a busy machine, in the one loader thread) stalled every load
+            # behind it: 1,000 runs at --max-loaded 100 under Zipf traffic, 3 texts/s (bench/serve_many.py)
+            self.pool.free()
