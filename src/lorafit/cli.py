@@ -329,9 +329,12 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .predict import predict_file
-
-    from .predict import CHUNK_ROWS
+    # oneDNN keeps a primitive (with its reordered weights) per op and shape, up to 1,024: a long predict
+    # meets every batch x length shape and its RSS climbed ~250 MB over 100k rows on a tiny model until
+    # the cache filled; without the cache, RSS stays flat and MiniLM predicted as fast (bench/RESULTS.md).
+    # Read when oneDNN first runs, so set before any forward; a user's own value wins.
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")
+    from .predict import CHUNK_ROWS, predict_file
 
     argv = [a for a in args.argv if a not in ("--resume", "--overwrite")]  # the command to resume with
     n = predict_file(args.run_dir, args.input, args.output, allow_pickle=args.allow_pickle,
