@@ -245,6 +245,14 @@ class _Builder:
         self.start = self.next
         return chunk
 
+    def last(self, empty: str) -> Iterator[Chunk]:
+        """The rows not yet yielded, as a last chunk; a file that had no row at all is refused (empty: why)."""
+        chunk = self.flush()
+        if chunk is not None:
+            yield chunk
+        elif self.next == 0:
+            raise LorafitError(f"{self.src.path}: {empty}")
+
 
 def _delimited(lines: _Lines, n: int, sep: Optional[str], tsv: bool, kind: str) -> Iterator[Chunk]:
     size = 0
@@ -274,11 +282,7 @@ def _delimited(lines: _Lines, n: int, sep: Optional[str], tsv: bool, kind: str) 
                  else build.add(record, line))
         if chunk is not None:
             yield chunk
-    last = build.flush()
-    if last is not None:
-        yield last
-    elif build.next == 0:
-        raise LorafitError(f"{lines.path}: no rows after the header line")
+    yield from build.last("no rows after the header line")
 
 
 def _chain(head: list, lines: _Lines) -> Iterator[str]:
@@ -312,11 +316,7 @@ def _jsonl(lines: _Lines, n: int) -> Iterator[Chunk]:
                 chunk = build.add(record, line)
         if chunk is not None:
             yield chunk
-    last = build.flush()
-    if last is not None:
-        yield last
-    elif build.next == 0:
-        raise LorafitError(f"{lines.path}: no records")
+    yield from build.last("no records")
 
 
 def _txt(lines: _Lines, n: int) -> Iterator[Chunk]:
@@ -333,11 +333,7 @@ def _txt(lines: _Lines, n: int) -> Iterator[Chunk]:
         blanks.clear()
         out.append(build.add_bad(f"line {lines.line}", undecodable, raw) if undecodable else build.add(text, lines.line))
         yield from (c for c in out if c is not None)
-    last = build.flush()
-    if last is not None:
-        yield last
-    elif build.next == 0:
-        raise LorafitError(f"{lines.path}: file is empty; expected one text per line")
+    yield from build.last("file is empty; expected one text per line")
 
 
 def _whole(name: str, read: Callable[[], pd.DataFrame], close: Callable[[], None] = lambda: None) -> Source:
