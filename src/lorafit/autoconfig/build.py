@@ -89,8 +89,7 @@ def _rows_and_rules(raw: dict, notes: dict) -> list[str]:
     raw["train"]["early_stopping"] = rules.PATIENCE
     notes["train.early_stopping"] = (f"stop after {rules.PATIENCE} evaluations without a better validation "
                                      "train.metric; the best checkpoint is kept")
-    labels = ex.labels if dc.task == "single_label" else []
-    raw["train"]["metric"], notes["train.metric"] = rules.metric(dc.task, labels)
+    raw["train"]["metric"], notes["train.metric"] = rules.metric(dc.task, ex.labels)
     return names
 
 

@@ -8,7 +8,6 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..metrics import IMBALANCE
 
 SMALL = 1000             # fewer rows: hold out a fraction (20%), else a count
 VAL_MAX = 2000           # a validation set of this many rows measures accuracy to about +-1 point
@@ -73,12 +72,7 @@ def evaluation(steps_per_epoch: int, n_epochs: int) -> tuple[object, str]:
 
 
 def metric(task: str, labels: Sequence) -> tuple[str, str]:
-    if task == "multi_label":
-        return "micro_f1", "multi_label: micro-F1 over every (row, label) decision"
-    if task == "regression":
-        return "pearson", "regression: Pearson correlation"
-    counts = np.unique(np.asarray([str(x) for x in labels]), return_counts=True)[1]
-    ratio = counts.max() / counts.min()
-    if ratio >= IMBALANCE:
-        return "macro_f1", f"classes imbalanced (largest {ratio:.1f}x the smallest, >= {IMBALANCE}): macro-F1"
-    return "accuracy", f"classes balanced (largest {ratio:.1f}x the smallest, < {IMBALANCE}): accuracy"
+    """(train.metric, why): the task object's choice (single_label: macro-F1 when imbalanced)."""
+    from .. import tasks
+
+    return tasks.get(task).chosen_metric(labels)

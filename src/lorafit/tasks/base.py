@@ -56,6 +56,10 @@ class Task:
     samples_by_class = False  # train.sampler: balanced applies
     column_dtype: type = object  # the predictions file's label column (object: an empty cell keeps integer labels whole)
 
+    def chosen_metric(self, labels: Sequence) -> tuple[str, str]:
+        """(train.metric, why) that `lorafit train --data` picks for this task from the training labels."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------ targets from a table
 
     def targets(self, values: list, cfg, label_names: Optional[list[str]], source: str, rows: Sequence[int],

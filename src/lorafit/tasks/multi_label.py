@@ -132,6 +132,9 @@ class MultiLabel(Task):
     problem_type = "multi_label_classification"
     tuned = True
 
+    def chosen_metric(self, labels):
+        return "micro_f1", "multi_label: micro-F1 over every (row, label) decision"
+
     def targets(self, values, cfg, label_names, source, rows, cli, hub_names=None):
         lists = label_lists(values, cfg.label_delimiter, source, cfg.label_column, rows)
         names = label_names or infer_label_names([x for labels in lists for x in labels], cfg.label_names, None)

@@ -54,6 +54,9 @@ class Regression(Task):
     weighs_classes = False
     column_dtype = float
 
+    def chosen_metric(self, labels):
+        return "pearson", "regression: Pearson correlation"
+
     def targets(self, values, cfg, label_names, source, rows, cli, hub_names=None):
         """The label column's name is the one output's name."""
         return encode_regression(values, source, cfg.label_column, rows), label_names or [cfg.label_column]

@@ -21,6 +21,15 @@ class SingleLabel(Task):
     calibrated = True
     samples_by_class = True
 
+    def chosen_metric(self, labels):
+        from ..metrics import IMBALANCE
+
+        counts = np.unique(np.asarray([str(x) for x in labels]), return_counts=True)[1]
+        ratio = counts.max() / counts.min()
+        if ratio >= IMBALANCE:
+            return "macro_f1", f"classes imbalanced (largest {ratio:.1f}x the smallest, >= {IMBALANCE}): macro-F1"
+        return "accuracy", f"classes balanced (largest {ratio:.1f}x the smallest, < {IMBALANCE}): accuracy"
+
     def targets(self, values, cfg, label_names, source, rows, cli, hub_names=None):
         names = label_names or infer_label_names(values, cfg.label_names, hub_names)
         if len(names) < 2:
