@@ -312,3 +312,14 @@ def test_peak_memory_does_not_grow_with_the_input(runs, tmp_path):
         assert proc.returncode == 0, proc.stderr
         peaks.append(int(proc.stdout.split()[-1]))
     assert peaks[1] <= 1.25 * peaks[0], peaks
+
+
+def test_resume_with_overwrite_is_refused_before_the_rows_kept_are_touched(tmp_path):
+    inp, out = tmp_path / "in.csv", tmp_path / "out.csv"
+    pd.DataFrame({"sentence": ["a"]}).to_csv(inp, index=False)
+    partial, manifest = tmp_path / "out.csv.partial", tmp_path / "out.csv.partial.json"
+    partial.write_text("ID,label\n0,x\n")
+    manifest.write_text("{}")
+    with pytest.raises(LorafitError, match=r"^--resume continues the rows kept, --overwrite discards them: give one$"):
+        predict_file(str(tmp_path / "no-run"), str(inp), str(out), resume=True, overwrite=True)
+    assert partial.read_text() == "ID,label\n0,x\n" and manifest.read_text() == "{}" and not out.exists()

@@ -121,6 +121,8 @@ def predict_file(run_dirs: Sequence[str] | str, input_path: str, output_path: st
     address (bulk/ray_stream.py: the same chunks computed there). Returns the rows written."""
     if chunk_rows < 1:
         raise LorafitError("--chunk-rows: give a positive number of rows")
+    if resume and overwrite:  # before Output opens (and, on resume, truncates) the partial file
+        raise LorafitError("--resume continues the rows kept, --overwrite discards them: give one")
     if ray is not None:  # before anything is written: Ray installed, the address well formed
         from .bulk.cluster import check_address, import_ray
 
@@ -146,8 +148,6 @@ def predict_file(run_dirs: Sequence[str] | str, input_path: str, output_path: st
         out = Output(target, output_path, identity, resume=resume, overwrite=overwrite, bad_rows=bad_path)
     except OSError as e:
         raise LorafitError(f"--output: cannot write beside {output_path} ({e.strerror or e})") from None
-    if resume and overwrite:
-        raise LorafitError("--resume continues the rows kept, --overwrite discards them: give one")
     resume_line = f"{command} --resume" if command else "the same command with --resume"
     try:
         if out.note and log:
