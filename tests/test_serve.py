@@ -372,7 +372,7 @@ def test_runs_over_one_base_hold_one_copy_of_its_files(runs, tiny_roberta, tmp_p
     ids = tokenize_texts(reg.runs["binary"], TEXTS[:8])
     np.testing.assert_allclose(forward_logits(reg.runs["other"], ids), forward_logits(reg.runs["binary"], ids), atol=1e-6)
 
-    states, run_cfg = {}, check_run(runs["topics"])
+    states, run_cfg = {}, check_run(runs["topics"]).cfg
     first = base_state(run_cfg, "cpu", states)
     assert base_state(run_cfg, "cpu", states) is first and len(states) == 1
     weights = Path(run_cfg.model.name) / "model.safetensors"

@@ -70,22 +70,23 @@ class ServedRun:
 
 
 def check_run(folder: Path):
-    """A finished run's config, checked without loading weights (what predict checks, before anything is bound)."""
-    from ..runs.directory import read_run
+    """A finished run (runs/compat.RunFolder: config, labels, trained-parameter count), checked without
+    loading weights (what predict checks, before anything is bound)."""
+    from ..runs.compat import read_run_folder
     from ..runs.weights import weights_folder
 
-    cfg, _ = read_run(folder)
-    weights = folder / weights_folder(cfg)
+    run = read_run_folder(folder)
+    weights = Path(folder) / weights_folder(run.cfg)
     if not weights.is_dir():
         raise LorafitError(f"{folder}: no trained weights ({weights.name}/ missing); did training finish?")
-    return cfg
+    return run
 
 
 class RunLoader(Protocol):
     """The registry's seam: how a run folder becomes a ServedRun, and how one is let go."""
 
-    def load(self, name: str, folder: Path, *, on_demand: bool, cfg=None) -> ServedRun:
-        """The run at folder under name (cfg: its config when already checked; on_demand: loaded for a
+    def load(self, name: str, folder: Path, *, on_demand: bool, checked=None) -> ServedRun:
+        """The run at folder under name (checked: check_run's when already read; on_demand: loaded for a
         request, not at start-up); a bad folder raises LorafitError (its line is the client's 4xx)."""
 
     def unload(self, run: ServedRun) -> None:
@@ -107,13 +108,12 @@ class PoolLoader:
     def device(self):
         return self.pool.device
 
-    def load(self, name: str, folder: Path, *, on_demand: bool, cfg=None) -> ServedRun:
+    def load(self, name: str, folder: Path, *, on_demand: bool, checked=None) -> ServedRun:
         from ..infer.pool import owned
-        from ..runs.compat import read_run_folder
 
-        cfg = cfg if cfg is not None else check_run(folder)
-        loaded, own, shared = self.pool.load(folder, cfg, packed=self.packed, share=True if on_demand else None)
-        trainable = read_run_folder(folder).trainable or 0  # an old run without the count: 0, not a failed start
+        checked = checked if checked is not None else check_run(folder)
+        loaded, own, shared = self.pool.load(folder, checked.cfg, packed=self.packed, share=True if on_demand else None)
+        trainable = checked.trainable or 0  # an old run without the count: 0, not a failed start
         if loaded.mixed is not None:  # a slot of a mixed base (infer/mixed.py): its A/B, norms and head, float32
             own_bytes = own * 4
         else:  # merged (shared 0): the whole model is its own

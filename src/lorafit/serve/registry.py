@@ -278,11 +278,12 @@ class Registry:
              max_bytes: int = 0, mixed: bool = True, loader: Optional[RunLoader] = None) -> "Registry":
         """The pinned runs (specs) loaded now; adapters_dir's runs on demand, through the same loader.
         mixed: runs over one base share forwards (infer/mixed.py) where they can."""
-        cfgs = [check_run(folder) for _, folder in specs]
-        loader = loader or PoolLoader(device, expected=cfgs, packed=packed, mixed=mixed)
+        checked = [check_run(folder) for _, folder in specs]
+        loader = loader or PoolLoader(device, expected=[c.cfg for c in checked], packed=packed, mixed=mixed)
         runs = {}
-        for (name, folder), cfg in zip(specs, cfgs):
-            run = runs[name] = loader.load(name, Path(folder), on_demand=False, cfg=cfg)
+        for (name, folder), read in zip(specs, checked):
+            cfg = read.cfg
+            run = runs[name] = loader.load(name, Path(folder), on_demand=False, checked=read)
             log(f"loaded {name} ({folder}): {cfg.adapter.method} over {cfg.model.name}, {run.own_parameters:,} own "
                 f"parameters, {run.shared_parameters:,} shared")
         adapters = AdaptersDir(adapters_dir) if adapters_dir is not None else None
