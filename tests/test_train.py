@@ -176,3 +176,25 @@ def test_train_seconds_count_every_step_and_no_evaluation(tiny_roberta, synth_cs
     recipe.train()
     evals = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]
     assert [(e["step"], e["train_seconds"]) for e in evals] == [(4, 4.0), (8, 8.0), (10, 10.0)]
+
+
+@pytest.mark.parametrize("over, reused", [({}, True), ({"train__final_on_val": True}, False)],
+                         ids=["best-is-last", "final-epoch-after"])
+def test_final_metrics_reuse_the_last_evaluation_only_when_exact(over, reused, tiny_roberta, synth_csv, tmp_path):
+    """The final validation metrics come from the last evaluation's logits when they are of the weights the run
+    ends with (one pass over the validation split saved), bit for bit those of a new pass; after a final
+    epoch on train+validation the weights differ, and the final metrics are those of a new pass.
+    (speed.fast_dropout off: finish takes that switch out of the model, and the new pass below runs after it.)"""
+    from lorafit.train.evaluation import validation_logits
+    from lorafit.train.recipe import Recipe
+
+    cfg = tiny_config(tiny_roberta, synth_csv, train__epochs=1, speed__fast_dropout=False, **over)
+    recipe = Recipe(cfg, tmp_path / "run", log=lambda *a: None).setup()
+    recipe.train()
+    last = recipe.last_eval
+    assert last["step"] == recipe.state.best_step == recipe.state.step  # one evaluation, at the epoch's end
+    result = recipe.finish()
+    logits, labels, loss = validation_logits(recipe, recipe.final_val_loader)  # a new pass of the final weights
+    assert result["validation"]["loss"] == loss  # exactly, either way
+    assert np.array_equal(logits, last["logits"]) is reused
+    assert json.loads((tmp_path / "run" / "eval.json").read_text())["validation"]["loss"] == loss

@@ -17,14 +17,12 @@ from typing import Callable, Optional
 
 import torch
 
-from .. import calibration, tasks
+from .. import tasks
 from ..config import RunConfig
 from ..data.batches import TokenDataset, make_loader
 from ..data.encoding import Encoding, encode, truncation_note
 from ..data.examples import load_labelled, load_split, split_seed
 from ..errors import Interrupted, LorafitError, TrainingDiverged
-from ..io import atomic_write_text
-from ..metrics import never_predicted
 from ..model import build_model, check_budget, load_tokenizer, trainable_rows
 from ..model import dtype as base_dtype
 from ..model.budget import count_all
@@ -32,20 +30,12 @@ from ..model.load import check_local_folder, check_max_length
 from ..model.solver import resolve_rank
 from ..progress import progress
 from ..runs.directory import check_run_dir
-from ..runs.weights import initial_lora, save_weights, weights_folder
-from . import checkpoint, evaluation, final_epoch, header, imbalance, switches, tracking
+from ..runs.weights import initial_lora
+from . import checkpoint, evaluation, header, imbalance, switches, tracking
+from .accelerator import make_accelerator
+from .finish import finish_run
 from .optim import build_optimizer, build_scheduler
 from .state import Position, State
-
-
-def resolve_precision(choice: str) -> str:
-    if choice != "auto":
-        if choice != "no" and not torch.cuda.is_available() and choice == "fp16":
-            raise LorafitError("train.precision: fp16 needs a GPU; use bf16 or no on CPU")
-        return choice
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "no"
 
 
 class Recipe:
@@ -69,6 +59,7 @@ class Recipe:
         self.thresholds: Optional[dict] = None  # multi_label: per-label thresholds, tuned when training ends
         self.config_notes: Optional[dict] = None  # a zero-config run's reasons: comments in config.yaml
         self.config_header: list[str] = []
+        self.last_eval: Optional[dict] = None  # the last evaluation's logits (train/evaluation.py)
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> "Recipe":
@@ -88,7 +79,7 @@ class Recipe:
         return self
 
     def _setup(self) -> None:
-        self._setup_accelerator()
+        self.acc = make_accelerator(self.cfg)
         # a folder without weights or tokenizer: say so before any work
         check_local_folder(self.cfg.model, need_weights=True, need_tokenizer=True)
         # a resumed run reads and checks its checkpoint first; it is applied once everything is built
@@ -105,32 +96,6 @@ class Recipe:
             self.model, self.optimizer, self.train_loader, self.val_loader)
         if saved is not None:
             self._restore(saved)
-
-    def _setup_accelerator(self) -> None:
-        from accelerate import Accelerator
-        from accelerate.state import AcceleratorState
-        from accelerate.utils import DataLoaderConfiguration, set_seed
-
-        cfg = self.cfg
-        # Several recipes may run in one process (seeds, sweeps, tests) with different precisions:
-        # forget the previous one's settings, but keep the process group (reset_partial_state=False).
-        AcceleratorState._reset_state(reset_partial_state=False)
-
-        # split_batches: train.batch_size is the global batch, cut across processes, so a config
-        # trains the same way on 1 or N processes (same steps, same effective batch).
-        self.acc = Accelerator(mixed_precision=resolve_precision(cfg.train.precision),
-                               gradient_accumulation_steps=cfg.train.grad_accum,
-                               dataloader_config=DataLoaderConfiguration(split_batches=True))
-        for name, bs in (("train.batch_size", cfg.train.batch_size), ("train.eval_batch_size", cfg.train.eval_batch_size)):
-            if bs % self.acc.num_processes:
-                raise LorafitError(f"{name}: {bs} is the global batch and must divide by the "
-                                   f"{self.acc.num_processes} processes")
-        set_seed(cfg.seed)
-        if cfg.train.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-            # ...without its debugging aid of NaN-filling every new tensor (6% of a CPU LoRA step in
-            # fill_): results do not depend on it, as every kernel here writes what it allocates
-            torch.utils.deterministic.fill_uninitialized_memory = False
 
     def _setup_data(self, saved) -> None:
         """The split, the label set, the test set checked, the tokenizer, datasets and loaders: every
@@ -402,73 +367,9 @@ class Recipe:
             self.acc.unwrap_model(self.model).base_model.update_and_allocate(step)
 
     # ------------------------------------------------------------------ finish
-
     def finish(self) -> dict:
-        from ..report import write_report
-
-        cfg = self.cfg
-        evaluation.load_best(self)
-        self.cleanup()  # drop the prefix cache: the full model from here on (final epoch, final metrics, saving)
-        if cfg.train.final_on_val:
-            final_epoch.train_on_all(self)
-        self.thresholds, tuning = evaluation.tuned_thresholds(self)  # multi_label only; the metrics below use them
-        val, *val_logits = evaluation.evaluate_with_logits(self, self.final_val_loader)
-        result = {"best_step": self.state.best_step, "metric": cfg.train.metric, "trainable": sum(r.total for r in self.rows),
-                  "validation": val}
-        result["validation"]["seen_in_training"] = cfg.train.final_on_val
-        test_logits = None
-        if self.test is not None:
-            loader = self.acc.prepare(self._loader(self.test_ds, cfg.train.eval_batch_size, shuffle=False))
-            result["test"], *test_logits = evaluation.evaluate_with_logits(self, loader)
-        calibrated = None  # a temperature scales softmax classes: single_label only
-        if tasks.task_of(cfg).calibrated:
-            calibrated = calibration.fit(val_logits, test_logits, seen_in_training=cfg.train.final_on_val)
-            result["calibration"] = calibrated.summary
-        warnings = [w for split in ("validation", "test") if split in result
-                    for w in [never_predicted(result[split], self.data.label_names, split)] if w]
-        warnings += evaluation.untuned_warnings(self, result, val_logits, test_logits)  # multi_label: tuned below 0.5
-        if not tasks.task_of(cfg).is_default:
-            result["task"] = cfg.data.task
-        if self.thresholds is not None:
-            result["thresholds"], result["threshold_tuning"] = self.thresholds, tuning
-        if warnings or self.data.warnings:  # in eval.json and report.md too: a good accuracy can hide them
-            result["warnings"] = self.data.warnings + warnings  # the data's (logged at the start) first
-        if self.acc.is_main_process:
-            model = self.acc.unwrap_model(self.model)
-            if self.fast_dropout:
-                from ..speed.dropout import remove
-                remove(model)  # torch's modules and SDPA again: nothing of ours reaches saved configs
-            try:
-                save_weights(model, self.tokenizer, self.run_dir, cfg, self.lora_init)
-                if calibrated is not None:
-                    calibrated.write(self.run_dir)
-                tasks.task_of(cfg).save_thresholds(self.run_dir, self.thresholds)
-                atomic_write_text(self.run_dir / "eval.json", json.dumps(result, indent=2))
-                write_report(self.run_dir, result, self.data.label_names)
-            except BaseException:
-                self._unfinish()
-                raise
-            shutil.rmtree(self.run_dir / checkpoint.RESUME, ignore_errors=True)  # finished: nothing left to resume
-            for w in warnings:
-                self.log(f"warning: {w}")
-            for split in ("validation", "test"):
-                if split in result:
-                    m = result[split]
-                    self.log(f"{split} {tasks.describe(m, ',')} (n={m['n']:,})")
-            self.log(f"run saved in {self.run_dir}")
-            if self.tracking is not None:
-                self.tracking.finish(result, weights_folder(cfg))  # the run's files as MLflow artefacts
-        self.acc.wait_for_everyone()
-        return result
-
-    def _unfinish(self) -> None:
-        """A failed finish (full disk, Ctrl-C) leaves no half-written finished run: the final outputs
-        go, and resume/ (its loop-ended checkpoint) finishes the run again with --resume."""
-        name = weights_folder(self.cfg)
-        for d in (name, f".{name}.tmp"):
-            shutil.rmtree(self.run_dir / d, ignore_errors=True)
-        for f in ("eval.json", "report.md", "curves.png", "confusion.png", tasks.THRESHOLDS_FILE, *calibration.FILES):
-            (self.run_dir / f).unlink(missing_ok=True)
+        """The best weights back, the final metrics, calibration and the run's files (train/finish.py)."""
+        return finish_run(self)
 
     def cleanup(self) -> None:
         """Drop the prefix cache's temporary files; safe to call after an interrupted run."""
