@@ -11,7 +11,11 @@ prediction. Training time excludes evaluation on both sides (the anchor evaluate
 end; lorafit evaluates every --eval-every steps to find when it first reaches the anchor's final
 accuracy). `--dtypes` runs lorafit once per frozen-base dtype (model.dtype), each in its own process
 after the anchor's, one column each, so a bf16 base is compared with the float32 one and the anchor in
-one run. Results: a table on stdout and in --out (bench/RESULTS.md), with date, machine and versions.
+one run. Whole process: besides those instrumented runs, `lorafit train` itself (the command, default
+config plus the recipe, one per dtype) is timed from start to exit, beside the anchor's process (imports,
+tokenising, loading, training, predicting the validation rows); both run on a bytecode cache warmed before
+anything is timed, as an installed package's are (--no-bytecode-cache: the environment as it is).
+Results: a table on stdout and in --out (bench/RESULTS.md), with date, machine and versions.
 """
 from __future__ import annotations
 
@@ -174,16 +178,76 @@ def run_lorafit(spec: dict) -> dict:
             "peak_rss_mb": peak_rss_mb(), "rss_phases_mb": phases.result(), "evals": [(r["step"], r["train_seconds"], r["accuracy"]) for r in evals]}
 
 
+# ---------------------------------------------------------------- whole process
+# What both sides import, compiled once before anything is timed (see warm_bytecode)
+WARM_IMPORTS = """
+import numpy, pandas, torch, datasets, accelerate, peft, safetensors, sklearn.metrics, matplotlib.pyplot
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
+import transformers.models.bert.modeling_bert, transformers.models.bert.tokenization_bert
+import transformers.models.roberta.modeling_roberta
+import lorafit.cli, lorafit.train.run, lorafit.report, lorafit.calibration, lorafit.predict, lorafit.runs.weights
+"""
+
+
+def child_env(cache: Path | None) -> dict:
+    """The children's environment. With a bytecode cache (PYTHONPYCACHEPREFIX): each process reads the
+    compiled modules an installed package has, instead of compiling every import again when the
+    environment says PYTHONDONTWRITEBYTECODE (compiling was ~half of a process's imports here)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "TOKENIZERS_PARALLELISM": "false"}
+    if cache is not None:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = str(cache)
+    return env
+
+
+def warm_bytecode(cache: Path) -> None:
+    subprocess.run([sys.executable, "-c", WARM_IMPORTS], env=child_env(cache), check=True)
+
+
+def compiled_since(cache: Path | None, t: float) -> int:
+    """Modules compiled into the cache after time t: what the warm-up missed (a timed process compiles them)."""
+    if cache is None:
+        return 0
+    return sum(1 for f in cache.rglob("*.pyc") if f.stat().st_mtime >= t)
+
+
+def run_whole(spec: dict, dtype: str, cache: Path | None) -> dict:
+    """`lorafit train` as a user runs it (python -m lorafit, the recipe's keys over the default config), timed
+    from start to exit; its own log in WORK/lorafit-cli-DTYPE.log."""
+    work = Path(spec["workdir"])
+    cfg = work / "whole.yaml"
+    cfg.write_text(json.dumps({"model": {"name": spec["model"]},  # JSON is YAML
+                               "data": {"train": spec["trainval"], "val_size": spec["val_size"]}}))
+    run_dir = work / f"lorafit-cli-{dtype}"
+    sets = [*recipe_sets(), f"train.epochs={spec['epochs']}", f"model.dtype={dtype}", *spec.get("lorafit_sets", [])]
+    cmd = [sys.executable, "-m", "lorafit", "train", "--config", str(cfg), "--out", str(run_dir), "--overwrite"]
+    for s in sets:
+        cmd += ["--set", s]
+    log = work / f"lorafit-cli-{dtype}.log"
+    start, t = time.time(), time.perf_counter()
+    with log.open("w") as f:
+        proc = subprocess.run(cmd, env=child_env(cache), stdout=f, stderr=subprocess.STDOUT)
+    wall = time.perf_counter() - t
+    if proc.returncode:
+        raise SystemExit(f"lorafit train failed (exit {proc.returncode}); see {log}")
+    result = json.loads((run_dir / "eval.json").read_text())
+    return {"whole_s": wall, "final_accuracy": result["validation"]["accuracy"], "compiled": compiled_since(cache, start),
+            "log": str(log)}
+
+
 # ---------------------------------------------------------------- driver
-def child(role: str, spec: dict) -> dict:
+def child(role: str, spec: dict, cache: Path | None = None) -> dict:
+    """One side in its own process; its result, with the process's wall time from start to exit."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(spec, f)
     out = f.name + ".out"
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, __file__, "--role", role, "--spec", f.name, "--result", out], env=env)
+    start, t = time.time(), time.perf_counter()
+    proc = subprocess.run([sys.executable, __file__, "--role", role, "--spec", f.name, "--result", out],
+                          env=child_env(cache))
+    wall = time.perf_counter() - t
     if proc.returncode:
         raise SystemExit(f"{role} failed (exit {proc.returncode})")
-    return json.loads(Path(out).read_text())
+    return {**json.loads(Path(out).read_text()), "whole_s": wall, "compiled": compiled_since(cache, start)}
 
 
 def machine() -> str:
@@ -210,8 +274,9 @@ def append_section(out: str, title: str, detail: str, lines: list[str]) -> str:
     return text
 
 
-def table(a: dict, ours: dict[str, dict]) -> str:
-    """The anchor against each lorafit run (one value column and one ratio column per frozen-base dtype)."""
+def table(a: dict, ours: dict[str, dict], whole: dict[str, dict]) -> str:
+    """The anchor against each lorafit run (one value column and one ratio column per frozen-base dtype);
+    whole: the `lorafit train` processes, per dtype (the last two rows)."""
     def ratio(x, y):
         return "n/a" if x is None or y is None else f"{x / y:.2f}x"
 
@@ -225,14 +290,20 @@ def table(a: dict, ours: dict[str, dict]) -> str:
                 (f"{b['rss_phases_mb'].get('train', 0):.0f}", ratio(b["rss_phases_mb"].get("train"),
                                                                      a["rss_phases_mb"].get("train"))),
                 (f"{b['trainable']:,}", "")]
+
+    def whole_rows(w: dict) -> list[tuple[str, str]]:
+        return [(f"**{w['whole_s']:.0f}**", f"**{ratio(a['whole_s'], w['whole_s'])}**"),
+                (f"{w['final_accuracy']:.4f}", f"{100 * (w['final_accuracy'] - a['final_accuracy']):+.2f} pt")]
     anchor = [f"{a['train_samples'] / a['train_s']:.1f}", f"{a['time_to_target_s']:.0f}", f"{a['final_accuracy']:.4f}",
               f"{a['predict_samples'] / a['predict_s']:.1f}", f"{a['peak_rss_mb']:.0f}",
-              f"{a['rss_phases_mb'].get('train', 0):.0f}", f"{a['trainable']:,}"]
+              f"{a['rss_phases_mb'].get('train', 0):.0f}", f"{a['trainable']:,}", f"**{a['whole_s']:.0f}**",
+              f"{a['final_accuracy']:.4f}"]
     names = ["train samples/s", "time to anchor's final val accuracy (s)", "final val accuracy", "predict samples/s",
-             "peak RSS (MB)", "peak RSS while training (MB)", "trainable parameters"]
+             "peak RSS (MB)", "peak RSS while training (MB)", "trainable parameters",
+             "whole process, start to exit (s): the anchor's / `lorafit train`'s", "`lorafit train`'s final val accuracy"]
     # one dtype keeps the table's old columns; several name the base dtype in each lorafit column
     heads = ["lorafit" if len(ours) == 1 else f"lorafit, {dt} base" for dt in ours]
-    cols = [rows(b) for b in ours.values()]
+    cols = [rows(b) + whole_rows(whole[dt]) for dt, b in ours.items()]
     lines = ["| metric | HF Trainer + PEFT | " + " | ".join(f"{h} | {h} vs anchor" for h in heads) + " |",
              "|---|---|" + "---|---|" * len(heads)]
     for i, name in enumerate(names):
@@ -252,6 +323,9 @@ def main() -> int:
     ap.add_argument("--set", dest="sets", action="append", default=[], help="extra lorafit config override")
     ap.add_argument("--dtypes", default="float32",
                     help="lorafit runs, one per frozen-base dtype (model.dtype), e.g. float32,bfloat16")
+    ap.add_argument("--no-bytecode-cache", action="store_true",
+                    help="run the children in the environment as it is (with PYTHONDONTWRITEBYTECODE, every process "
+                         "compiles its imports) instead of on a bytecode cache warmed before timing")
     ap.add_argument("--out", default=str(ROOT / "bench" / "RESULTS.md"))
     ap.add_argument("--role", help=argparse.SUPPRESS)
     ap.add_argument("--spec", help=argparse.SUPPRESS)
@@ -283,15 +357,32 @@ def main() -> int:
     spec = {"model": args.model, "trainval": str(work / "trainval.csv"), "train": str(work / "train.csv"),
             "val": str(work / "val.csv"), "val_size": args.val_size, "epochs": args.epochs, "workdir": str(work),
             "eval_every": args.eval_every, "lorafit_sets": args.sets, "max_length": args.max_length}
+    cache = None if args.no_bytecode_cache else work / "pycache"
+    if cache is not None:
+        print(f"bench: compiling both sides' imports into {cache}", flush=True)
+        warm_bytecode(cache)
+    loads = {}  # 1-minute load average before and after each timed process: the machine may be shared
+    dtypes = args.dtypes.split(",")
+    whole = {}
+    # `lorafit train` first: whatever the warm-up left to compile, or to read from disk, falls on lorafit's time
+    for dt in dtypes:
+        print(f"bench: running `lorafit train`, model.dtype={dt} (whole process)", flush=True)
+        before = os.getloadavg()[0]
+        whole[dt] = run_whole(spec, dt, cache)
+        loads[f"lorafit train ({dt})"] = (before, os.getloadavg()[0])
     print(f"bench: {len(split.train)} train / {len(split.val)} validation items; running the anchor", flush=True)
-    anchor = child("anchor", spec)
+    before = os.getloadavg()[0]
+    anchor = child("anchor", spec, cache)
+    loads["anchor"] = (before, os.getloadavg()[0])
     print(f"bench: anchor final accuracy {anchor['final_accuracy']:.4f}; running lorafit", flush=True)
     spec["target_accuracy"] = anchor["final_accuracy"]
     ours = {}
-    for dt in args.dtypes.split(","):
+    for dt in dtypes:
         print(f"bench: running lorafit, model.dtype={dt}", flush=True)
-        ours[dt] = child("lorafit", {**spec, "lorafit_sets": [f"model.dtype={dt}", *args.sets]})
-    md = table(anchor, ours)
+        before = os.getloadavg()[0]
+        ours[dt] = child("lorafit", {**spec, "lorafit_sets": [f"model.dtype={dt}", *args.sets]}, cache)
+        loads[f"lorafit instrumented ({dt})"] = (before, os.getloadavg()[0])
+    md = table(anchor, ours, whole)
     first = next(iter(ours.values()))
     cmd = "python bench/compare.py " + " ".join(a for a in sys.argv[1:])
     text = (f"# Speed: lorafit vs HF Trainer + PEFT\n\n- date: {date.today()}\n- machine: {machine()}\n"
@@ -304,7 +395,16 @@ def main() -> int:
             f"weights, last layer on the first token, Linear layers on prepacked oneDNN weights; a 16-bit base's "
             f"run is predicted on the float32 base with its float32 adapter merged); its labels equal "
             f"the plain unmerged model's: {all(b['merged_equals_unmerged'] for b in ours.values())} (the plain "
-            f"model, also length-sorted: {first['predict_samples'] / first['plain_predict_s']:.1f} samples/s)\n\n{md}\n\n"
+            f"model, also length-sorted: {first['predict_samples'] / first['plain_predict_s']:.1f} samples/s)\n"
+            f"- whole process: the anchor's process from start to exit (imports, tokenising, loading, training, "
+            f"predicting the validation rows) against `python -m lorafit train --config C --set ...` (the recipe's "
+            f"keys over the default config: one evaluation a epoch, the report, calibration, saved weights); "
+            + ("each process compiles its imports (the environment as it is)" if cache is None else
+               "both on a bytecode cache compiled before timing (modules the warm-up missed, compiled in the timed "
+               f"process: anchor {anchor['compiled']}, "
+               + ", ".join(f"lorafit train ({dt}) {w['compiled']}" for dt, w in whole.items()) + ")")
+            + "\n- 1-minute load average before / after each process: "
+            + "; ".join(f"{k} {b:.1f} / {e:.1f}" for k, (b, e) in loads.items()) + f"\n\n{md}\n\n"
             + "".join(f"lorafit ({dt}) evaluations (step, training seconds, accuracy): {b['evals']}\n\n"
                       for dt, b in ours.items())
             + f"peak RSS by phase (MB): anchor {anchor['rss_phases_mb']}; "

@@ -23,6 +23,9 @@ def test_compare_runs_on_tiny_input(tiny_roberta, synth_csv, tmp_path):
     # one column pair per frozen-base dtype, each row filled for both
     assert "| lorafit, float32 base | lorafit, float32 base vs anchor | lorafit, bfloat16 base |" in text
     assert all(line.count("|") == 7 for line in text.splitlines() if line.startswith("| train samples/s"))
+    # the whole-process rows: the anchor's process against `lorafit train`'s, one per dtype, on the warmed cache
+    assert all(line.count("|") == 7 for line in text.splitlines() if line.startswith("| whole process"))
+    assert "both on a bytecode cache compiled before timing" in text and "lorafit train (bfloat16) " in text
     assert "lorafit (bfloat16) evaluations" in text
     assert "equal the plain unmerged model's: True" in text
     assert "peak RSS by phase (MB): anchor {'setup': " in text and "'predict unmerged': " in text
