@@ -85,6 +85,32 @@ def test_no_temperature_is_fitted_on_items_that_were_trained_on():
     assert "note" not in calibration.fit((logits * 3, labels)).summary
 
 
+def test_with_final_on_val_the_temperature_comes_from_the_rows_before_they_were_trained_on(tiny_roberta, synth_csv,
+                                                                                           tmp_path, monkeypatch):
+    """train.final_on_val trains on the validation rows at the end: T is fitted on the best checkpoint's
+    logits of those rows, taken before the final epoch, not left at 1 and not fitted on the sharper logits after."""
+    from conftest import tiny_config
+    from lorafit.train import final_epoch
+    from lorafit.train.evaluation import validation_logits
+    from lorafit.train.run import run_training
+
+    before, real = [], final_epoch.train_on_all
+
+    def spy(recipe):
+        before.append(validation_logits(recipe, recipe.final_val_loader)[:2])
+        real(recipe)
+
+    monkeypatch.setattr(final_epoch, "train_on_all", spy)
+    run_training(tiny_config(tiny_roberta, synth_csv, train__final_on_val="true", train__epochs=1), tmp_path / "run",
+                 log=lambda *a: None)
+    cal = json.loads((tmp_path / "run" / "eval.json").read_text())["calibration"]
+    assert len(before) == 1 and cal["fitted_on"] == "validation, before the final epoch on train+validation"
+    assert cal["temperature"] == pytest.approx(calibration.fit_temperature(*before[0]), rel=1e-6)
+    assert cal["temperature"] != 1.0  # fitted (an untrained tiny model may reach the bound, with its note)
+    # the summary's validation numbers are of the logits the saved model gives, after the final epoch
+    assert json.loads((tmp_path / "run" / "eval.json").read_text())["validation"]["seen_in_training"]
+
+
 @pytest.mark.parametrize("content, problem", [('{"t": 2}', "not a lorafit calibration file"),
                                               ('{"temperature": -1}', "is not a positive number"),
                                               ("{", "not a lorafit calibration file")])

@@ -118,19 +118,22 @@ class Calibrated:
 
 
 def fit(val: Sequence[np.ndarray], test: Optional[Sequence[np.ndarray]] = None, *,
-        seen_in_training: bool = False) -> Calibrated:
+        seen_in_training: bool = False, held_out: Optional[Sequence[np.ndarray]] = None) -> Calibrated:
     """Fit T on the validation (logits, labels); measure before/after on validation and test. When the
-    validation items were trained on (train.final_on_val) they would fit a T too sharp: T stays 1."""
-    if seen_in_training:
+    validation items were trained on (train.final_on_val) they would fit a T too sharp: T is fitted on
+    `held_out`, the same items' logits from the best checkpoint before they were trained on, or stays 1."""
+    fit_on = held_out if seen_in_training else val
+    if fit_on is None:
         t, fitted_on = 1.0, None
     else:
-        t, fitted_on = fit_temperature(*val), "validation"
+        t = fit_temperature(*fit_on)
+        fitted_on = "validation, before the final epoch on train+validation" if seen_in_training else "validation"
     summary = {"temperature": t, "fitted_on": fitted_on, "method": "temperature scaling: NLL minimised by LBFGS",
                "bins": BINS, "validation": split_summary(*val, t)}
-    if seen_in_training:
+    if seen_in_training and held_out is None:
         summary["note"] = ("not fitted: the validation items were trained on (train.final_on_val), so the "
                            "probabilities are the plain softmax (T = 1)")
-    elif len(val[1]) and (np.asarray(val[0]).argmax(1) == np.asarray(val[1])).all():
+    elif len(fit_on[1]) and (np.asarray(fit_on[0]).argmax(1) == np.asarray(fit_on[1])).all():
         summary["note"] = ("every validation item is predicted right, so the fitted temperature can only sharpen the "
                            "probabilities; it says little about new data (a larger data.val_size helps)")
     elif t in T_RANGE:

@@ -37,15 +37,16 @@ def validation_logits(recipe, loader) -> tuple[np.ndarray, np.ndarray, float]:
     return logits.numpy(), labels.numpy(), loss
 
 
-def final_validation_logits(recipe) -> tuple[np.ndarray, np.ndarray, float]:
+def final_validation_logits(recipe, before_final_epoch: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
     """validation_logits of the weights the run ends with, on the full model's own path. The last evaluation
     during training computed exactly these when it was of the same weights (the best step, and no final
     epoch on train+validation after it) on the same path (no prefix cache standing in for the frozen
     layers): then they are reused, not computed a second time (a whole pass over the validation split:
-    about a sixth of a 1-epoch run's training time)."""
+    about a sixth of a 1-epoch run's training time). before_final_epoch: called before train.final_on_val's epoch,
+    when the best weights are still the ones the run ends with so far."""
     last = recipe.last_eval
     if (last is not None and last["step"] == recipe.state.best_step and not last["prefix"]
-            and not recipe.cfg.train.final_on_val):
+            and (before_final_epoch or not recipe.cfg.train.final_on_val)):
         return last["logits"], last["labels"], last["loss"]
     return validation_logits(recipe, recipe.final_val_loader)
 
@@ -62,12 +63,13 @@ def evaluate_with_logits(recipe, loader) -> tuple[dict, np.ndarray, np.ndarray]:
     return metrics_of(recipe, logits, labels, loss), logits, labels
 
 
-def tuned_thresholds(recipe) -> tuple[dict | None, dict | None]:
+def tuned_thresholds(recipe, held_out: list | None = None) -> tuple[dict | None, dict | None]:
     """multi_label: per-label thresholds (0.5 unless a cross-fitted tuning on the validation split beats it:
-    thresholds.py) and the record of that choice; (None, None) for other tasks."""
+    thresholds.py) and the record of that choice; (None, None) for other tasks. held_out: [logits, labels] of
+    the validation split to tune on (the best checkpoint's, before train.final_on_val trains on them)."""
     if not tasks.task_of(recipe.cfg).tuned:
         return None, None
-    logits, labels, _ = final_validation_logits(recipe)
+    logits, labels = held_out if held_out is not None else final_validation_logits(recipe)[:2]
     thresholds, record = choose_thresholds(logits, labels, recipe.data.label_names, recipe.cfg.train.metric,
                                            recipe.cfg.seed)
     if recipe.acc.is_main_process:

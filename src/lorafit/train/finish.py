@@ -23,9 +23,15 @@ def finish_run(recipe) -> dict:
     cfg = recipe.cfg
     evaluation.load_best(recipe)
     recipe.cleanup()  # drop the prefix cache: the full model from here on (final epoch, final metrics, saving)
+    held_out = None
     if cfg.train.final_on_val:
+        # the best checkpoint's logits on the validation rows, the last rows it has not trained on: the
+        # thresholds and the temperature are fitted on them (fitted after the final epoch they would be too sharp)
+        held_out = list(evaluation.final_validation_logits(recipe, before_final_epoch=True)[:2])
+        recipe.thresholds, tuning = evaluation.tuned_thresholds(recipe, held_out)
         final_epoch.train_on_all(recipe)
-    recipe.thresholds, tuning = evaluation.tuned_thresholds(recipe)  # multi_label only; the metrics below use them
+    else:
+        recipe.thresholds, tuning = evaluation.tuned_thresholds(recipe)  # multi_label only; the metrics below use them
     logits, labels, loss = evaluation.final_validation_logits(recipe)
     val, val_logits = evaluation.metrics_of(recipe, logits, labels, loss), [logits, labels]
     result = {"best_step": recipe.state.best_step, "metric": cfg.train.metric,
@@ -37,7 +43,7 @@ def finish_run(recipe) -> dict:
         result["test"], *test_logits = evaluation.evaluate_with_logits(recipe, loader)
     calibrated = None  # a temperature scales softmax classes: single_label only
     if tasks.task_of(cfg).calibrated:
-        calibrated = calibration.fit(val_logits, test_logits, seen_in_training=cfg.train.final_on_val)
+        calibrated = calibration.fit(val_logits, test_logits, seen_in_training=cfg.train.final_on_val, held_out=held_out)
         result["calibration"] = calibrated.summary
     warnings = [w for split in ("validation", "test") if split in result
                 for w in [never_predicted(result[split], recipe.data.label_names, split)] if w]
