@@ -243,3 +243,57 @@ def test_run_log_states_the_probe_when_auto_reaches_it(tiny_roberta, synth_csv, 
     said = [x for x in lines if x.startswith("base dtype: ")]
     assert len(said) == 1 and "auto: probe of this model's matmuls (256 tokens x 32 @ 32 x 32 / 64, on this CPU): " \
         "float32 " in said[0], said
+
+
+def test_a_resumed_auto_run_keeps_the_dtype_its_checkpoint_recorded(tiny_roberta, synth_csv, tmp_path, monkeypatch):
+    """model.dtype: auto is decided once per run: the checkpoint records the probe's decision and --resume
+    trains on it, even where a probe now would decide otherwise (a loaded machine, another CPU)."""
+    from lorafit.model import dtype_probe
+    from lorafit.train import checkpoint
+    from lorafit.train.recipe import Recipe
+
+    class Stop(Exception):
+        pass
+
+    class StopAt3(Recipe):
+        def _after_step(self, step):
+            super()._after_step(step)
+            if step == 3:
+                raise Stop
+
+    monkeypatch.setattr(base_dtype, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    monkeypatch.setattr(dtype_probe, "_probe_shapes", lambda *a: (torch.bfloat16, "auto: probe said bfloat16"))
+    cfg = tiny_config(tiny_roberta, synth_csv, model__dtype="auto", data__limit=100, train__checkpoint_every=2,
+                      train__epochs=1)
+    first = []
+    with pytest.raises(Stop):
+        StopAt3(cfg, tmp_path / "run", log=first.append).setup().train()
+    assert "base dtype: bfloat16 (auto: probe said bfloat16)" in "\n".join(first)
+    assert json.loads((checkpoint.latest(tmp_path / "run") / "state.json").read_text())["base_dtype"] == "bfloat16"
+
+    monkeypatch.setattr(dtype_probe, "_probe_shapes", lambda *a: (torch.float32, "auto: probe said float32"))
+    lines = []
+    rec = Recipe(cfg, tmp_path / "run", resume=True, log=lines.append).setup()
+    said = [x for x in lines if x.startswith("base dtype: ")]
+    assert said == ["base dtype: bfloat16 (auto: bfloat16, as decided when this run started (recorded in its "
+                    "checkpoint)); trainable parameters and optimizer state float32"], said
+    assert base_dtype.dtype_counts(rec.model).get("bfloat16", 0) > 0
+    rec.cleanup()
+    fresh = []
+    Recipe(cfg, tmp_path / "other", log=fresh.append).setup().cleanup()  # a new run probes again
+    assert "base dtype: float32 (auto: probe said float32)" in fresh
+
+
+def test_auto_is_the_default_and_one_process_probes_a_shape_once(monkeypatch):
+    from lorafit.config import ModelConfig
+    from lorafit.model import dtype_probe
+
+    assert ModelConfig(name="x").dtype == "auto"
+    calls = []
+    monkeypatch.setattr(dtype_probe, "measure", lambda *a: calls.append(a) or {"float32": 0.02, "bfloat16": 0.01})
+    dtype_probe._probe_shapes.cache_clear()
+    first = dtype_probe._probe_shapes(48, 96, 300)
+    monkeypatch.setattr(dtype_probe, "measure", lambda *a: calls.append(a) or {"float32": 0.01, "bfloat16": 0.02})
+    assert dtype_probe._probe_shapes(48, 96, 300) == first and first[0] == torch.bfloat16 and len(calls) == 1
+    assert dtype_probe._probe_shapes(48, 96, 301)[0] == torch.float32 and len(calls) == 2  # another shape: probed
+    dtype_probe._probe_shapes.cache_clear()

@@ -125,14 +125,37 @@ def dtype_counts(model: nn.Module) -> dict[str, int]:
     return counts
 
 
-def apply(model: nn.Module, choice: str, device, tokens: int | None = None) -> tuple[Hooks, str]:
-    """keep_base_in for model.dtype on this device; (hooks, the run-log line). auto on a CPU with bf16
-    dot products: decided by a probe of the model's own matmuls at `tokens` per batch (dtype_probe.py)."""
+def decide(model: nn.Module, choice: str, device, tokens: int | None = None) -> tuple[torch.dtype, str]:
+    """(dtype of the frozen base, why) for model.dtype: auto on a CPU with bf16 dot products is decided by a
+    probe of the model's own matmuls at `tokens` per batch (dtype_probe.py)."""
     dtype, why = resolve(choice, device)
     if choice == "auto" and dtype == torch.bfloat16 and torch.device(device).type == "cpu" and tokens:
         from .dtype_probe import probe
 
         dtype, why = probe(model, tokens)
+    return dtype, why
+
+
+def decide_for_run(model: nn.Module, choice: str, acc, tokens: int, resumed: dict | None) -> tuple[torch.dtype, str]:
+    """decide() for a training run: a resumed run keeps the dtype its checkpoint recorded (a probe now could
+    measure differently and change the numbers mid-run); under DDP every process takes the main one's."""
+    if choice == "auto" and resumed and resumed.get("base_dtype") in DTYPES:
+        name = resumed["base_dtype"]
+        return DTYPES[name], f"auto: {name}, as decided when this run started (recorded in its checkpoint)"
+    dtype, why = decide(model, choice, acc.device, tokens)
+    if acc.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        box = broadcast_object_list([(str(dtype).removeprefix("torch."), why)], from_process=0)
+        dtype, why = DTYPES[box[0][0]], box[0][1]
+    return dtype, why
+
+
+def apply(model: nn.Module, choice: str, device, tokens: int | None = None,
+          decided: tuple[torch.dtype, str] | None = None) -> tuple[Hooks, str]:
+    """keep_base_in for model.dtype on this device; (hooks, the run-log line). `decided`: a decision already
+    taken (a resumed run's, or the main process's under DDP), so every part of one run uses one dtype."""
+    dtype, why = decided or decide(model, choice, device, tokens)
     if dtype != torch.float32 and all(p.requires_grad for p in model.parameters() if p.is_floating_point()):
         return Hooks(), f"base dtype: float32 ({why}, but every parameter trains: trainables stay float32)"
     hooks = keep_base_in(model, dtype)

@@ -9,6 +9,7 @@ tokens per batch, float32 and bfloat16 in turn, within about a second; the run l
 `decide` is the pure rule (tested with given figures), `measure` the timing."""
 from __future__ import annotations
 
+import functools
 import time
 
 import torch
@@ -73,7 +74,12 @@ def probe(model, tokens: int) -> tuple[torch.dtype, str]:
     cfg = model.config
     hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "dim", None)
     inter = getattr(cfg, "intermediate_size", None) or getattr(cfg, "hidden_dim", None) or 4 * hidden
-    hidden, inter = int(hidden), int(inter)
-    tokens = probe_tokens(hidden, inter, tokens)
+    return _probe_shapes(int(hidden), int(inter), probe_tokens(int(hidden), int(inter), tokens))
+
+
+@functools.lru_cache(maxsize=None)
+def _probe_shapes(hidden: int, inter: int, tokens: int) -> tuple[torch.dtype, str]:
+    # once per process and shape: the seeds of one `lorafit train --seeds` (and a sweep's trials) then train
+    # on one dtype, whatever the load did to a second probe's figures
     figures = measure(hidden, inter, tokens)
     return decide(figures, f" ({tokens} tokens x {hidden} @ {hidden} x {hidden} / {inter}, on this CPU)")

@@ -113,7 +113,8 @@ def save(recipe, pos: Position) -> Path | None:
             "metrics_bytes": metrics.stat().st_size, "train_seconds": recipe.train_seconds,
             "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng_meta, "num_processes": acc.num_processes,
             "adalora_rank_pattern": ada[1].rank_pattern if ada is not None else None,
-            "config": recipe.cfg.model_dump(mode="json"), "labels": recipe.data.label_names}
+            "config": recipe.cfg.model_dump(mode="json"), "labels": recipe.data.label_names,
+            "base_dtype": recipe.base_dtype}
 
     root = recipe.run_dir / RESUME
     root.mkdir(exist_ok=True)

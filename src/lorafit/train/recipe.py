@@ -48,6 +48,7 @@ class Recipe:
         self.on_eval, self.prefix, self.evals = on_eval, None, 0
         self.state, self.position = State(), Position()
         self.train_seconds, self._segment = 0.0, None   # see _clock
+        self._resumed_meta: Optional[dict] = None  # the checkpoint being resumed, read in _setup
         self._saved_step: Optional[int] = None   # step of the last resumable checkpoint
         self._saved_kept: set[int] = set()       # top-k folders that checkpoint refers to: not deleted before the next
         self._new_dir = None                     # runs.directory.NewRunDir: what a failed setup puts back
@@ -84,6 +85,7 @@ class Recipe:
         check_local_folder(self.cfg.model, need_weights=True, need_tokenizer=True)
         # a resumed run reads and checks its checkpoint first; it is applied once everything is built
         saved = checkpoint.load(self.run_dir, self.cfg) if self.resume else None
+        self._resumed_meta = saved.meta if saved is not None else None
         self._setup_data(saved)
         self._setup_model()
         header.write_run_header(self)  # every check has passed
@@ -138,7 +140,9 @@ class Recipe:
         self.log_every = header.log_interval(cfg.train.log_every, self.total_steps)
         self.model, self.plan = build_model(cfg, names, total_steps=self.total_steps)
         tokens = cfg.train.batch_size * cfg.data.max_length // 2  # dynamic padding: about half the longest
-        self.dtype_hooks, note = base_dtype.apply(self.model, cfg.model.dtype, self.acc.device, tokens)  # model/dtype.py
+        decided = base_dtype.decide_for_run(self.model, cfg.model.dtype, self.acc, tokens, self._resumed_meta)
+        self.base_dtype = str(decided[0]).removeprefix("torch.")  # recorded in checkpoints: a resume keeps it
+        self.dtype_hooks, note = base_dtype.apply(self.model, cfg.model.dtype, self.acc.device, tokens, decided)
         self.log(note)
         if tasks.task_of(cfg).problem_type:  # in the saved classifier config too: a plain reload knows the task
             self.model.config.problem_type = tasks.task_of(cfg).problem_type
