@@ -85,6 +85,8 @@ def test_epochs_learning_rate_batch_and_warmup_follow_the_data_size():
     assert rules.batch_size(1999)[0] == 16 and rules.batch_size(2000)[0] == 32
     assert rules.warmup(299)[0] == 0.1 and rules.warmup(300)[0] == 0.06
     assert rules.evaluation(100, 3)[0] == "epoch" and rules.evaluation(101, 2)[0] == 51
+    assert rules.final_on_val(rules.BIG - 1, 2000)[0] is True and rules.final_on_val(rules.BIG, 2000)[0] is False
+    assert "the 200 validation rows are trained on too" in rules.final_on_val(1800, 200)[1]
 
 
 def test_max_length_is_a_high_percentile_rounded_up_and_capped_by_the_model():
@@ -115,7 +117,8 @@ def test_every_choice_is_printed_once_with_its_reason(tiny_roberta, synth_csv):
     assert len(lines) == len(notes) and all(line.startswith("auto: ") for line in lines)
     by_key = {line.split(" = ")[0].removeprefix("auto: "): line for line in lines}
     for key in ("data.text_columns", "data.label_column", "data.task", "data.val_size", "data.max_length", "optim.lr",
-                "train.epochs", "optim.warmup", "train.early_stopping", "train.metric", "adapter.targets", "adapter.r"):
+                "train.epochs", "optim.warmup", "train.early_stopping", "train.metric", "train.final_on_val", "adapter.targets",
+                "adapter.r"):
         assert key in by_key, key
     assert by_key["train.epochs"] == "auto: train.epochs = 1 (set by --set)"
     assert "(400 rows (< 1,000): a 20% fraction, stratified)" in by_key["data.val_size"]

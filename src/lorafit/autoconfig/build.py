@@ -90,6 +90,7 @@ def _rows_and_rules(raw: dict, notes: dict) -> list[str]:
     notes["train.early_stopping"] = (f"stop after {rules.PATIENCE} evaluations without a better validation "
                                      "train.metric; the best checkpoint is kept")
     raw["train"]["metric"], notes["train.metric"] = rules.metric(dc.task, ex.labels)
+    raw["train"]["final_on_val"], notes["train.final_on_val"] = rules.final_on_val(n_train, n - n_train)
     return names
 
 

@@ -71,6 +71,16 @@ def evaluation(steps_per_epoch: int, n_epochs: int) -> tuple[object, str]:
     return every, f"{n_epochs} epoch(s): twice an epoch ({every:,} steps)"
 
 
+def final_on_val(n_train: int, n_val: int) -> tuple[bool, str]:
+    """Below BIG training rows the validation rows are data the model should not go without: after the best
+    checkpoint is chosen, one more epoch over train + validation (what it gained on the suite: bench/QUALITY.md);
+    above it they are a small share of the data and an epoch costs much."""
+    if n_train < BIG:
+        return True, (f"{n_train:,} training rows (< {BIG:,}): the {n_val:,} validation rows are trained on too, in one "
+                      "more epoch after the best checkpoint (calibration and thresholds fitted before it)")
+    return False, f"{n_train:,} training rows (>= {BIG:,}): the validation rows only select"
+
+
 def metric(task: str, labels: Sequence) -> tuple[str, str]:
     """(train.metric, why): the task object's choice (single_label: macro-F1 when imbalanced)."""
     from .. import tasks
