@@ -166,7 +166,9 @@ def _wait_for_rows(manifest: Path, proc: subprocess.Popen, deadline: float) -> i
 
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
-def test_stopped_predict_resumes_to_the_identical_file(runs, tmp_path, how):
+def test_stopped_predict_resumes_to_the_identical_file(runs, capsys, tmp_path, how):
+    """The process stopped is a real `lorafit predict`; the refusal and the resume after it go through the CLI's
+    entry point in this process (a new interpreter would only add its imports)."""
     run_a, _ = runs
     inp = tmp_path / "in.csv"
     _texts(3000).to_csv(inp, index=False)
@@ -193,10 +195,12 @@ def test_stopped_predict_resumes_to_the_identical_file(runs, tmp_path, how):
     else:
         assert proc.returncode == -signal.SIGKILL
     # without --resume the partial output is refused, naming both ways out
-    again = subprocess.run(_cli(*args), env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
-    assert again.returncode == 2 and "--resume" in again.stderr and "--overwrite" in again.stderr
-    done = subprocess.run(_cli(*args, "--resume"), env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
-    assert done.returncode == 0, done.stderr
+    argv = ["predict", *map(str, args)]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--resume" in err and "--overwrite" in err, err
+    assert main([*argv, "--resume"]) == 0, capsys.readouterr().err
     assert out.read_bytes() == want.read_bytes()
     assert not out.with_name("out.csv.partial").exists() and not out.with_name("out.csv.partial.json").exists()
 

@@ -67,10 +67,17 @@ def inputs(tmp_path_factory):
     return d
 
 
+def _local(run_dir, src: Path, out: Path, *flags) -> None:
+    """Local predict through the CLI's entry point in this process (a new interpreter would only add its imports):
+    the file the Ray runs are compared with."""
+    from lorafit.cli import main
+
+    assert main(["predict", str(run_dir), "--input", str(src), "--output", str(out), *map(str, flags)]) == 0
+
+
 def _local_and_ray(run_dir, src: Path, out: Path, *flags, rows: int = 700) -> tuple[bytes, bytes]:
     local, on_ray = out / f"{src.name}.local.csv", out / f"{src.name}.ray.csv"
-    r = run_cli("predict", run_dir, "--input", src, "--output", local, "--chunk-rows", 256, *flags, timeout=TIMEOUT)
-    assert r.returncode == 0, r.stderr
+    _local(run_dir, src, local, "--chunk-rows", 256, *flags)
     r = run_cli("predict", run_dir, "--input", src, "--output", on_ray, "--chunk-rows", 256, "--ray", "local", *flags,
                 env=ENV, timeout=TIMEOUT)
     assert r.returncode == 0, r.stderr
@@ -100,8 +107,7 @@ def test_ray_local_cluster_writes_the_local_file(trained_run, inputs, tmp_path, 
 def test_python_entry_point_on_a_ray_dataset(trained_run, inputs, tmp_path, no_ray_left):
     run_dir = trained_run[0]
     local = tmp_path / "local.csv"
-    r = run_cli("predict", run_dir, "--input", inputs / "with_id.csv", "--output", local, "--probs", timeout=TIMEOUT)
-    assert r.returncode == 0, r.stderr
+    _local(run_dir, inputs / "with_id.csv", local, "--probs")
     script = textwrap.dedent(f"""
         import pandas as pd
         from lorafit.bulk import PredictOptions
