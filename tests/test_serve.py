@@ -530,3 +530,18 @@ def test_streams_compute_side_by_side_sharing_the_cores(runs):
     assert not answered and seen == [cores, cores]
     assert auto_streams([torch.device("cpu")]) == min(2, cores)
     assert auto_streams([torch.device("cpu"), torch.device("cuda", 0)]) == 1  # a GPU: one stream
+
+
+def test_the_socket_listens_before_uvicorn_starts():
+    """A client that connects as soon as the start line is out is queued, not refused, while uvicorn
+    starts (a loaded machine once refused the first request of a test)."""
+    import socket
+
+    from lorafit.serve.main import bind
+
+    sock = bind("127.0.0.1", 0)
+    try:
+        client = socket.create_connection(sock.getsockname()[:2], timeout=5)
+        client.close()
+    finally:
+        sock.close()

@@ -33,6 +33,9 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as e:
         sock.close()
         raise LorafitError(f"--port: cannot listen on {host}:{port} ({e.strerror}); choose another --port") from None
+    # listening from now on: a client that connects once the start line is printed waits in the backlog
+    # while uvicorn starts, instead of being refused (uvicorn's own listen on this socket changes nothing)
+    sock.listen(2048)
     sock.set_inheritable(True)
     return sock
 
