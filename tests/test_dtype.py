@@ -284,9 +284,11 @@ def test_a_resumed_auto_run_keeps_the_dtype_its_checkpoint_recorded(tiny_roberta
     assert "base dtype: float32 (auto: probe said float32)" in fresh
 
 
-def test_one_process_probes_a_shape_once(monkeypatch):
+def test_auto_is_the_default_and_one_process_probes_a_shape_once(monkeypatch):
+    from lorafit.config import ModelConfig
     from lorafit.model import dtype_probe
 
+    assert ModelConfig(name="x").dtype == "auto"
     calls = []
     monkeypatch.setattr(dtype_probe, "measure", lambda *a: calls.append(a) or {"float32": 0.02, "bfloat16": 0.01})
     dtype_probe._probe_shapes.cache_clear()

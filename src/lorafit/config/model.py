@@ -15,7 +15,7 @@ class ModelConfig(_Section):
     allow_pickle_weights: bool = Field(
         False, description="Also accept pytorch_model.bin (loaded with torch.load weights_only=True). Default: safetensors only.")
     dtype: Literal["float32", "bfloat16", "float16", "auto", "nf4"] = Field(
-        "float32", description="dtype the frozen base weights are kept in while training (adapter, head and optimizer "
+        "auto", description="dtype the frozen base weights are kept in while training (adapter, head and optimizer "
         "state stay float32; the saved adapter is the same); auto: bfloat16 on GPUs with bf16, and on CPUs with native "
         "bf16 dot products (avx512_bf16/amx_bf16) where a ~1 s probe of the model's matmuls finds it faster, else "
         "float32; nf4: QLoRA, frozen Linear layers in 4 bits "
