@@ -180,7 +180,8 @@ def test_train_seconds_count_every_step_and_no_evaluation(tiny_roberta, synth_cs
 
 @pytest.mark.parametrize("over, reused", [({}, True), ({"train__final_on_val": True}, False)],
                          ids=["best-is-last", "final-epoch-after"])
-def test_final_metrics_reuse_the_last_evaluation_only_when_exact(over, reused, tiny_roberta, synth_csv, tmp_path):
+def test_final_metrics_reuse_the_last_evaluation_only_when_exact(over, reused, tiny_roberta, synth_csv, tmp_path,
+                                                                 monkeypatch):
     """The final validation metrics come from the last evaluation's logits when they are of the weights the run
     ends with (one pass over the validation split saved), bit for bit those of a new pass; after a final
     epoch on train+validation the weights differ, and the final metrics are those of a new pass.
@@ -188,12 +189,20 @@ def test_final_metrics_reuse_the_last_evaluation_only_when_exact(over, reused, t
     from lorafit.train.evaluation import validation_logits
     from lorafit.train.recipe import Recipe
 
+    from lorafit.train import evaluation
+
     cfg = tiny_config(tiny_roberta, synth_csv, train__epochs=1, speed__fast_dropout=False, **over)
     recipe = Recipe(cfg, tmp_path / "run", log=lambda *a: None).setup()
     recipe.train()
     last = recipe.last_eval
     assert last["step"] == recipe.state.best_step == recipe.state.step  # one evaluation, at the epoch's end
+    passes, real = [], evaluation.validation_logits
+    monkeypatch.setattr(evaluation, "validation_logits", lambda *a: passes.append(1) or real(*a))
     result = recipe.finish()
+    monkeypatch.undo()
+    # the saved pass: none when the last evaluation is of the final weights; after a final epoch one, and none
+    # for the temperature before it (the same last evaluation, still of the best weights then)
+    assert len(passes) == (0 if reused else 1), passes
     logits, labels, loss = validation_logits(recipe, recipe.final_val_loader)  # a new pass of the final weights
     assert result["validation"]["loss"] == loss  # exactly, either way
     assert np.array_equal(logits, last["logits"]) is reused

@@ -23,11 +23,13 @@ def finish_run(recipe) -> dict:
     cfg = recipe.cfg
     evaluation.load_best(recipe)
     recipe.cleanup()  # drop the prefix cache: the full model from here on (final epoch, final metrics, saving)
-    held_out = None
+    held_out, task = None, tasks.task_of(cfg)
     if cfg.train.final_on_val:
         # the best checkpoint's logits on the validation rows, the last rows it has not trained on: the
-        # thresholds and the temperature are fitted on them (fitted after the final epoch they would be too sharp)
-        held_out = list(evaluation.final_validation_logits(recipe, before_final_epoch=True)[:2])
+        # thresholds and the temperature are fitted on them (fitted after the final epoch they would be too
+        # sharp); a task with neither (regression) needs no pass for them
+        if task.calibrated or task.tuned:
+            held_out = list(evaluation.final_validation_logits(recipe, before_final_epoch=True)[:2])
         recipe.thresholds, tuning = evaluation.tuned_thresholds(recipe, held_out)
         final_epoch.train_on_all(recipe)
     else:
@@ -42,13 +44,13 @@ def finish_run(recipe) -> dict:
         loader = recipe.acc.prepare(recipe._loader(recipe.test_ds, cfg.train.eval_batch_size, shuffle=False))
         result["test"], *test_logits = evaluation.evaluate_with_logits(recipe, loader)
     calibrated = None  # a temperature scales softmax classes: single_label only
-    if tasks.task_of(cfg).calibrated:
+    if task.calibrated:
         calibrated = calibration.fit(val_logits, test_logits, seen_in_training=cfg.train.final_on_val, held_out=held_out)
         result["calibration"] = calibrated.summary
     warnings = [w for split in ("validation", "test") if split in result
                 for w in [never_predicted(result[split], recipe.data.label_names, split)] if w]
     warnings += evaluation.untuned_warnings(recipe, result, val_logits, test_logits)  # multi_label: tuned below 0.5
-    if not tasks.task_of(cfg).is_default:
+    if not task.is_default:
         result["task"] = cfg.data.task
     if recipe.thresholds is not None:
         result["thresholds"], result["threshold_tuning"] = recipe.thresholds, tuning
@@ -63,7 +65,7 @@ def finish_run(recipe) -> dict:
             save_weights(model, recipe.tokenizer, recipe.run_dir, cfg, recipe.lora_init)
             if calibrated is not None:
                 calibrated.write(recipe.run_dir)
-            tasks.task_of(cfg).save_thresholds(recipe.run_dir, recipe.thresholds)
+            task.save_thresholds(recipe.run_dir, recipe.thresholds)
             atomic_write_text(recipe.run_dir / "eval.json", json.dumps(result, indent=2))
             write_report(recipe.run_dir, result, recipe.data.label_names)
         except BaseException:
