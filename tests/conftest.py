@@ -3,11 +3,20 @@ and small synthetic datasets. Everything is local; nothing touches the hub."""
 from __future__ import annotations
 
 import os
-import random
-from pathlib import Path
 
-import pandas as pd
-import pytest
+# pytest-xdist runs one test per worker: each worker's torch, and every process its tests start, gets its share
+# of the cores (torch would take them all: 2 workers x 2 threads on 2 cores nearly doubled the quick tier's CPU
+# time). Set before anything imports torch, as OpenMP reads it when it loads.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+
+import random  # noqa: E402
+import signal  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -166,6 +175,14 @@ def trained_run(tmp_path_factory, tiny_roberta, synth1k_csv):
     recipe.train()
     result = recipe.finish()
     return run_dir, recipe, result
+
+
+@pytest.fixture(autouse=True)
+def _sigint_handled():
+    """Each test starts with SIGINT handled by Python, as a terminal's processes have it. pytest-xdist workers here
+    started their first test with SIGINT ignored at the OS level (while Python's table still named its handler); the
+    processes a test starts inherit an ignore across exec, and a Ctrl-C test's process ran to its end."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True, scope="session")

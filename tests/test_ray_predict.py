@@ -89,14 +89,13 @@ def _local_and_ray(run_dir, src: Path, out: Path, *flags, rows: int = 700) -> tu
 
 @pytest.mark.slow
 def test_ray_local_cluster_writes_the_local_file(trained_run, inputs, tmp_path, no_ray_left):
+    """Two formats through the cluster's read task (Parquet, CSV), an ID column, logits and probabilities, bad
+    rows skipped with their side file; a CSV without an ID column: test_local_cluster_contacts_nothing_but_loopback.
+    (Each `--ray local` starts a cluster: the cases share the two runs rather than one run each.)"""
     run_dir = trained_run[0]
-    local, on_ray = _local_and_ray(run_dir, inputs / "with_id.csv", tmp_path, "--with-logits", "--probs")
+    local, on_ray = _local_and_ray(run_dir, inputs / "with_id.parquet", tmp_path, "--with-logits", "--probs")
     assert local == on_ray
     assert local.splitlines()[1].startswith(b"doc-0000,")  # the ID column, in input order
-    local, on_ray = _local_and_ray(run_dir, inputs / "no_id.csv", tmp_path)
-    assert local == on_ray and local.splitlines()[4] == b"3,"  # row index as ID; the empty text's empty label
-    local, on_ray = _local_and_ray(run_dir, inputs / "with_id.parquet", tmp_path)
-    assert local == on_ray
     local, on_ray = _local_and_ray(run_dir, inputs / "bad_rows.csv", tmp_path, "--on-bad-row", "skip", rows=698)
     assert local == on_ray
     skipped = [(tmp_path / f"bad_rows.csv.{how}.csv.bad_rows.jsonl").read_bytes() for how in ("local", "ray")]
@@ -210,8 +209,11 @@ def test_local_cluster_contacts_nothing_but_loopback(trained_run, inputs, tmp_pa
     proc = subprocess.run([sys.executable, "-c", AUDIT, str(log), json.dumps(commands)], cwd=tmp_path,
                           env=clean_env(tmp_path), capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (tmp_path / "out.csv").is_file()
     assert not log.exists(), log.read_text()
+    # and it wrote local predict's file: a CSV without an ID column, the row index as ID, the empty text unlabelled
+    _local(trained_run[0], inputs / "no_id.csv", tmp_path / "local.csv")
+    written = (tmp_path / "out.csv").read_bytes()
+    assert written == (tmp_path / "local.csv").read_bytes() and written.splitlines()[4] == b"3,"
 
 
 def test_unreachable_head_is_one_line(capsys, trained_run, inputs, tmp_path):

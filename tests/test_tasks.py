@@ -177,10 +177,11 @@ def test_task_predict_and_evaluate_in_a_new_process(task_run, tmp_path):
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout)
     # evaluate runs predict's model (LoRA merged into the weights), training evaluated it unmerged: logits
-    # agree to float rounding (~1e-6), so a continuous score (pearson, rmse) may move in its 6th decimal
-    # (seen on an AMD EPYC: pearson 0.6875551 vs 0.6875572); a flipped label would move it by far more
+    # agree to float rounding (~1e-6), so a continuous score (pearson, rmse) may move in its 5th decimal
+    # (seen on an AMD EPYC: pearson 0.6875551 vs 0.6875572 with 2 threads, 0.6875616 vs 0.6875392 with 1); a
+    # flipped label, or another model, moves it by far more
     for k in tasks.scores(got):
-        assert got[k] == pytest.approx(result["validation"][k], abs=1e-5), k
+        assert got[k] == pytest.approx(result["validation"][k], abs=1e-4), k
 
     out = tmp_path / "pred.csv"
     r = run_cli("predict", run_dir, "--input", src, "--output", out)
