@@ -24,16 +24,14 @@ def finish_run(recipe) -> dict:
     evaluation.load_best(recipe)
     recipe.cleanup()  # drop the prefix cache: the full model from here on (final epoch, final metrics, saving)
     held_out, task = None, tasks.task_of(cfg)
-    if cfg.train.final_on_val:
+    if cfg.train.final_on_val and (task.calibrated or task.tuned):
         # the best checkpoint's logits on the validation rows, the last rows it has not trained on: the
         # thresholds and the temperature are fitted on them (fitted after the final epoch they would be too
         # sharp); a task with neither (regression) needs no pass for them
-        if task.calibrated or task.tuned:
-            held_out = list(evaluation.final_validation_logits(recipe, before_final_epoch=True)[:2])
-        recipe.thresholds, tuning = evaluation.tuned_thresholds(recipe, held_out)
+        held_out = list(evaluation.final_validation_logits(recipe, before_final_epoch=True)[:2])
+    recipe.thresholds, tuning = evaluation.tuned_thresholds(recipe, held_out)  # multi_label only; the metrics below use them
+    if cfg.train.final_on_val:
         final_epoch.train_on_all(recipe)
-    else:
-        recipe.thresholds, tuning = evaluation.tuned_thresholds(recipe)  # multi_label only; the metrics below use them
     logits, labels, loss = evaluation.final_validation_logits(recipe)
     val, val_logits = evaluation.metrics_of(recipe, logits, labels, loss), [logits, labels]
     result = {"best_step": recipe.state.best_step, "metric": cfg.train.metric,

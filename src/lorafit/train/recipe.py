@@ -48,7 +48,6 @@ class Recipe:
         self.on_eval, self.prefix, self.evals = on_eval, None, 0
         self.state, self.position = State(), Position()
         self.train_seconds, self._segment = 0.0, None   # see _clock
-        self._resumed_meta: Optional[dict] = None  # the checkpoint being resumed, read in _setup
         self._saved_step: Optional[int] = None   # step of the last resumable checkpoint
         self._saved_kept: set[int] = set()       # top-k folders that checkpoint refers to: not deleted before the next
         self._new_dir = None                     # runs.directory.NewRunDir: what a failed setup puts back
@@ -85,9 +84,8 @@ class Recipe:
         check_local_folder(self.cfg.model, need_weights=True, need_tokenizer=True)
         # a resumed run reads and checks its checkpoint first; it is applied once everything is built
         saved = checkpoint.load(self.run_dir, self.cfg) if self.resume else None
-        self._resumed_meta = saved.meta if saved is not None else None
         self._setup_data(saved)
-        self._setup_model()
+        self._setup_model(saved)
         header.write_run_header(self)  # every check has passed
         self.final_val_loader = self.acc.prepare(self.val_loader)  # always the full model's own path
         switches.install(self)
@@ -132,15 +130,17 @@ class Recipe:
         self.train_loader = self._loader(self.train_ds, cfg.train.batch_size, shuffle=True)
         self.val_loader = self._loader(self.val_ds, cfg.train.eval_batch_size, shuffle=False)
 
-    def _setup_model(self) -> None:
-        """The model with its head and adapter, counted against the budget, its optimizer and schedule."""
+    def _setup_model(self, saved) -> None:
+        """The model with its head and adapter, counted against the budget, its optimizer and schedule; a
+        resumed run (`saved`) keeps the base dtype its checkpoint recorded."""
         cfg, names = self.cfg, self.data.label_names
         self.steps_per_epoch = math.ceil(len(self.train_loader) / cfg.train.grad_accum)
         self.total_steps = cfg.train.max_steps or max(1, int(math.ceil(self.steps_per_epoch * cfg.train.epochs)))
         self.log_every = header.log_interval(cfg.train.log_every, self.total_steps)
         self.model, self.plan = build_model(cfg, names, total_steps=self.total_steps)
         tokens = cfg.train.batch_size * cfg.data.max_length // 2  # dynamic padding: about half the longest
-        decided = base_dtype.decide_for_run(self.model, cfg.model.dtype, self.acc, tokens, self._resumed_meta)
+        decided = base_dtype.decide_for_run(self.model, cfg.model.dtype, self.acc, tokens,
+                                              saved.meta if saved is not None else None)
         self.base_dtype = str(decided[0]).removeprefix("torch.")  # recorded in checkpoints: a resume keeps it
         self.dtype_hooks, note = base_dtype.apply(self.model, cfg.model.dtype, self.acc.device, tokens, decided)
         self.log(note)
