@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 
@@ -211,6 +212,14 @@ def compiled_since(cache: Path | None, t: float) -> int:
     return sum(1 for f in cache.rglob("*.pyc") if f.stat().st_mtime >= t)
 
 
+@contextmanager
+def load_around(loads: dict, key: str):
+    """loads[key] = the 1-minute load average before and after the block: the machine may be shared."""
+    before = os.getloadavg()[0]
+    yield
+    loads[key] = (before, os.getloadavg()[0])
+
+
 def run_whole(spec: dict, dtype: str, cache: Path | None) -> dict:
     """`lorafit train` as a user runs it (python -m lorafit, the recipe's keys over the default config), timed
     from start to exit; its own log in WORK/lorafit-cli-DTYPE.log."""
@@ -361,27 +370,24 @@ def main() -> int:
     if cache is not None:
         print(f"bench: compiling both sides' imports into {cache}", flush=True)
         warm_bytecode(cache)
-    loads = {}  # 1-minute load average before and after each timed process: the machine may be shared
+    loads = {}  # load_around each timed process
     dtypes = args.dtypes.split(",")
     whole = {}
     # `lorafit train` first: whatever the warm-up left to compile, or to read from disk, falls on lorafit's time
     for dt in dtypes:
         print(f"bench: running `lorafit train`, model.dtype={dt} (whole process)", flush=True)
-        before = os.getloadavg()[0]
-        whole[dt] = run_whole(spec, dt, cache)
-        loads[f"lorafit train ({dt})"] = (before, os.getloadavg()[0])
+        with load_around(loads, f"lorafit train ({dt})"):
+            whole[dt] = run_whole(spec, dt, cache)
     print(f"bench: {len(split.train)} train / {len(split.val)} validation items; running the anchor", flush=True)
-    before = os.getloadavg()[0]
-    anchor = child("anchor", spec, cache)
-    loads["anchor"] = (before, os.getloadavg()[0])
+    with load_around(loads, "anchor"):
+        anchor = child("anchor", spec, cache)
     print(f"bench: anchor final accuracy {anchor['final_accuracy']:.4f}; running lorafit", flush=True)
     spec["target_accuracy"] = anchor["final_accuracy"]
     ours = {}
     for dt in dtypes:
         print(f"bench: running lorafit, model.dtype={dt}", flush=True)
-        before = os.getloadavg()[0]
-        ours[dt] = child("lorafit", {**spec, "lorafit_sets": [f"model.dtype={dt}", *args.sets]}, cache)
-        loads[f"lorafit instrumented ({dt})"] = (before, os.getloadavg()[0])
+        with load_around(loads, f"lorafit instrumented ({dt})"):
+            ours[dt] = child("lorafit", {**spec, "lorafit_sets": [f"model.dtype={dt}", *args.sets]}, cache)
     md = table(anchor, ours, whole)
     first = next(iter(ours.values()))
     cmd = "python bench/compare.py " + " ".join(a for a in sys.argv[1:])
