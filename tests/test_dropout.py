@@ -43,6 +43,11 @@ def test_fast_dropout_scales_kept_values_and_its_gradient_is_the_same_mask():
     torch.manual_seed(2)
     ones = torch.ones(1 << 20)
     assert abs(fd.fast_dropout(ones, 0.3).mean().item() - 1.0) < 5 * _sigma(0.7, 1 << 20) / 0.7
+    # a 16-bit input stays 16-bit (the byte mask multiplies it), kept values scaled as in float32
+    half = x.detach().bfloat16()
+    out = fd.fast_dropout(half, 0.1)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out[out != 0], (half[out != 0].float() / q).bfloat16())
     # off in eval and at p = 0; everything dropped at p = 1
     assert fd.fast_dropout(x, 0.1, training=False) is x and fd.fast_dropout(x, 0.0) is x
     assert torch.count_nonzero(fd.fast_dropout(x, 1.0)) == 0
